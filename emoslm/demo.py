@@ -1,0 +1,181 @@
+"""The main job on the embedded default, and a plain spoken chat, both built from the real backends.
+
+Until the emotion-aware teacher lands, the demo is the cascade without the emotional part:
+voice each example dialogue, transcribe every user turn, and answer it with the LLM, keeping the
+model's own replies as history, as HumDial plays a dialogue. It prints a line per turn and writes
+HumDial-format results plus a summary with the measured costs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from emoslm.audio import load_audio, save_audio
+from emoslm.dialogues import Dialogue, examples_dir, read_dialogues, write_dialogues
+from emoslm.errors import EmoslmError
+from emoslm.llm import LLM, Message, Sampling, load_llm
+from emoslm.perception.asr import ASR, FasterWhisperASR, asr_for_language
+from emoslm.textnorm import error_rate
+
+SYSTEM = {
+    "en": "You are a warm, attentive voice assistant. Answer the user in English in at most two short "
+          "sentences. Acknowledge how they seem to feel.",
+    "zh": "你是一个温暖、细心的语音助手。请用中文回答，最多两句话，并回应用户的感受。",
+}
+REPLY_SAMPLING = Sampling(max_tokens=80, temperature=0.6, top_p=0.9, repeat_penalty=1.15, seed=0)
+
+
+@dataclass
+class TurnResult:
+    dialogue_id: str
+    turn_id: int
+    lang: str
+    emotion: str
+    text: str
+    transcript: str
+    error_rate: float
+    reply: str
+    asr_s: float
+    llm_s: float
+    tokens: int
+    audio_s: float
+
+
+def reply_to(llm: LLM, history: list[Message], lang: str) -> tuple[str, int, float]:
+    """One assistant turn for the conversation so far; returns text, tokens, seconds."""
+    messages = [{"role": "system", "content": SYSTEM.get(lang, SYSTEM["en"])}, *history]
+    done = llm.chat(messages, REPLY_SAMPLING)
+    return done.text.strip(), done.completion_tokens, done.seconds
+
+
+class ASRPool:
+    """One ASR model per language, loaded on first use (tiny.en for English, base otherwise)."""
+
+    def __init__(self, override: str | None = None) -> None:
+        self.override, self.loaded = override, {}
+
+    def for_lang(self, lang: str | None) -> ASR:
+        name = self.override or asr_for_language(lang)
+        if name not in self.loaded:
+            self.loaded[name] = FasterWhisperASR(name)
+        return self.loaded[name]
+
+
+def play_dialogue(dialogue: Dialogue, root: Path, llm: LLM, asr: ASRPool) -> list[TurnResult]:
+    """Run one dialogue turn by turn; the model's own replies become the history."""
+    history: list[Message] = []
+    results = []
+    lang = dialogue.lang
+    for turn in dialogue.turns:
+        audio = load_audio(root / turn.split_audio_file)
+        heard = asr.for_lang(lang).transcribe(audio, language=lang)
+        history.append({"role": "user", "content": heard.text})
+        reply, tokens, llm_s = reply_to(llm, history, lang)
+        history.append({"role": "assistant", "content": reply})
+        results.append(TurnResult(dialogue.dialogue_id, turn.turn_id, lang, turn.emotion, turn.text, heard.text,
+                                  error_rate(turn.text, heard.text), reply, heard.seconds, llm_s, tokens,
+                                  heard.duration))
+    return results
+
+
+def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Console) -> list[TurnResult]:
+    from emoslm.voicing import voice_dialogues
+
+    dialogues = [d for d in read_dialogues(examples_dir()) if d.lang in langs]
+    if limit:
+        dialogues = [d for lang in langs for d in [x for x in dialogues if x.lang == lang][:limit]]
+    if not dialogues:
+        raise EmoslmError(f"no example dialogues for languages {langs}; use --lang en,zh")
+    voices = out / "voices"
+    start = time.perf_counter()
+    with console.status("voicing the example dialogues"):
+        voiced = voice_dialogues(dialogues, voices)
+    console.print(f"voiced {sum(len(d.turns) for d in voiced)} user turns in {time.perf_counter() - start:.1f} s "
+                  f"→ {voices}/")
+    with console.status(f"loading {llm_spec}"):
+        llm = load_llm(llm_spec)
+    asr = ASRPool()
+    results: list[TurnResult] = []
+    answered: list[Dialogue] = []
+    for dialogue in voiced:
+        console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang})")
+        turns = play_dialogue(dialogue, voices, llm, asr)
+        for r in turns:
+            metric = "CER" if r.lang == "zh" else "WER"
+            console.print(f"[bold]turn {r.turn_id}[/] gold emotion [magenta]{r.emotion}[/]  "
+                          f"{metric} {r.error_rate:.0%}  ASR {r.asr_s:.2f}s  LLM {r.llm_s:.2f}s", highlight=False)
+            console.print(f"  user  : {r.transcript}", highlight=False)
+            console.print(f"  reply : {r.reply}", highlight=False)
+        results.extend(turns)
+        answered.append(replace(dialogue, turns=[replace(t, response_text=r.reply)
+                                                 for t, r in zip(dialogue.turns, turns)]))
+    llm.close()
+    _write_outputs(out, answered, results)
+    _print_summary(console, results, out)
+    return results
+
+
+def _write_outputs(out: Path, answered: list[Dialogue], results: list[TurnResult]) -> None:
+    for lang in sorted({d.lang for d in answered}):
+        write_dialogues(out / f"responses_{lang}.jsonl", [d for d in answered if d.lang == lang])
+    tmp = out / "turns.jsonl.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r.__dict__, ensure_ascii=False) + "\n")
+    tmp.replace(out / "turns.jsonl")
+
+
+def summarise(results: list[TurnResult]) -> dict[str, dict[str, float]]:
+    summary = {}
+    for lang in sorted({r.lang for r in results}):
+        rows = [r for r in results if r.lang == lang]
+        audio = sum(r.audio_s for r in rows)
+        summary[lang] = {
+            "turns": len(rows),
+            "error_rate": sum(r.error_rate for r in rows) / len(rows),
+            "asr_rtf": sum(r.asr_s for r in rows) / audio if audio else 0.0,
+            "llm_tokens_per_s": sum(r.tokens for r in rows) / max(1e-9, sum(r.llm_s for r in rows)),
+            "empty_replies": sum(1 for r in rows if not r.reply),
+        }
+    return summary
+
+
+def _print_summary(console: Console, results: list[TurnResult], out: Path) -> None:
+    summary = summarise(results)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.rule("summary")
+    for lang, s in summary.items():
+        metric = "CER" if lang == "zh" else "WER"
+        console.print(f"{lang}: {s['turns']} turns, ASR {metric} {s['error_rate']:.1%}, ASR RTF {s['asr_rtf']:.2f}, "
+                      f"LLM {s['llm_tokens_per_s']:.0f} tok/s, empty replies {s['empty_replies']}")
+    console.print(f"results: {out}/responses_*.jsonl (HumDial format), {out}/turns.jsonl, {out}/summary.json")
+
+
+def cascade_chat(files: list[Path], llm_spec: str, asr_name: str | None, lang: str | None,
+                 speak: Path | None, console: Console) -> None:
+    """Transcribe each file as the next user turn and answer it; optionally speak the replies."""
+    clips = [load_audio(f) for f in files]
+    asr = ASRPool(asr_name)
+    llm = load_llm(llm_spec)
+    tts = None
+    history: list[Message] = []
+    for index, (path, audio) in enumerate(zip(files, clips), 1):
+        heard = asr.for_lang(lang).transcribe(audio, language=lang)
+        turn_lang = lang or heard.language
+        history.append({"role": "user", "content": heard.text})
+        reply, _, _ = reply_to(llm, history, turn_lang)
+        history.append({"role": "assistant", "content": reply})
+        console.print(f"[bold]user[/] ({path.name}): {heard.text}", highlight=False)
+        console.print(f"[bold]assistant[/]: {reply}", highlight=False)
+        if speak and reply:
+            from emoslm.speech.tts import default_tts
+
+            tts = tts or default_tts(turn_lang)
+            wav = save_audio(speak / f"reply_{index}.wav", tts.synthesize(reply).at())
+            console.print(f"  spoken → {wav}")
+    llm.close()

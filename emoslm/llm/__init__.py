@@ -1,0 +1,46 @@
+"""LLM backends behind one interface (see ``base.LLM``), chosen by a short spec string.
+
+Spec strings, as used on the command line and in recipes:
+
+- ``llama-cpp:smollm2-135m-instruct`` (default) or ``llama-cpp:/path/model.gguf``
+- ``transformers:smollm2-135m-instruct`` or ``transformers:Qwen/Qwen3-8B``
+- ``http://host:8000/v1`` with ``model=`` and ``template=`` options:
+  ``http://localhost:8000/v1?model=Qwen/Qwen3-8B&template=Qwen/Qwen3-8B``
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from emoslm.errors import EmoslmError
+from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling
+
+DEFAULT_LLM = "llama-cpp:smollm2-135m-instruct"
+
+__all__ = ["LLM", "ChatTemplate", "Completion", "Message", "Sampling", "DEFAULT_LLM", "load_llm"]
+
+
+def load_llm(spec: str = DEFAULT_LLM, **kwargs: object) -> LLM:
+    """Build the backend a spec string names."""
+    if spec.startswith(("http://", "https://")):
+        from emoslm.llm.openai_http import OpenAIHTTPLLM
+
+        parts = urlsplit(spec)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        api_key = query.get("api_key") or os.environ.get("OPENAI_API_KEY")
+        return OpenAIHTTPLLM(base, model=query.get("model", "default"), api_key=api_key,
+                             template=query.get("template"), **kwargs)
+    backend, _, model = spec.partition(":")
+    if backend == "llama-cpp":
+        from emoslm.llm.llama_cpp import LlamaCppLLM
+
+        return LlamaCppLLM(model or "smollm2-135m-instruct", **kwargs)
+    if backend == "transformers":
+        from emoslm.llm.hf import TransformersLLM
+
+        return TransformersLLM(model or "smollm2-135m-instruct", **kwargs)
+    raise EmoslmError(
+        f"unknown LLM spec '{spec}'; use llama-cpp:MODEL, transformers:MODEL or an http(s):// endpoint URL"
+    )

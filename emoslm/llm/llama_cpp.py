@@ -1,0 +1,107 @@
+"""llama.cpp backend: the embedded default (GGUF on CPU, no torch needed)."""
+
+from __future__ import annotations
+
+from emoslm.config import settings
+from emoslm.errors import BackendError, MissingPackageError
+from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling, Stopwatch
+from emoslm.store import resolve
+
+
+class LlamaCppLLM(LLM):
+    """A GGUF model run in-process by llama-cpp-python.
+
+    ``model`` is a registry name, a path to a ``.gguf`` file, or a hub repo id (then the Q4_K_M file
+    of that repo is fetched by llama-cpp-python, for users who have a hub).
+    """
+
+    backend = "llama-cpp"
+
+    def __init__(self, model: str = "smollm2-135m-instruct", n_ctx: int = 4096, threads: int | None = None,
+                 seed: int = 0) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise MissingPackageError("llama-cpp-python", "the llama.cpp LLM backend", "emoslm[llm]") from None
+        resolved = resolve(model)
+        threads = threads or settings().threads
+        common = dict(n_ctx=n_ctx, n_threads=threads, seed=seed, verbose=False)
+        try:
+            if resolved.is_local:
+                self.llm = Llama(model_path=str(resolved.require_path()), **common)
+            else:
+                self.llm = Llama.from_pretrained(repo_id=resolved.hub_id, filename="*q4_k_m.gguf", **common)
+        except ValueError as exc:
+            raise BackendError(f"{model}: llama.cpp cannot load it ({exc}); is it a GGUF file?") from None
+        self.name = resolved.name
+        self.template = template_from_llama(self.llm, model)
+
+    def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def complete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
+        s = sampling or Sampling()
+        clock = Stopwatch()
+        n_prompt = self.count_tokens(prompt)
+        if n_prompt + 1 >= self.llm.n_ctx():
+            raise BackendError(
+                f"{self.name}: the prompt has {n_prompt} tokens, over the context of {self.llm.n_ctx()}; "
+                "shorten the history or raise n_ctx"
+            )
+        max_tokens = min(s.max_tokens, self.llm.n_ctx() - n_prompt - 1)
+        out = self.llm.create_completion(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            repeat_penalty=s.repeat_penalty,
+            seed=s.seed,
+            stop=list(s.stop) or None,
+        )
+        choice = out["choices"][0]
+        return Completion(
+            text=choice["text"],
+            prompt_tokens=out["usage"]["prompt_tokens"],
+            completion_tokens=out["usage"]["completion_tokens"],
+            finish_reason=choice.get("finish_reason") or "stop",
+            seconds=clock.elapsed,
+        )
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+
+
+def template_from_llama(llm: object, name: str) -> ChatTemplate:
+    """The chat template and special tokens stored in a loaded GGUF's metadata."""
+    meta = llm.metadata
+
+    def token(kind: str) -> str:
+        token_id = meta.get(f"tokenizer.ggml.{kind}_token_id")
+        if token_id is None:
+            return ""
+        return llm.detokenize([int(token_id)], special=True).decode("utf-8", errors="ignore")
+
+    source = meta.get("tokenizer.chat_template")
+    if not source:
+        raise BackendError(f"{name}: the GGUF file has no chat template; use a chat/instruct model")
+    return ChatTemplate(source, bos_token=token("bos"), eos_token=token("eos"))
+
+
+def gguf_template(path: object) -> ChatTemplate:
+    """Read the template from a GGUF file's metadata without loading the weights."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise MissingPackageError("llama-cpp-python", "reading a GGUF chat template", "emoslm[llm]") from None
+    vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return template_from_llama(vocab, str(path))
+    finally:
+        vocab.close()

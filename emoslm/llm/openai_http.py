@@ -1,0 +1,115 @@
+"""OpenAI-compatible HTTP backend: vLLM, llama.cpp's server, Ollama, or any hosted endpoint.
+
+Chat goes to ``/chat/completions``; raw continuation (needed to continue an open ``<think>``)
+goes to ``/completions``. The prompt for raw continuation is rendered locally from the same
+model's chat template (``template=``: a registry name, a local model directory or a hub id), so
+the text the server continues is exactly what the template would make.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from emoslm.errors import BackendError
+from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling, Stopwatch
+
+
+class OpenAIHTTPLLM(LLM):
+    backend = "http"
+
+    def __init__(self, base_url: str, model: str = "default", api_key: str | None = None,
+                 template: str | ChatTemplate | None = None, timeout: float = 300.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._template_source = template
+        self._template: ChatTemplate | None = template if isinstance(template, ChatTemplate) else None
+
+    @property
+    def template(self) -> ChatTemplate:
+        if self._template is None:
+            if not self._template_source:
+                raise BackendError(
+                    f"{self.base_url}: raw continuation needs the model's chat template; "
+                    "pass template=<model name, directory or hub id>"
+                )
+            self._template = load_template(str(self._template_source))
+        return self._template
+
+    def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self.client.post(route, json=body)
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"cannot reach the LLM endpoint {self.base_url}{route} ({type(exc).__name__}); is the server running?"
+            ) from None
+        if response.status_code >= 400:
+            raise BackendError(
+                f"LLM endpoint {self.base_url}{route} answered {response.status_code}: {response.text[:200]}"
+            )
+        return response.json()
+
+    def _body(self, s: Sampling) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.name,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,  # not in OpenAI's spec; vLLM, llama.cpp and Ollama accept it
+            "repeat_penalty": s.repeat_penalty,
+            "repetition_penalty": s.repeat_penalty,
+        }
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.stop:
+            body["stop"] = list(s.stop)
+        return body
+
+    def complete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
+        s = sampling or Sampling()
+        clock = Stopwatch()
+        data = self._post("/completions", {"prompt": prompt, **self._body(s)})
+        return _completion(data, data["choices"][0].get("text", ""), clock)
+
+    def chat(self, messages: list[Message], sampling: Sampling | None = None) -> Completion:
+        s = sampling or Sampling()
+        clock = Stopwatch()
+        data = self._post("/chat/completions", {"messages": messages, **self._body(s)})
+        return _completion(data, data["choices"][0]["message"].get("content") or "", clock)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _completion(data: dict[str, Any], text: str, clock: Stopwatch) -> Completion:
+    usage = data.get("usage") or {}
+    return Completion(
+        text=text,
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        finish_reason=data["choices"][0].get("finish_reason") or "stop",
+        seconds=clock.elapsed,
+    )
+
+
+def load_template(model: str) -> ChatTemplate:
+    """The chat template of a registry model / local path (GGUF or HF directory) / hub id."""
+    from emoslm.store import resolve
+
+    resolved = resolve(model)
+    if resolved.path is not None and resolved.path.suffix == ".gguf":
+        from emoslm.llm.llama_cpp import gguf_template
+
+        return gguf_template(resolved.path)
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise BackendError(f"{model}: reading its chat template needs `pip install transformers`") from None
+    tok = AutoTokenizer.from_pretrained(str(resolved.path or resolved.hub_id))
+    return ChatTemplate(tok.chat_template, bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")

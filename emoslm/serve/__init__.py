@@ -1,0 +1,1 @@
+"""HTTP servers with OpenAI-compatible interfaces."""

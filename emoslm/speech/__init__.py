@@ -1,0 +1,1 @@
+"""Speaking: TTS backends, emotional prosody and the DSP they need."""

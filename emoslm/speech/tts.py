@@ -1,0 +1,208 @@
+"""Text-to-speech backends behind one interface, each taking a ``Prosody``.
+
+- ``PiperTTS``: neural VITS voice (GPL-3 engine, optional extra); rate/energy/variability natively,
+  pitch by a phase-vocoder shift.
+- ``EspeakTTS``: espeak-ng through SSML; many languages including Mandarin (``cmn``).
+- ``OpenAISpeechTTS``: any OpenAI-compatible ``/v1/audio/speech`` server (a CosyVoice-class model
+  on a GPU, or ``emoslm serve tts``).
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+from xml.sax.saxutils import escape
+
+import httpx
+import numpy as np
+
+from emoslm.audio import SAMPLE_RATE, load_audio, resample
+from emoslm.errors import BackendError, EmoslmError, MissingPackageError
+from emoslm.speech.dsp import apply_gain, pitch_shift
+from emoslm.speech.prosody import Prosody
+
+NONVERBAL = re.compile(r"\[[^\]]{1,40}\]|\([^)]{0,20}(laugh|sigh|cough|sob)[^)]{0,20}\)", re.IGNORECASE)
+
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+_CJK_PUNCT = str.maketrans({"。": ". ", "，": ", ", "！": "! ", "？": "? ", "；": "; ", "：": ": ", "、": ", "})
+
+
+def to_pinyin(text: str) -> str:
+    """Hanzi to tone-numbered pinyin (``wo3 jin1 tian1``), which espeak-ng's pinyin voice reads well."""
+    try:
+        from pypinyin import Style, lazy_pinyin
+    except ImportError:
+        raise MissingPackageError("pypinyin", "Mandarin speech with espeak-ng") from None
+    syllables = lazy_pinyin(text.translate(_CJK_PUNCT), style=Style.TONE3, neutral_tone_with_five=True)
+    return re.sub(r"\s+", " ", " ".join(syllables)).replace(" .", ".").replace(" ,", ",").strip()
+
+
+def speakable(text: str) -> str:
+    """Drop non-verbal tags such as ``[sigh]`` (a TTS would read them out) and tidy spaces."""
+    return re.sub(r"\s+", " ", NONVERBAL.sub(" ", text)).strip()
+
+
+@dataclass
+class Speech:
+    audio: np.ndarray  # float32 mono
+    sample_rate: int
+    seconds: float  # time taken to synthesise
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        return self.seconds / self.duration if self.duration else 0.0
+
+    def at(self, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        return resample(self.audio, self.sample_rate, sample_rate)
+
+
+class TTS(abc.ABC):
+    name: str = "tts"
+    languages: tuple[str, ...] = ("en",)
+
+    def synthesize(self, text: str, prosody: Prosody | None = None, voice: str | None = None) -> Speech:
+        """Speak ``text``; non-verbal tags are dropped, empty text is an error."""
+        clean = speakable(text)
+        if not clean:
+            raise EmoslmError("nothing to speak: the text is empty after removing non-verbal tags")
+        start = time.perf_counter()
+        audio, rate = self._synthesize(clean, prosody or Prosody(), voice)
+        return Speech(np.asarray(audio, dtype=np.float32), rate, time.perf_counter() - start)
+
+    @abc.abstractmethod
+    def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
+        ...
+
+
+class PiperTTS(TTS):
+    """Piper VITS voice, by default the packaged en_US-joe-medium."""
+
+    languages = ("en",)
+
+    def __init__(self, model: str = "piper-en-joe") -> None:
+        try:
+            from piper import PiperVoice
+        except ImportError:
+            raise MissingPackageError("piper-tts", "the Piper TTS backend (GPL-3.0)", "emoslm[piper]") from None
+        from emoslm.store import resolve
+
+        path = resolve(model).require_path()
+        config = path.with_name(path.name + ".json")
+        self.voice = PiperVoice.load(str(path), config_path=str(config) if config.exists() else None)
+        self.name = f"piper:{model}"
+
+    def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
+        from piper import SynthesisConfig
+
+        config = SynthesisConfig(
+            length_scale=1.0 / max(prosody.rate, 0.2),
+            noise_scale=0.667 * prosody.variability,
+            noise_w_scale=0.8 * prosody.variability,
+            normalize_audio=True,
+            volume=1.0,
+        )
+        chunks = list(self.voice.synthesize(text, syn_config=config))
+        rate = chunks[0].sample_rate if chunks else self.voice.config.sample_rate
+        audio = np.concatenate([c.audio_float_array for c in chunks]) if chunks else np.zeros(0, np.float32)
+        audio = pitch_shift(audio, rate, prosody.pitch)
+        return apply_gain(audio, 0.7 * prosody.energy), rate
+
+
+class EspeakTTS(TTS):
+    """espeak-ng driven by SSML ``<prosody>``; ``voice`` is an espeak voice such as ``en-us+f3`` or ``cmn``."""
+
+    languages = ("en", "zh")
+    LANG_VOICES = {"en": "en-us", "zh": "cmn"}
+    PINYIN_VOICE = "cmn-latn-pinyin"
+
+    def __init__(self, voice: str = "en-us", binary: str = "espeak-ng") -> None:
+        self.binary = shutil.which(binary)
+        if self.binary is None:
+            raise EmoslmError(f"'{binary}' is not installed: run `apt-get install espeak-ng`")
+        self.voice = self.LANG_VOICES.get(voice, voice)
+        self.name = f"espeak:{self.voice}"
+
+    def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
+        voice = self.LANG_VOICES.get(voice or "", voice or self.voice)
+        if voice.startswith(("cmn", "zh")) and CJK.search(text):
+            # Debian's small cmn dictionary lacks most characters (it spells them out); pinyin reads well.
+            text, voice = to_pinyin(text), self.PINYIN_VOICE
+        pitch_pct = (2.0 ** (prosody.pitch / 12.0) - 1.0) * 100.0
+        ssml = (
+            f'<speak><prosody rate="{prosody.rate * 100:.0f}%" pitch="{pitch_pct:+.0f}%" '
+            f'range="{prosody.variability * 100:.0f}%" volume="{min(prosody.energy, 2.0) * 100:.0f}%">'
+            f"{escape(text)}</prosody></speak>"
+        )
+        result = subprocess.run(
+            [self.binary, "-m", "-v", voice, "--stdout", ssml], capture_output=True, timeout=120
+        )
+        if result.returncode != 0 or not result.stdout:
+            raise BackendError(f"espeak-ng failed for voice '{voice}': {result.stderr.decode()[:200].strip()}")
+        return load_audio(result.stdout, sample_rate=22_050, allow_silent=True), 22_050
+
+
+class OpenAISpeechTTS(TTS):
+    """An OpenAI-compatible ``/audio/speech`` endpoint; prosody travels as speed and an instruction."""
+
+    def __init__(self, base_url: str, model: str = "tts-1", voice: str = "alloy", api_key: str | None = None,
+                 timeout: float = 120.0, languages: tuple[str, ...] = ("en", "zh")) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.model, self.voice, self.languages = model, voice, languages
+        self.name = f"http:{base_url}"
+
+    def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
+        body = {
+            "model": self.model,
+            "input": text,
+            "voice": voice or self.voice,
+            "response_format": "wav",
+            "speed": round(prosody.rate, 3),
+            "instructions": prosody.describe(),
+        }
+        try:
+            response = self.client.post("/audio/speech", json=body)
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"cannot reach the TTS endpoint {self.client.base_url} ({type(exc).__name__}); is the server running?"
+            ) from None
+        if response.status_code >= 400:
+            raise BackendError(f"TTS endpoint answered {response.status_code}: {response.text[:200]}")
+        audio = load_audio(response.content, sample_rate=SAMPLE_RATE, allow_silent=True)
+        return apply_gain(audio, prosody.energy), SAMPLE_RATE
+
+
+def load_tts(spec: str) -> TTS:
+    """``piper[:MODEL]``, ``espeak[:VOICE]`` or ``http(s)://host/v1?model=M&voice=V``."""
+    if spec.startswith(("http://", "https://")):
+        parts = urlsplit(spec)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        return OpenAISpeechTTS(base, model=query.get("model", "tts-1"), voice=query.get("voice", "alloy"),
+                               api_key=query.get("api_key"))
+    backend, _, arg = spec.partition(":")
+    if backend == "piper":
+        return PiperTTS(arg or "piper-en-joe")
+    if backend == "espeak":
+        return EspeakTTS(arg or "en-us")
+    raise EmoslmError(f"unknown TTS spec '{spec}'; use piper[:MODEL], espeak[:VOICE] or an http(s):// URL")
+
+
+def default_tts(lang: str) -> TTS:
+    """Piper for English when installed (better voice), espeak-ng otherwise and for Mandarin."""
+    if lang == "en":
+        try:
+            return PiperTTS()
+        except MissingPackageError:
+            return EspeakTTS("en-us")
+    return EspeakTTS(EspeakTTS.LANG_VOICES.get(lang, lang))

@@ -1,0 +1,62 @@
+"""Speak the user turns of HumDial dialogues with emotion-fitting prosody.
+
+The example dialogues ship as text; this turns them into the audio HumDial provides, so every
+later flow (demo, eval, chat) can run on speech. Each turn gets the acted prosody of its gold
+emotion plus a small seeded variation; files that already exist are kept, so a rerun is instant.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from emoslm.audio import SAMPLE_RATE, save_audio
+from emoslm.dialogues import Dialogue, write_dialogues
+from emoslm.speech.prosody import acted
+from emoslm.speech.tts import TTS, default_tts
+
+
+def voice_dialogues(
+    dialogues: list[Dialogue],
+    out_dir: Path,
+    tts_for: Callable[[str], TTS] | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    on_turn: Callable[[Dialogue, int], None] | None = None,
+) -> list[Dialogue]:
+    """Write ``out_dir/{lang}/{dialogue_id}_{turn_id}.wav`` and ``out_dir/{lang}.jsonl`` pointing at them."""
+    tts_for = tts_for or _cached(default_tts)
+    voiced: list[Dialogue] = []
+    for dialogue in dialogues:
+        lang = dialogue.lang
+        turns = []
+        for turn in dialogue.turns:
+            rel = f"{lang}/{dialogue.dialogue_id}_{turn.turn_id}.wav"
+            target = out_dir / rel
+            if overwrite or not target.exists():
+                rng = random.Random(seed ^ zlib.crc32(rel.encode()))
+                prosody = acted(turn.emotion or "neutral").jitter(rng, 0.05)
+                speech = tts_for(lang).synthesize(turn.text, prosody)
+                save_audio(target, speech.at(SAMPLE_RATE))
+            turns.append(replace(turn, split_audio_file=rel))
+            if on_turn:
+                on_turn(dialogue, turn.turn_id)
+        voiced.append(replace(dialogue, turns=turns))
+    for lang in sorted({d.lang for d in voiced}):
+        write_dialogues(out_dir / f"{lang}.jsonl", [d for d in voiced if d.lang == lang])
+    return voiced
+
+
+def _cached(factory: Callable[[str], TTS]) -> Callable[[str], TTS]:
+    """Load each language's TTS once per run, not once per turn."""
+    loaded: dict[str, TTS] = {}
+
+    def get(lang: str) -> TTS:
+        if lang not in loaded:
+            loaded[lang] = factory(lang)
+        return loaded[lang]
+
+    return get
