@@ -28,6 +28,8 @@ def _require_transformers() -> Any:
         import transformers
     except ImportError:
         raise MissingPackageError("transformers", "the transformers LLM backend", "emoslm[torch]") from None
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     return transformers
 
 

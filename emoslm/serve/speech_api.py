@@ -9,25 +9,29 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pydantic import BaseModel, Field
+
 from emoslm.audio import to_wav_bytes
 from emoslm.errors import EmoslmError
 from emoslm.speech.prosody import Prosody, reply
 from emoslm.speech.tts import TTS
 
 
+class SpeechRequest(BaseModel):
+    """OpenAI's speech request body, plus ``emotion``."""
+
+    input: str = Field(min_length=1, max_length=4096)
+    model: str = "emoslm"
+    voice: Optional[str] = None
+    response_format: str = "wav"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    instructions: Optional[str] = None
+    emotion: Optional[str] = None  # emoslm extension: the user's emotion → reply prosody
+
+
 def create_app(tts: TTS):  # noqa: ANN201 - FastAPI is an optional dependency
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import Response
-    from pydantic import BaseModel, Field
-
-    class SpeechRequest(BaseModel):
-        input: str = Field(min_length=1, max_length=4096)
-        model: str = "emoslm"
-        voice: Optional[str] = None
-        response_format: str = "wav"
-        speed: float = Field(1.0, ge=0.25, le=4.0)
-        instructions: Optional[str] = None
-        emotion: Optional[str] = None  # emoslm extension: the user's emotion → reply prosody
 
     app = FastAPI(title="emoslm speech", version="1")
 

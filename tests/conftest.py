@@ -1,0 +1,57 @@
+"""Shared fixtures: the real small models, loaded once per test session."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+SENTENCE = "I have had a really hard day at work, and I feel completely exhausted."
+
+
+@pytest.fixture(scope="session")
+def piper():
+    from emoslm.speech.tts import PiperTTS
+
+    return PiperTTS()
+
+
+@pytest.fixture(scope="session")
+def asr_en():
+    from emoslm.perception.asr import FasterWhisperASR
+
+    return FasterWhisperASR("whisper-tiny.en")
+
+
+@pytest.fixture(scope="session")
+def asr_base():
+    from emoslm.perception.asr import FasterWhisperASR
+
+    return FasterWhisperASR("whisper-base")
+
+
+@pytest.fixture(scope="session")
+def llama():
+    from emoslm.llm.llama_cpp import LlamaCppLLM
+
+    model = LlamaCppLLM("smollm2-135m-instruct", n_ctx=2048)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def spoken_sentence(piper) -> np.ndarray:
+    """The test sentence spoken by Piper, at 16 kHz."""
+    return piper.synthesize(SENTENCE).at()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tone(seconds: float = 1.0, freq: float = 220.0, sr: int = 16_000, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)

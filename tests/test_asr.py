@@ -1,0 +1,41 @@
+import pytest
+
+from emoslm.errors import AudioError, EmoslmError
+from emoslm.textnorm import error_rate
+from tests.conftest import SENTENCE
+
+
+def test_tiny_en_transcribes_piper_speech(asr_en, spoken_sentence):
+    result = asr_en.transcribe(spoken_sentence)
+    assert error_rate(SENTENCE, result.text) <= 0.10, result.text
+    assert result.language == "en" and 0 < result.rtf < 2
+    assert result.segments and result.segments[-1].end <= result.duration + 0.5
+
+
+def test_english_model_refuses_other_languages(asr_en, spoken_sentence):
+    with pytest.raises(EmoslmError, match="whisper-base"):
+        asr_en.transcribe(spoken_sentence, language="zh")
+
+
+def test_base_detects_english(asr_base, spoken_sentence):
+    result = asr_base.transcribe(spoken_sentence)
+    assert result.language == "en" and result.language_probability > 0.5
+    assert error_rate(SENTENCE, result.text) <= 0.2
+
+
+def test_base_hears_mandarin():
+    from emoslm.perception.asr import FasterWhisperASR
+    from emoslm.speech.tts import EspeakTTS
+
+    text = "明天早上我要去做检查，我现在很紧张。"
+    audio = EspeakTTS("zh").synthesize(text).at()
+    result = FasterWhisperASR("whisper-base").transcribe(audio, language="zh")
+    # espeak-ng's Mandarin is robotic: expect recognisable, not perfect, text
+    assert sum(ch in text for ch in result.text) >= 4, result.text
+
+
+def test_silence_is_rejected_before_the_model(asr_en):
+    import numpy as np
+
+    with pytest.raises(AudioError, match="silent"):
+        asr_en.transcribe(np.zeros(16_000, np.float32))

@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from emoslm.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("group", ["demo", "models", "data", "train", "eval", "chat", "serve"])
+def test_every_flow_has_help(group):
+    result = runner.invoke(app, [group, "--help"])
+    assert result.exit_code == 0 and len(result.output.strip()) > 40
+
+
+def test_models_list_shows_the_store():
+    result = runner.invoke(app, ["models", "list"])
+    assert result.exit_code == 0 and "whisper-tiny.en" in result.output and "yes" in result.output
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "emoslm.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_bad_audio_is_one_line_and_nonzero(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    result = _cli("data", "transcribe", str(empty))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "empty" in result.stderr
+
+
+def test_transcribe_json(tmp_path, spoken_sentence):
+    from emoslm.audio import save_audio
+
+    wav = save_audio(tmp_path / "s.wav", spoken_sentence)
+    result = _cli("data", "transcribe", "--json", str(wav))
+    assert result.returncode == 0, result.stderr
+    assert '"language": "en"' in result.stdout and "exhausted" in result.stdout
+
+
+def test_models_verify_runs_smoke_jobs():
+    result = _cli("models", "verify", "smollm2-135m-instruct", "whisper-tiny.en", "silero-vad")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" ok ") == 3
+
+
+def test_unknown_model_in_verify():
+    result = _cli("models", "verify", "gpt-5")
+    assert result.returncode == 2 and "unknown model" in result.stderr
+
+
+def test_pending_flows_say_so():
+    result = _cli("train")
+    assert result.returncode == 2 and "not built yet" in result.stderr

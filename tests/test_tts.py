@@ -1,0 +1,122 @@
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from emoslm.errors import BackendError, EmoslmError
+from emoslm.speech.dsp import apply_gain, estimate_f0, pitch_shift
+from emoslm.speech.prosody import Prosody, acted, reply
+from emoslm.speech.tts import EspeakTTS, OpenAISpeechTTS, load_tts, speakable, to_pinyin
+from emoslm.textnorm import error_rate
+from tests.conftest import SENTENCE, free_port
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x**2)))
+
+
+def test_speakable_drops_nonverbal_tags():
+    assert speakable("I'm fine. [sigh] Really [laughter]!") == "I'm fine. Really !"
+    with pytest.raises(EmoslmError, match="nothing to speak"):
+        EspeakTTS().synthesize("[sigh]")
+
+
+def test_piper_rate_and_energy_follow_prosody(piper):
+    slow = piper.synthesize(SENTENCE, Prosody(rate=0.75))
+    fast = piper.synthesize(SENTENCE, Prosody(rate=1.3))
+    assert slow.duration > 1.35 * fast.duration
+    soft = piper.synthesize(SENTENCE, Prosody(energy=0.5)).audio
+    loud = piper.synthesize(SENTENCE, Prosody(energy=1.3)).audio
+    assert rms(loud) > 1.8 * rms(soft)
+    assert np.max(np.abs(loud)) <= 1.0
+
+
+def test_emotional_prosody_stays_intelligible(piper, asr_en):
+    for tag in ("sad", "anger", "surprise"):
+        audio = piper.synthesize(SENTENCE, acted(tag)).at()
+        assert error_rate(SENTENCE, asr_en.transcribe(audio).text) <= 0.15, tag
+
+
+def test_pitch_shift_moves_f0_and_keeps_length():
+    sr = 16_000
+    t = np.arange(sr) / sr
+    x = (0.3 * sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 8))).astype(np.float32)
+    for semitones in (4.0, -3.0):
+        y = pitch_shift(x, sr, semitones)
+        assert len(y) == len(x)
+        assert estimate_f0(y, sr) == pytest.approx(120 * 2 ** (semitones / 12), rel=0.03)
+
+
+def test_gain_never_clips():
+    y = apply_gain(np.full(100, 0.9, np.float32), 3.0)
+    assert np.max(np.abs(y)) <= 0.98
+
+
+def test_prosody_tables_and_jitter():
+    import random
+
+    assert acted("sad").rate < 1 < acted("anger").rate
+    assert reply("sad").energy < 1 and "gentle" in reply("sad").style
+    assert acted("fear").jitter(random.Random(1)) == acted("fear").jitter(random.Random(1))
+    assert "slowly" in reply("sad").describe()
+    with pytest.raises(EmoslmError, match="unknown emotion"):
+        acted("bored")
+
+
+def test_espeak_ssml_rate_changes_duration():
+    tts = EspeakTTS("en-us")
+    slow = tts.synthesize(SENTENCE, Prosody(rate=0.7))
+    fast = tts.synthesize(SENTENCE, Prosody(rate=1.4))
+    assert slow.duration > 1.5 * fast.duration
+    assert tts.synthesize(SENTENCE, voice="en-us+f3").duration > 1
+
+
+def test_espeak_mandarin_reads_pinyin():
+    assert to_pinyin("我很好。") == "wo3 hen3 hao3."
+    speech = EspeakTTS("zh").synthesize("我今天很开心！")
+    assert 0.8 < speech.duration < 5
+
+
+def _serve(app, port):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            return server
+        time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def test_openai_speech_backend_against_a_real_server(piper, asr_en):
+    """emoslm's own /v1/audio/speech (Piper behind it) is a real OpenAI-compatible TTS server."""
+    from emoslm.serve.speech_api import create_app
+
+    port = free_port()
+    server = _serve(create_app(piper), port)
+    try:
+        tts = load_tts(f"http://127.0.0.1:{port}/v1?model=emoslm&voice=joe")
+        assert isinstance(tts, OpenAISpeechTTS)
+        slow = tts.synthesize(SENTENCE, Prosody(rate=0.8))
+        fast = tts.synthesize(SENTENCE, Prosody(rate=1.25))
+        assert slow.duration > 1.3 * fast.duration
+        assert error_rate(SENTENCE, asr_en.transcribe(slow.at()).text) <= 0.15
+        bad = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json={"input": "hi", "emotion": "bored"})
+        assert bad.status_code == 400 and "unknown emotion" in bad.text
+    finally:
+        server.should_exit = True
+
+
+def test_unreachable_tts_server_is_a_clear_error():
+    tts = OpenAISpeechTTS(f"http://127.0.0.1:{free_port()}/v1", timeout=2)
+    with pytest.raises(BackendError, match="cannot reach the TTS endpoint"):
+        tts.synthesize("hello")
+
+
+def test_unknown_tts_spec():
+    with pytest.raises(EmoslmError, match="unknown TTS spec"):
+        load_tts("festival")
