@@ -32,12 +32,14 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(serve_app, name="serve")
 
-LLMOpt = Annotated[str, typer.Option("--llm", help="LLM spec: llama-cpp:MODEL, transformers:MODEL or http(s)://…/v1?model=M")]
+LLMOpt = Annotated[str, typer.Option(
+    "--llm", help="LLM spec: auto (SmolLM2 for English, Qwen2.5-0.5B for Chinese), llama-cpp:MODEL, "
+                  "transformers:MODEL or http(s)://…/v1?model=M")]
 
 
 @app.command()
 def demo(
-    llm: LLMOpt = "llama-cpp:smollm2-135m-instruct",
+    llm: LLMOpt = "auto",
     lang: Annotated[str, typer.Option(help="Languages to run, comma-separated.")] = "en,zh",
     limit: Annotated[int, typer.Option(help="Dialogues per language (0 = all).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
@@ -109,7 +111,7 @@ def voice_examples(
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, mp3).")],
     asr: Annotated[str, typer.Option(help="ASR model (name, directory or hub id).")] = "whisper-tiny.en",
-    language: Annotated[Optional[str], typer.Option(help="Language code; omit to detect (multilingual models).")] = None,
+    language: Annotated[Optional[str], typer.Option(help="Language code; omit to detect (multilingual ASR).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
 ) -> None:
     """Transcribe audio files with Whisper; bad audio is reported with what is wrong."""
@@ -118,7 +120,7 @@ def transcribe(
 
     clips = [load_audio(f) for f in files]  # validate every file before loading a model
     model = FasterWhisperASR(asr)
-    for path, audio in zip(files, clips):
+    for path, audio in zip(files, clips, strict=True):
         result = model.transcribe(audio, language=language)
         if as_json:
             print(json.dumps({"file": str(path), "text": result.text, "language": result.language,
@@ -131,7 +133,7 @@ def transcribe(
 @app.command()
 def chat(
     files: Annotated[list[Path], typer.Argument(help="One audio file per user turn, in order.")],
-    llm: LLMOpt = "llama-cpp:smollm2-135m-instruct",
+    llm: LLMOpt = "auto",
     asr: Annotated[Optional[str], typer.Option(help="ASR model; default picks by --lang.")] = None,
     lang: Annotated[Optional[str], typer.Option(help="en or zh; omit to detect.")] = None,
     speak: Annotated[Optional[Path], typer.Option(help="Folder to write spoken replies to.")] = None,

@@ -27,7 +27,10 @@ SYSTEM = {
           "sentences. Acknowledge how they seem to feel.",
     "zh": "你是一个温暖、细心的语音助手。请用中文回答，最多两句话，并回应用户的感受。",
 }
-REPLY_SAMPLING = Sampling(max_tokens=80, temperature=0.6, top_p=0.9, repeat_penalty=1.15, seed=0)
+REPLY_SAMPLING = Sampling(max_tokens=80, temperature=0.6, top_p=0.9, repeat_penalty=1.15, seed=0, stop=["\n\n"])
+
+# SmolLM2-135M is the embedded default but cannot write Chinese; Qwen2.5-0.5B can.
+AUTO_LLM = {"en": "llama-cpp:smollm2-135m-instruct", "zh": "llama-cpp:qwen2.5-coder-0.5b-instruct"}
 
 
 @dataclass
@@ -53,6 +56,23 @@ def reply_to(llm: LLM, history: list[Message], lang: str) -> tuple[str, int, flo
     return done.text.strip(), done.completion_tokens, done.seconds
 
 
+class LLMPool:
+    """One LLM for every language (an explicit spec), or per language with ``auto``."""
+
+    def __init__(self, spec: str = "auto") -> None:
+        self.spec, self.loaded = spec, {}
+
+    def for_lang(self, lang: str | None) -> LLM:
+        spec = AUTO_LLM.get(lang or "en", AUTO_LLM["en"]) if self.spec == "auto" else self.spec
+        if spec not in self.loaded:
+            self.loaded[spec] = load_llm(spec)
+        return self.loaded[spec]
+
+    def close(self) -> None:
+        for llm in self.loaded.values():
+            llm.close()
+
+
 class ASRPool:
     """One ASR model per language, loaded on first use (tiny.en for English, base otherwise)."""
 
@@ -66,11 +86,12 @@ class ASRPool:
         return self.loaded[name]
 
 
-def play_dialogue(dialogue: Dialogue, root: Path, llm: LLM, asr: ASRPool) -> list[TurnResult]:
+def play_dialogue(dialogue: Dialogue, root: Path, llms: LLMPool, asr: ASRPool) -> list[TurnResult]:
     """Run one dialogue turn by turn; the model's own replies become the history."""
     history: list[Message] = []
     results = []
     lang = dialogue.lang
+    llm = llms.for_lang(lang)
     for turn in dialogue.turns:
         audio = load_audio(root / turn.split_audio_file)
         heard = asr.for_lang(lang).transcribe(audio, language=lang)
@@ -97,14 +118,12 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
         voiced = voice_dialogues(dialogues, voices)
     console.print(f"voiced {sum(len(d.turns) for d in voiced)} user turns in {time.perf_counter() - start:.1f} s "
                   f"→ {voices}/")
-    with console.status(f"loading {llm_spec}"):
-        llm = load_llm(llm_spec)
-    asr = ASRPool()
+    llms, asr = LLMPool(llm_spec), ASRPool()
     results: list[TurnResult] = []
     answered: list[Dialogue] = []
     for dialogue in voiced:
         console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang})")
-        turns = play_dialogue(dialogue, voices, llm, asr)
+        turns = play_dialogue(dialogue, voices, llms, asr)
         for r in turns:
             metric = "CER" if r.lang == "zh" else "WER"
             console.print(f"[bold]turn {r.turn_id}[/] gold emotion [magenta]{r.emotion}[/]  "
@@ -113,8 +132,8 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
             console.print(f"  reply : {r.reply}", highlight=False)
         results.extend(turns)
         answered.append(replace(dialogue, turns=[replace(t, response_text=r.reply)
-                                                 for t, r in zip(dialogue.turns, turns)]))
-    llm.close()
+                                                 for t, r in zip(dialogue.turns, turns, strict=True)]))
+    llms.close()
     _write_outputs(out, answered, results)
     _print_summary(console, results, out)
     return results
@@ -160,15 +179,14 @@ def cascade_chat(files: list[Path], llm_spec: str, asr_name: str | None, lang: s
                  speak: Path | None, console: Console) -> None:
     """Transcribe each file as the next user turn and answer it; optionally speak the replies."""
     clips = [load_audio(f) for f in files]
-    asr = ASRPool(asr_name)
-    llm = load_llm(llm_spec)
+    asr, llms = ASRPool(asr_name), LLMPool(llm_spec)
     tts = None
     history: list[Message] = []
-    for index, (path, audio) in enumerate(zip(files, clips), 1):
+    for index, (path, audio) in enumerate(zip(files, clips, strict=True), 1):
         heard = asr.for_lang(lang).transcribe(audio, language=lang)
         turn_lang = lang or heard.language
         history.append({"role": "user", "content": heard.text})
-        reply, _, _ = reply_to(llm, history, turn_lang)
+        reply, _, _ = reply_to(llms.for_lang(turn_lang), history, turn_lang)
         history.append({"role": "assistant", "content": reply})
         console.print(f"[bold]user[/] ({path.name}): {heard.text}", highlight=False)
         console.print(f"[bold]assistant[/]: {reply}", highlight=False)
@@ -178,4 +196,4 @@ def cascade_chat(files: list[Path], llm_spec: str, asr_name: str | None, lang: s
             tts = tts or default_tts(turn_lang)
             wav = save_audio(speak / f"reply_{index}.wav", tts.synthesize(reply).at())
             console.print(f"  spoken → {wav}")
-    llm.close()
+    llms.close()

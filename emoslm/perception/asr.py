@@ -16,10 +16,11 @@ from emoslm.store import resolve
 DEFAULT_ASR = "whisper-tiny.en"
 MULTILINGUAL_ASR = "whisper-base"
 
-# Whisper drifts into traditional characters and repetition loops on Mandarin; a simplified-Chinese
-# prompt and a light repetition penalty cut the character error rate on our test speech (0.75 → 0.68).
+# Whisper falls into repetition loops on unclear Mandarin; a light repetition penalty stops them.
+# (A simplified-Chinese initial prompt helped the error rate a little but was echoed back as the
+# transcript of short, unclear turns, so it is not used.)
 DECODE_HINTS: dict[str, dict[str, object]] = {
-    "zh": {"initial_prompt": "以下是普通话的句子。", "repetition_penalty": 1.1, "no_repeat_ngram_size": 4},
+    "zh": {"repetition_penalty": 1.1, "no_repeat_ngram_size": 4},
 }
 
 
