@@ -13,20 +13,17 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from emoslm.llm import Sampling, load_llm  # noqa: E402
 from emoslm.perception.asr import FasterWhisperASR  # noqa: E402
+from emoslm.serve.llm_server import llama_cpp_server  # noqa: E402
 from emoslm.speech.tts import EspeakTTS, PiperTTS  # noqa: E402
-from emoslm.store import resolve  # noqa: E402
 
 SENTENCE = ("I have had a really hard day at work, and honestly I feel completely exhausted. "
             "My manager changed the deadline again and nobody told me until this afternoon.")
@@ -89,30 +86,11 @@ def bench_llm(repeats: int) -> list[dict]:
 
 def _bench_http(repeats: int) -> dict:
     """The same SmolLM2 GGUF behind llama.cpp's OpenAI-compatible server, over loopback HTTP."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    model = resolve("smollm2-135m-instruct").path
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
-                             "--n_ctx", "2048", "--n_threads", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with llama_cpp_server("smollm2-135m-instruct") as base:
         load = time.perf_counter() - start
         llm = load_llm(f"{base}?template=smollm2-135m-instruct")
         return _llm_row("http (llama.cpp server, smollm2)", llm, load, repeats)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def write(rows: list[dict], out: Path) -> None:

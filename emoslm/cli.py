@@ -160,6 +160,23 @@ def serve_tts(
     uvicorn.run(create_app(load_tts(tts)), host=host, port=port, log_level="warning")
 
 
+@serve_app.command("llm")
+def serve_llm(
+    model: Annotated[str, typer.Option(help="GGUF model: registry name or path.")] = "smollm2-135m-instruct",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    n_ctx: int = 4096,
+) -> None:
+    """llama.cpp's OpenAI-compatible server (/v1/chat/completions, /v1/completions) for a local GGUF."""
+    import os
+
+    from emoslm.serve.llm_server import server_command
+
+    command = server_command(model, host, port, n_ctx)
+    console.print(f"serving {model} at http://{host}:{port}/v1 (model id '{model}')")
+    os.execv(command[0], command)
+
+
 def _pending(flow: str, arrives: str) -> typer.Typer:
     group = typer.Typer(help=f"{flow} ({arrives}).", invoke_without_command=True)
 

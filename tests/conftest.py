@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
+
+from emoslm.serve.llm_server import free_port  # noqa: F401  (re-exported for tests)
 
 SENTENCE = "I have had a really hard day at work, and I feel completely exhausted."
 
@@ -44,12 +44,6 @@ def llama():
 def spoken_sentence(piper) -> np.ndarray:
     """The test sentence spoken by Piper, at 16 kHz."""
     return piper.synthesize(SENTENCE).at()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tone(seconds: float = 1.0, freq: float = 220.0, sr: int = 16_000, amp: float = 0.3) -> np.ndarray:

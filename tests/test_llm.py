@@ -1,13 +1,8 @@
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 
 from emoslm.errors import BackendError, EmoslmError
 from emoslm.llm import Sampling, load_llm
-from emoslm.store import resolve
+from emoslm.serve.llm_server import llama_cpp_server
 from tests.conftest import free_port
 
 MESSAGES = [{"role": "system", "content": "You are a kind assistant."},
@@ -59,31 +54,12 @@ def test_transformers_backend_loads_the_same_gguf(llama):
 @pytest.fixture(scope="module")
 def llama_server():
     """llama.cpp's own OpenAI-compatible server (llama-cpp-python[server]) in a subprocess."""
-    port = free_port()
-    model = resolve("smollm2-135m-instruct").path
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
-        else:
-            raise RuntimeError("llama.cpp server did not start")
+    with llama_cpp_server("smollm2-135m-instruct") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_http_backend_against_llama_cpp_server(llama_server, llama):
-    http = load_llm(f"{llama_server}?model=smollm2&template=smollm2-135m-instruct")
+    http = load_llm(f"{llama_server}?model=smollm2-135m-instruct&template=smollm2-135m-instruct")
     assert http.render(MESSAGES) == llama.render(MESSAGES)
     out = _continues(http)
     assert out.text == llama.complete(http.render(MESSAGES) + "<think>\nThe user sounds tired and sad, because",
