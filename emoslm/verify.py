@@ -82,8 +82,15 @@ def _vad(name: str) -> tuple[object, Callable[[object], str]]:
     return session, run
 
 
+def _embedding(name: str) -> tuple[object, Callable[[object], str]]:
+    from emoslm.perception.text_emotion import load_sentence_model
+
+    model = load_sentence_model(name)
+    return model, lambda m: f"{m.encode(['I feel happy today.']).shape[1]}-d embedding"
+
+
 SMOKE: dict[str, Callable[[str], tuple[object, Callable[[object], str]]]] = {
-    "llm": _llm, "asr": _asr, "tts": _tts, "vocoder": _vocoder, "vad": _vad,
+    "llm": _llm, "asr": _asr, "tts": _tts, "vocoder": _vocoder, "vad": _vad, "embedding": _embedding,
 }
 
 

@@ -3,6 +3,7 @@
 - ``PiperTTS``: neural VITS voice (GPL-3 engine, optional extra); rate/energy/variability natively,
   pitch by a phase-vocoder shift.
 - ``EspeakTTS``: espeak-ng through SSML; many languages including Mandarin (``cmn``).
+- ``FliteTTS``: CMU Flite's English voices (more distinct speakers for generated data).
 - ``OpenAISpeechTTS``: any OpenAI-compatible ``/v1/audio/speech`` server (a CosyVoice-class model
   on a GPU, or ``emoslm serve tts``).
 """
@@ -13,8 +14,10 @@ import abc
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
@@ -151,6 +154,40 @@ class EspeakTTS(TTS):
         return load_audio(result.stdout, sample_rate=22_050, allow_silent=True), 22_050
 
 
+class FliteTTS(TTS):
+    """CMU Flite (BSD-like): a handful of distinct English voices (kal, kal16, awb, rms, slt).
+
+    Flite takes rate (``duration_stretch``) and F0 target mean/spread; energy is a gain after.
+    """
+
+    languages = ("en",)
+    BASE_F0 = {"slt": 170.0, "kal": 105.0, "kal16": 105.0, "awb": 120.0, "rms": 110.0}
+
+    def __init__(self, voice: str = "slt", binary: str = "flite") -> None:
+        self.binary = shutil.which(binary)
+        if self.binary is None:
+            raise EmoslmError(f"'{binary}' is not installed: run `apt-get install flite`")
+        self.voice = voice
+        self.name = f"flite:{voice}"
+
+    def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
+        voice = voice or self.voice
+        f0 = self.BASE_F0.get(voice, 120.0) * 2.0 ** (prosody.pitch / 12.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out.wav"
+            result = subprocess.run(
+                [self.binary, "-voice", voice, "-t", text, "-o", str(out),
+                 "--setf", f"duration_stretch={1.0 / max(prosody.rate, 0.2):.3f}",
+                 "--setf", f"int_f0_target_mean={f0:.1f}",
+                 "--setf", f"int_f0_target_stddev={20.0 * prosody.variability:.1f}"],
+                capture_output=True, timeout=120,
+            )
+            if result.returncode != 0 or not out.exists():
+                raise BackendError(f"flite failed for voice '{voice}': {result.stderr.decode()[:200].strip()}")
+            audio = load_audio(out, sample_rate=16_000, allow_silent=True)
+        return apply_gain(audio, prosody.energy), 16_000
+
+
 class OpenAISpeechTTS(TTS):
     """An OpenAI-compatible ``/audio/speech`` endpoint; prosody travels as speed and an instruction."""
 
@@ -195,7 +232,11 @@ def load_tts(spec: str) -> TTS:
         return PiperTTS(arg or "piper-en-joe")
     if backend == "espeak":
         return EspeakTTS(arg or "en-us")
-    raise EmoslmError(f"unknown TTS spec '{spec}'; use piper[:MODEL], espeak[:VOICE] or an http(s):// URL")
+    if backend == "flite":
+        return FliteTTS(arg or "slt")
+    raise EmoslmError(
+        f"unknown TTS spec '{spec}'; use piper[:MODEL], espeak[:VOICE], flite[:VOICE] or an http(s):// URL"
+    )
 
 
 def default_tts(lang: str) -> TTS:

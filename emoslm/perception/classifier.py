@@ -1,0 +1,74 @@
+"""A standardised softmax-regression classifier: trained with scikit-learn, run with numpy.
+
+Saving only the scaler and the weights (``.npz`` + nothing executable) keeps the cached
+recogniser small, inspectable and safe to load, and inference needs no scikit-learn.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emoslm.errors import EmoslmError, MissingPackageError
+from emoslm.perception.labels import TAGS
+
+
+@dataclass
+class LinearClassifier:
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (7, d) in TAGS order
+    intercept: np.ndarray  # (7,)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, labels: list[str], c: float = 0.5, seed: int = 0) -> LinearClassifier:
+        """Balanced-class multinomial logistic regression on standardised features."""
+        try:
+            from sklearn.linear_model import LogisticRegression
+        except ImportError:
+            raise MissingPackageError("scikit-learn", "training the emotion recogniser", "emoslm[emotion]") from None
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale < 1e-6] = 1.0
+        y = np.array([TAGS.index(t) for t in labels])
+        if len(set(y.tolist())) < 3:
+            raise EmoslmError("training data covers fewer than 3 emotions; build a larger corpus")
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed)
+        model.fit((x - mean) / scale, y)
+        coef = np.zeros((len(TAGS), x.shape[1]), np.float32)
+        intercept = np.full(len(TAGS), -30.0, np.float32)  # a class absent from training is never predicted
+        coef[model.classes_] = model.coef_
+        intercept[model.classes_] = model.intercept_
+        return cls(mean.astype(np.float32), scale.astype(np.float32), coef, intercept)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(x)
+        if x.shape[1] != self.mean.size:
+            raise EmoslmError(
+                f"the classifier expects {self.mean.size} features, got {x.shape[1]}; "
+                "retrain with `emoslm perception train`"
+            )
+        logits = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        os.close(fd)
+        np.savez(tmp, mean=self.mean, scale=self.scale, coef=self.coef, intercept=self.intercept)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> LinearClassifier:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(data["mean"], data["scale"], data["coef"], data["intercept"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise EmoslmError(f"{path}: not a valid emoslm classifier ({exc}); rebuild with "
+                              "`emoslm perception train`") from None
