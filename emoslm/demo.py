@@ -19,7 +19,7 @@ from emoslm.audio import load_audio, save_audio
 from emoslm.dialogues import Dialogue, examples_dir, read_dialogues, write_dialogues
 from emoslm.errors import EmoslmError
 from emoslm.llm import LLM, Message, Sampling, load_llm
-from emoslm.perception.asr import ASR, FasterWhisperASR, asr_for_language
+from emoslm.perception.asr import ASRPool
 from emoslm.textnorm import error_rate
 
 SYSTEM = {
@@ -71,19 +71,6 @@ class LLMPool:
     def close(self) -> None:
         for llm in self.loaded.values():
             llm.close()
-
-
-class ASRPool:
-    """One ASR model per language, loaded on first use (tiny.en for English, base otherwise)."""
-
-    def __init__(self, override: str | None = None) -> None:
-        self.override, self.loaded = override, {}
-
-    def for_lang(self, lang: str | None) -> ASR:
-        name = self.override or asr_for_language(lang)
-        if name not in self.loaded:
-            self.loaded[name] = FasterWhisperASR(name)
-        return self.loaded[name]
 
 
 def play_dialogue(dialogue: Dialogue, root: Path, llms: LLMPool, asr: ASRPool) -> list[TurnResult]:

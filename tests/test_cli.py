@@ -56,3 +56,11 @@ def test_unknown_model_in_verify():
 def test_pending_flows_say_so():
     result = _cli("train")
     assert result.returncode == 2 and "not built yet" in result.stderr
+
+
+def test_perception_classify_rejects_bad_audio_in_one_line(tmp_path):
+    bad = tmp_path / "noise.mp3"
+    bad.write_bytes(b"definitely not audio" * 20)
+    result = _cli("perception", "classify", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not an audio file" in result.stderr and result.stderr.strip().count("\n") == 0

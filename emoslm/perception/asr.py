@@ -51,7 +51,7 @@ class FasterWhisperASR(ASR):
     """Whisper through faster-whisper, int8 on CPU; the model is a registry name, directory or hub id."""
 
     def __init__(self, model: str = DEFAULT_ASR, compute_type: str = "int8", threads: int | None = None,
-                 beam_size: int = 1, vad_filter: bool = True) -> None:
+                 beam_size: int = 1, vad_filter: bool = True, languages: tuple[str, ...] | None = None) -> None:
         try:
             from faster_whisper import WhisperModel
         except ImportError:
@@ -63,6 +63,16 @@ class FasterWhisperASR(ASR):
         self.name = resolved.name
         self.multilingual = bool(self.model.model.is_multilingual)
         self.beam_size, self.vad_filter = beam_size, vad_filter
+        self.languages = languages  # detection picks among these (HumDial: en, zh); None = any
+
+    def detect(self, audio: np.ndarray) -> tuple[str, float]:
+        """The most likely language, restricted to ``languages`` when given."""
+        language, probability, ranked = self.model.detect_language(audio)
+        if self.languages:
+            allowed = [(lang, p) for lang, p in ranked if lang in self.languages]
+            if allowed:
+                language, probability = max(allowed, key=lambda item: item[1])
+        return language, float(probability)
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         check_signal(audio, SAMPLE_RATE, "audio")
@@ -73,6 +83,8 @@ class FasterWhisperASR(ASR):
                 )
             language = "en"
         start = time.perf_counter()
+        if language is None and self.languages:
+            language, _ = self.detect(audio)
         segments, info = self.model.transcribe(
             audio, language=language, beam_size=self.beam_size, vad_filter=self.vad_filter,
             condition_on_previous_text=False, **DECODE_HINTS.get(language or "", {}),
@@ -97,3 +109,17 @@ def _join(pieces: list[str], language: str) -> str:
 def asr_for_language(language: str | None) -> str:
     """English goes to the small English model; anything else (or unknown) to the multilingual one."""
     return DEFAULT_ASR if language == "en" else MULTILINGUAL_ASR
+
+
+class ASRPool:
+    """One ASR model per language, loaded on first use (tiny.en for English, base otherwise)."""
+
+    def __init__(self, override: str | None = None) -> None:
+        self.override, self.loaded = override, {}
+
+    def for_lang(self, lang: str | None) -> ASR:
+        """The model for ``lang`` (None: the multilingual one, which detects the language)."""
+        name = self.override or asr_for_language(lang)
+        if name not in self.loaded:
+            self.loaded[name] = FasterWhisperASR(name, languages=("en", "zh"))
+        return self.loaded[name]

@@ -72,3 +72,65 @@ class LinearClassifier:
         except (OSError, KeyError, ValueError) as exc:
             raise EmoslmError(f"{path}: not a valid emoslm classifier ({exc}); rebuild with "
                               "`emoslm perception train`") from None
+
+
+@dataclass
+class BoostedClassifier:
+    """Gradient-boosted trees (scikit-learn) for the acoustic part.
+
+    Emotion cues interact with the speaker (a high pitch means little without knowing the voice),
+    which a linear model cannot express; on unseen voices boosted trees scored 0.62 against 0.50
+    for the linear model (see the evaluation report). Stored with joblib in emoslm's own cache.
+    """
+
+    model: object
+
+    @classmethod
+    def fit(cls, x: np.ndarray, labels: list[str], seed: int = 0) -> BoostedClassifier:
+        try:
+            from sklearn.ensemble import HistGradientBoostingClassifier
+        except ImportError:
+            raise MissingPackageError("scikit-learn", "training the emotion recogniser", "emoslm[emotion]") from None
+        model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+                                               l2_regularization=1.0, class_weight="balanced", random_state=seed)
+        return cls(model.fit(x, labels))
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(x)
+        expected = getattr(self.model, "n_features_in_", x.shape[1])
+        if x.shape[1] != expected:
+            raise EmoslmError(f"the classifier expects {expected} features, got {x.shape[1]}; "
+                              "retrain with `emoslm perception train`")
+        raw = self.model.predict_proba(x)
+        probs = np.zeros((len(x), len(TAGS)), np.float32)
+        for column, label in enumerate(self.model.classes_):
+            probs[:, TAGS.index(label)] = raw[:, column]
+        return probs
+
+    def save(self, path: Path) -> None:
+        import joblib
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".joblib")
+        os.close(fd)
+        joblib.dump(self.model, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> BoostedClassifier:
+        try:
+            import joblib
+        except ImportError:
+            raise MissingPackageError("scikit-learn", "the built-in emotion recogniser", "emoslm[emotion]") from None
+        try:
+            return cls(joblib.load(path))
+        except (OSError, EOFError, ValueError) as exc:
+            raise EmoslmError(f"{path}: not a valid emoslm classifier ({exc}); rebuild with "
+                              "`emoslm perception train`") from None
+
+
+def load_classifier(path_stem: Path) -> LinearClassifier | BoostedClassifier:
+    """``acoustic.npz`` (linear) or ``acoustic.joblib`` (boosted), whichever the training wrote."""
+    if path_stem.with_suffix(".joblib").exists():
+        return BoostedClassifier.load(path_stem.with_suffix(".joblib"))
+    return LinearClassifier.load(path_stem.with_suffix(".npz"))

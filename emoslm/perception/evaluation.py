@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from emoslm.perception import corpus as corpus_mod
-from emoslm.perception.classifier import LinearClassifier
+from emoslm.perception.classifier import LinearClassifier, load_classifier
 from emoslm.perception.corpus import Clip
 from emoslm.perception.labels import TAGS
 from emoslm.perception.recognizer import fusion_input, recogniser_dir
@@ -27,7 +27,7 @@ def scores(probs: np.ndarray, labels: list[str]) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
     predicted = [TAGS[i] for i in probs.argmax(axis=1)]
-    return {"accuracy": round(float(np.mean([p == l for p, l in zip(predicted, labels, strict=True)])), 4),
+    return {"accuracy": round(float(np.mean([p == y for p, y in zip(predicted, labels, strict=True)])), 4),
             "macro_f1": round(float(f1_score(labels, predicted, labels=list(TAGS), average="macro",
                                              zero_division=0)), 4),
             "n": len(labels)}
@@ -36,7 +36,7 @@ def scores(probs: np.ndarray, labels: list[str]) -> dict[str, float]:
 def predict_parts(directory: Path, clips: list[Clip], features: np.ndarray,
                   transcripts: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """Acoustic, text and fused probabilities for ``clips`` (text from the script or from ``transcripts``)."""
-    acoustic = LinearClassifier.load(directory / "acoustic.npz").predict_proba(features)
+    acoustic = load_classifier(directory / "acoustic").predict_proba(features)
     text = np.zeros_like(acoustic)
     for lang in sorted({c.lang for c in clips}):
         rows = [i for i, c in enumerate(clips) if c.lang == lang]

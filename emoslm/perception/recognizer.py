@@ -18,7 +18,7 @@ import numpy as np
 from emoslm.audio import SAMPLE_RATE, check_signal
 from emoslm.config import settings
 from emoslm.errors import EmoslmError, MissingPackageError
-from emoslm.perception.classifier import LinearClassifier
+from emoslm.perception.classifier import LinearClassifier, load_classifier
 from emoslm.perception.estimate import EmotionEstimate, Evidence, as_probs
 from emoslm.perception.features import PROSODIC_NAMES, AcousticFeaturizer
 from emoslm.perception.labels import EMOTION2VEC_TO_TAG, TAGS, map_distribution
@@ -43,7 +43,7 @@ class BuiltinAcoustic:
 
     def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
         self.featurizer = AcousticFeaturizer(tuple(meta["acoustic_features"]))
-        self.classifier = LinearClassifier.load(directory / "acoustic.npz")
+        self.classifier = load_classifier(directory / "acoustic")
         self.source = "acoustic:builtin(" + "+".join(meta["acoustic_features"]) + ")"
 
     def acoustic(self, audio: np.ndarray) -> Evidence:

@@ -30,8 +30,10 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 ZH_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "happy": ("开心", "高兴", "快乐", "太好了", "太棒", "喜欢", "兴奋", "庆祝", "幸福", "笑", "美好", "顺利", "第一名"),
-    "sad": ("难过", "伤心", "想他", "想她", "哭", "孤单", "绝望", "心碎", "碎了", "失去", "空空", "死了", "走了", "丢了"),
+    "happy": ("开心", "高兴", "快乐", "太好了", "太棒", "喜欢", "兴奋", "庆祝", "幸福", "笑", "美好", "顺利",
+              "第一名"),
+    "sad": ("难过", "伤心", "想他", "想她", "哭", "孤单", "绝望", "心碎", "碎了", "失去", "空空", "死了",
+            "走了", "丢了"),
     "anger": ("气死", "生气", "愤怒", "受够", "过分", "讨厌", "怎么敢", "撒谎", "不可理喻", "大喊", "气得"),
     "fear": ("害怕", "怕", "恐惧", "发抖", "担心", "紧张", "救救", "万一", "闯进来", "跟着我"),
     "surprise": ("居然", "竟然", "没想到", "不敢相信", "天哪", "我的天", "真的吗", "不会吧", "意外", "突然"),
@@ -50,6 +52,12 @@ def load_sentence_model(name: str = "minilm-l6-v2") -> Any:
         raise MissingPackageError("sentence-transformers", "MiniLM text emotion", "emoslm[emotion]") from None
     from emoslm.store import resolve
 
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
     resolved = resolve(name)
     return SentenceTransformer(str(resolved.path or resolved.hub_id), device="cpu")
 

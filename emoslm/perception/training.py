@@ -22,7 +22,7 @@ import numpy as np
 from emoslm.audio import load_audio
 from emoslm.errors import EmoslmError
 from emoslm.perception import corpus as corpus_mod
-from emoslm.perception.classifier import LinearClassifier
+from emoslm.perception.classifier import BoostedClassifier, LinearClassifier
 from emoslm.perception.corpus import VOICES, Clip
 from emoslm.perception.features import AcousticFeaturizer
 from emoslm.perception.labels import TAGS
@@ -38,6 +38,7 @@ class TrainConfig:
     renditions: int = 2
     features: tuple[str, ...] = ("prosody", "whisper")
     voices: tuple[str, ...] = field(default_factory=lambda: tuple(v.name for v in VOICES))
+    acoustic_model: str = "boosted"  # boosted (trees) or linear
     c_acoustic: float = 0.05
     c_text: float = 0.5
     c_fusion: float = 1.0
@@ -79,8 +80,17 @@ def text_matrix(clips: list[Clip], lang: str, texts: dict[str, str] | None = Non
     return np.stack([table[t] for t in wanted])
 
 
+def fit_model(kind: str, x: np.ndarray, labels: list[str], c: float, seed: int
+              ) -> LinearClassifier | BoostedClassifier:
+    if kind == "boosted":
+        return BoostedClassifier.fit(x, labels, seed)
+    if kind == "linear":
+        return LinearClassifier.fit(x, labels, c, seed)
+    raise EmoslmError(f"unknown classifier '{kind}'; use boosted or linear")
+
+
 def out_of_fold(x: np.ndarray, labels: list[str], groups: list[str], c: float, seed: int,
-                folds: int = 4) -> np.ndarray:
+                folds: int = 4, kind: str = "linear") -> np.ndarray:
     """Probabilities for every row from a model that never saw the row's group."""
     names = sorted(set(groups))
     rng = np.random.default_rng(seed)
@@ -90,7 +100,7 @@ def out_of_fold(x: np.ndarray, labels: list[str], groups: list[str], c: float, s
     probs = np.zeros((len(x), len(TAGS)), np.float32)
     for k in sorted(set(fold.tolist())):
         held = fold == k
-        model = LinearClassifier.fit(x[~held], [l for l, h in zip(labels, held, strict=True) if not h], c, seed)
+        model = fit_model(kind, x[~held], [y for y, h in zip(labels, held, strict=True) if not h], c, seed)
         probs[held] = model.predict_proba(x[held])
     return probs
 
@@ -109,7 +119,8 @@ def train(config: TrainConfig, progress: Progress, out: Path | None = None) -> d
     labels = [c.emotion for c in train_clips]
     x_a = features[train_idx]
 
-    oof_a = out_of_fold(x_a, labels, [c.voice for c in train_clips], config.c_acoustic, config.seed)
+    oof_a = out_of_fold(x_a, labels, [c.voice for c in train_clips], config.c_acoustic, config.seed,
+                        kind=config.acoustic_model)
     oof_t = np.zeros_like(oof_a)
     text_models = {}
     for lang in sorted({c.lang for c in train_clips}):
@@ -120,7 +131,7 @@ def train(config: TrainConfig, progress: Progress, out: Path | None = None) -> d
                                   config.seed)
         text_models[lang] = LinearClassifier.fit(x_t, lang_labels, config.c_text, config.seed)
     fusion = LinearClassifier.fit(fusion_input(oof_a, oof_t), labels, config.c_fusion, config.seed)
-    acoustic = LinearClassifier.fit(x_a, labels, config.c_acoustic, config.seed)
+    acoustic = fit_model(config.acoustic_model, x_a, labels, config.c_acoustic, config.seed)
 
     meta = {
         "version": RECOGNISER_VERSION, "config": asdict(config), "acoustic_features": list(config.features),
@@ -140,16 +151,16 @@ def train(config: TrainConfig, progress: Progress, out: Path | None = None) -> d
 
 def _accuracy(probs: np.ndarray, labels: list[str]) -> float:
     predicted = [TAGS[i] for i in probs.argmax(axis=1)]
-    return round(float(np.mean([p == l for p, l in zip(predicted, labels, strict=True)])), 4)
+    return round(float(np.mean([p == y for p, y in zip(predicted, labels, strict=True)])), 4)
 
 
-def _save(directory: Path, acoustic: LinearClassifier, text_models: dict[str, LinearClassifier],
+def _save(directory: Path, acoustic: LinearClassifier | BoostedClassifier, text_models: dict[str, LinearClassifier],
           fusion: LinearClassifier, meta: dict) -> None:
     """Write into a temporary sibling and swap it in, so a crash never leaves half a recogniser."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
-        acoustic.save(tmp / "acoustic.npz")
+        acoustic.save(tmp / ("acoustic.joblib" if isinstance(acoustic, BoostedClassifier) else "acoustic.npz"))
         fusion.save(tmp / "fusion.npz")
         for lang, model in text_models.items():
             model.save(tmp / f"text_{lang}.npz")
