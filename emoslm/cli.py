@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from emoslm.errors import EmoslmError
+from emoslm.progress import rich_progress
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -183,19 +184,6 @@ def serve_llm(
     os.execv(command[0], command)
 
 
-def _progress():  # noqa: ANN202 - a rich Progress adapted to emoslm's progress(label, total) -> advance
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=err, transient=True)
-
-    def start(label: str, total: int):  # noqa: ANN202
-        task = bar.add_task(label, total=total)
-        return lambda n=1: bar.advance(task, n)
-
-    return bar, start
-
-
 @perception_app.command("classify")
 def perception_classify(
     files: Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, mp3).")],
@@ -251,7 +239,7 @@ def perception_train(
                          features=tuple(f.strip() for f in features.split(",") if f.strip()))
     if voices:
         config.voices = tuple(v.strip() for v in voices.split(",") if v.strip())
-    bar, progress = _progress()
+    bar, progress = rich_progress(err)
     with bar:
         meta = train(config, progress)
     oof = meta["out_of_fold_accuracy"]
@@ -274,7 +262,7 @@ def perception_evaluate(
 
     if not (recogniser_dir() / "meta.json").exists():
         raise EmoslmError(f"no trained recogniser in {recogniser_dir()}; run `emoslm perception train` first")
-    bar, progress = _progress()
+    bar, progress = rich_progress(err)
     with bar:
         evaluate(out, progress, transcribe=asr)
     console.print((out / "report.md").read_text(), highlight=False)

@@ -1,8 +1,9 @@
 """The main job on the embedded default, and a plain spoken chat, both built from the real backends.
 
-Until the emotion-aware teacher lands, the demo is the cascade without the emotional part:
-voice each example dialogue, transcribe every user turn, and answer it with the LLM, keeping the
-model's own replies as history, as HumDial plays a dialogue. It prints a line per turn and writes
+Until the IEAT teacher lands, the demo is the cascade with emotion perception but without the
+injected thinking: voice each example dialogue, transcribe every user turn, estimate the user's
+emotion (voice + words), and answer it with the LLM, keeping the model's own replies as history, as
+HumDial plays a dialogue. It prints a line per turn (gold vs detected emotion) and writes
 HumDial-format results plus a summary with the measured costs.
 """
 
@@ -20,6 +21,9 @@ from emoslm.dialogues import Dialogue, examples_dir, read_dialogues, write_dialo
 from emoslm.errors import EmoslmError
 from emoslm.llm import LLM, Message, Sampling, load_llm
 from emoslm.perception.asr import ASRPool
+from emoslm.perception.recognizer import EmotionRecognizer, recogniser_dir
+from emoslm.perception.training import ensure_recogniser
+from emoslm.progress import rich_progress
 from emoslm.textnorm import error_rate
 
 SYSTEM = {
@@ -47,6 +51,9 @@ class TurnResult:
     llm_s: float
     tokens: int
     audio_s: float
+    detected: str = ""
+    voice_says: str = ""
+    words_say: str = ""
 
 
 def reply_to(llm: LLM, history: list[Message], lang: str) -> tuple[str, int, float]:
@@ -73,7 +80,8 @@ class LLMPool:
             llm.close()
 
 
-def play_dialogue(dialogue: Dialogue, root: Path, llms: LLMPool, asr: ASRPool) -> list[TurnResult]:
+def play_dialogue(dialogue: Dialogue, root: Path, llms: LLMPool, asr: ASRPool,
+                  recognizer: EmotionRecognizer | None = None) -> list[TurnResult]:
     """Run one dialogue turn by turn; the model's own replies become the history."""
     history: list[Message] = []
     results = []
@@ -85,9 +93,13 @@ def play_dialogue(dialogue: Dialogue, root: Path, llms: LLMPool, asr: ASRPool) -
         history.append({"role": "user", "content": heard.text})
         reply, tokens, llm_s = reply_to(llm, history, lang)
         history.append({"role": "assistant", "content": reply})
-        results.append(TurnResult(dialogue.dialogue_id, turn.turn_id, lang, turn.emotion, turn.text, heard.text,
-                                  error_rate(turn.text, heard.text), reply, heard.seconds, llm_s, tokens,
-                                  heard.duration))
+        result = TurnResult(dialogue.dialogue_id, turn.turn_id, lang, turn.emotion, turn.text, heard.text,
+                            error_rate(turn.text, heard.text), reply, heard.seconds, llm_s, tokens, heard.duration)
+        if recognizer is not None:
+            estimate = recognizer.estimate(audio, heard.text, lang)
+            result.detected, result.voice_says = estimate.tag, estimate.acoustic.tag
+            result.words_say = estimate.textual.tag if estimate.textual else "-"
+        results.append(result)
     return results
 
 
@@ -105,15 +117,23 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
         voiced = voice_dialogues(dialogues, voices)
     console.print(f"voiced {sum(len(d.turns) for d in voiced)} user turns in {time.perf_counter() - start:.1f} s "
                   f"→ {voices}/")
+    bar, progress = rich_progress(console)
+    with bar:
+        if not (recogniser_dir() / "meta.json").exists():
+            console.print("training the built-in emotion recogniser once (a few minutes; cached afterwards)")
+        ensure_recogniser(progress)
+    recognizer = EmotionRecognizer()
     llms, asr = LLMPool(llm_spec), ASRPool()
     results: list[TurnResult] = []
     answered: list[Dialogue] = []
     for dialogue in voiced:
         console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang})")
-        turns = play_dialogue(dialogue, voices, llms, asr)
+        turns = play_dialogue(dialogue, voices, llms, asr, recognizer)
         for r in turns:
             metric = "CER" if r.lang == "zh" else "WER"
-            console.print(f"[bold]turn {r.turn_id}[/] gold emotion [magenta]{r.emotion}[/]  "
+            mark = "✓" if r.detected == r.emotion else "✗"
+            console.print(f"[bold]turn {r.turn_id}[/] gold emotion [magenta]{r.emotion}[/] · detected "
+                          f"[magenta]{r.detected}[/] {mark} (voice {r.voice_says}, words {r.words_say})  "
                           f"{metric} {r.error_rate:.0%}  ASR {r.asr_s:.2f}s  LLM {r.llm_s:.2f}s", highlight=False)
             console.print(f"  user  : {r.transcript}", highlight=False)
             console.print(f"  reply : {r.reply}", highlight=False)
@@ -147,6 +167,7 @@ def summarise(results: list[TurnResult]) -> dict[str, dict[str, float]]:
             "asr_rtf": sum(r.asr_s for r in rows) / audio if audio else 0.0,
             "llm_tokens_per_s": sum(r.tokens for r in rows) / max(1e-9, sum(r.llm_s for r in rows)),
             "empty_replies": sum(1 for r in rows if not r.reply),
+            "emotion_accuracy": sum(r.detected == r.emotion for r in rows) / len(rows),
         }
     return summary
 
@@ -158,7 +179,8 @@ def _print_summary(console: Console, results: list[TurnResult], out: Path) -> No
     for lang, s in summary.items():
         metric = "CER" if lang == "zh" else "WER"
         console.print(f"{lang}: {s['turns']} turns, ASR {metric} {s['error_rate']:.1%}, ASR RTF {s['asr_rtf']:.2f}, "
-                      f"LLM {s['llm_tokens_per_s']:.0f} tok/s, empty replies {s['empty_replies']}")
+                      f"LLM {s['llm_tokens_per_s']:.0f} tok/s, emotion detected {s['emotion_accuracy']:.0%} "
+                      f"(chance 14%), empty replies {s['empty_replies']}")
     console.print(f"results: {out}/responses_*.jsonl (HumDial format), {out}/turns.jsonl, {out}/summary.json")
 
 

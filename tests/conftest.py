@@ -49,3 +49,21 @@ def spoken_sentence(piper) -> np.ndarray:
 def tone(seconds: float = 1.0, freq: float = 220.0, sr: int = 16_000, amp: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+SMALL_VOICES = ("piper-joe", "espeak-en-us-m1", "espeak-en-us-f2", "espeak-en-us-f3", "espeak-cmn-m1",
+                "espeak-cmn-f3")
+
+
+@pytest.fixture(scope="session")
+def small_recogniser(tmp_path_factory):
+    """A recogniser trained on six voices in a private EMOSLM_HOME: (home, config, meta)."""
+    from emoslm.perception.training import TrainConfig, train
+    from emoslm.progress import silent
+
+    home = tmp_path_factory.mktemp("emoslm-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOSLM_HOME", str(home))
+        config = TrainConfig(renditions=1, voices=SMALL_VOICES)
+        meta = train(config, silent)
+    return home, config, meta

@@ -28,8 +28,7 @@ from emoslm.perception.features import AcousticFeaturizer
 from emoslm.perception.labels import TAGS
 from emoslm.perception.recognizer import RECOGNISER_VERSION, fusion_input, recogniser_dir
 from emoslm.perception.text_emotion import text_featurizer
-
-Progress = Callable[[str, int], Callable[[int], None]]
+from emoslm.progress import Start
 
 
 @dataclass
@@ -105,7 +104,7 @@ def out_of_fold(x: np.ndarray, labels: list[str], groups: list[str], c: float, s
     return probs
 
 
-def train(config: TrainConfig, progress: Progress, out: Path | None = None) -> dict:
+def train(config: TrainConfig, progress: Start, out: Path | None = None) -> dict:
     """Build (or reuse) the corpus and features, fit all three models, save them atomically."""
     started = time.perf_counter()
     root = corpus_mod.corpus_root()
@@ -171,3 +170,11 @@ def _save(directory: Path, acoustic: LinearClassifier | BoostedClassifier, text_
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def ensure_recogniser(progress: Start) -> Path:
+    """The default recogniser, trained first if this machine has none (a few minutes, once)."""
+    directory = recogniser_dir()
+    if not (directory / "meta.json").exists():
+        train(TrainConfig(), progress)
+    return directory
