@@ -265,7 +265,7 @@ def perception_evaluate(
     bar, progress = rich_progress(err)
     with bar:
         evaluate(out, progress, transcribe=asr)
-    console.print((out / "report.md").read_text(), highlight=False)
+    console.print((out / "report.md").read_text(), highlight=False, markup=False)
 
 
 def _pending(flow: str, arrives: str) -> typer.Typer:
