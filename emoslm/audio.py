@@ -10,7 +10,6 @@ import contextlib
 import io
 import os
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from emoslm.atomic import atomic_file
 from emoslm.errors import AudioError
 
 SAMPLE_RATE = 16_000
@@ -118,15 +118,8 @@ def save_audio(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int
     fmt = path.suffix.lstrip(".").upper() or "WAV"
     if fmt.lower() not in SUPPORTED:
         raise AudioError(f"{path}: cannot write '{fmt}'; use one of {', '.join(SUPPORTED)}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        data = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-        sf.write(tmp, data, sample_rate, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp:
+        sf.write(tmp, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate, format=fmt)
     return path
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emoslm.atomic import atomic_file
 from emoslm.errors import DataError
 from emoslm.perception.labels import TAGS
 
@@ -115,16 +115,9 @@ def read_dialogues(path: str | os.PathLike[str]) -> list[Dialogue]:
 def write_dialogues(path: str | os.PathLike[str], dialogues: list[Dialogue]) -> Path:
     """Write JSONL atomically (a crash never leaves half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for dialogue in dialogues:
-                f.write(json.dumps(dialogue.to_json(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(json.dumps(d.to_json(), ensure_ascii=False) + "\n" for d in dialogues),
+                       encoding="utf-8")
     return path
 
 

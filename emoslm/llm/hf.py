@@ -8,12 +8,10 @@ later loads take well under a second.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from emoslm.atomic import atomic_dir
 from emoslm.config import settings
 from emoslm.errors import BackendError, MissingPackageError
 from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling, Stopwatch
@@ -61,18 +59,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         del config.quantization_config
     plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _READY).write_text(f"converted from {gguf}\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 class TransformersLLM(LLM):

@@ -6,13 +6,12 @@ recogniser small, inspectable and safe to load, and inference needs no scikit-le
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from emoslm.atomic import atomic_file
 from emoslm.errors import EmoslmError, MissingPackageError
 from emoslm.perception.labels import TAGS
 
@@ -58,11 +57,8 @@ class LinearClassifier:
         return p / p.sum(axis=1, keepdims=True)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, mean=self.mean, scale=self.scale, coef=self.coef, intercept=self.intercept)
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".npz") as tmp:
+            np.savez(tmp, mean=self.mean, scale=self.scale, coef=self.coef, intercept=self.intercept)
 
     @classmethod
     def load(cls, path: Path) -> LinearClassifier:
@@ -114,11 +110,8 @@ class BoostedClassifier:
     def save(self, path: Path) -> None:
         import joblib
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".joblib")
-        os.close(fd)
-        joblib.dump(self.model, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".joblib") as tmp:
+            joblib.dump(self.model, tmp)
 
     @classmethod
     def load(cls, path: Path) -> BoostedClassifier:

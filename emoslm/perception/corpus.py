@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from emoslm.atomic import atomic_file
 from emoslm.audio import SAMPLE_RATE, load_audio, save_audio
 from emoslm.config import settings
 from emoslm.perception.labels import TAGS
@@ -177,9 +177,8 @@ def synthesize(clips: list[Clip], root: Path, seed: int = 0,
         if progress:
             progress(1)
     manifest = root / "manifest.jsonl"
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in clips), encoding="utf-8")
-    os.replace(tmp, manifest)
+    with atomic_file(manifest) as tmp:
+        tmp.write_text("".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in clips), encoding="utf-8")
     return manifest
 
 

@@ -9,9 +9,6 @@ Everything is seeded; features are cached next to the corpus so a retrain takes 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoslm.atomic import atomic_dir, atomic_file
 from emoslm.audio import load_audio
 from emoslm.errors import EmoslmError
 from emoslm.perception import corpus as corpus_mod
@@ -63,10 +61,8 @@ def acoustic_matrix(root: Path, clips: list[Clip], kinds: tuple[str, ...], progr
         rows.append(featurizer(load_audio(root / clip.path)))
         progress(1)
     matrix = np.stack(rows)
-    fd, tmp = tempfile.mkstemp(dir=root, suffix=".npy")
-    os.close(fd)
-    np.save(tmp, matrix)
-    os.replace(tmp, cache)
+    with atomic_file(cache, suffix=".npy") as tmp:
+        np.save(tmp, matrix)
     return matrix
 
 
@@ -156,20 +152,12 @@ def _accuracy(probs: np.ndarray, labels: list[str]) -> float:
 def _save(directory: Path, acoustic: LinearClassifier | BoostedClassifier, text_models: dict[str, LinearClassifier],
           fusion: LinearClassifier, meta: dict) -> None:
     """Write into a temporary sibling and swap it in, so a crash never leaves half a recogniser."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
+    with atomic_dir(directory) as tmp:
         acoustic.save(tmp / ("acoustic.joblib" if isinstance(acoustic, BoostedClassifier) else "acoustic.npz"))
         fusion.save(tmp / "fusion.npz")
         for lang, model in text_models.items():
             model.save(tmp / f"text_{lang}.npz")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def ensure_recogniser(progress: Start) -> Path:
