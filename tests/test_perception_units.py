@@ -112,3 +112,11 @@ def test_emotion2vec_backend_names_its_package():
 
     with pytest.raises(MissingPackageError, match="funasr"):
         Emotion2VecAcoustic("/models/emotion2vec_plus_large")
+
+
+def test_llm_zero_shot_labeller_returns_a_distribution(llama):
+    from emoslm.perception.text_emotion import LLMTextEmotion
+
+    probs = LLMTextEmotion(llama).probs("I am furious, they cancelled my flight again!")
+    assert set(probs) == set(TAGS) and abs(sum(probs.values()) - 1) < 1e-6
+    assert max(probs.values()) >= 1 / len(TAGS)
