@@ -144,12 +144,40 @@ def chat(
     asr: Annotated[Optional[str], typer.Option(help="ASR model; default picks by --lang.")] = None,
     lang: Annotated[Optional[str], typer.Option(help="en or zh; omit to detect.")] = None,
     speak: Annotated[Optional[Path], typer.Option(help="Folder to write spoken replies to.")] = None,
+    agent: Annotated[str, typer.Option(help="teacher (ASR → emotion → injected think → LLM → TTS) or plain "
+                                            "(ASR → LLM, no emotion).")] = "teacher",
+    show_think: Annotated[bool, typer.Option(help="Print the teacher's hidden think.")] = True,
 ) -> None:
-    """A spoken multi-turn dialogue from audio files: transcribe each turn, answer with the LLM, optionally
-    speak the reply. (The emotion-aware teacher and unified-model agents plug in here as they land.)"""
-    from emoslm.demo import cascade_chat
+    """A spoken multi-turn dialogue from audio files, one file per user turn. The teacher agent hears the
+    user's emotion, thinks about its cause, answers and speaks with fitting prosody (think is never spoken)."""
+    if agent == "plain":
+        from emoslm.demo import cascade_chat
 
-    cascade_chat(files, llm_spec=llm, asr_name=asr, lang=lang, speak=speak, console=console)
+        cascade_chat(files, llm_spec=llm, asr_name=asr, lang=lang, speak=speak, console=console)
+        return
+    if agent != "teacher":
+        raise EmoslmError(f"unknown agent '{agent}'; use teacher or plain")
+    from emoslm.agents.teacher import TeacherAgent
+    from emoslm.audio import load_audio, save_audio
+    from emoslm.perception.asr import ASRPool
+
+    clips = [load_audio(f) for f in files]
+    teacher = TeacherAgent(llm=llm, asr=ASRPool(asr), speak=speak is not None)
+    history = []
+    for index, (path, audio) in enumerate(zip(files, clips, strict=True), 1):
+        reply = teacher.respond(history, audio, lang)
+        history += reply.history_turns()
+        estimate = reply.emotion
+        words = estimate.textual.tag if estimate.textual else "-"
+        console.print(f"[bold]user[/] ({path.name}): {reply.transcript}", highlight=False)
+        console.print(f"  emotion: [magenta]{estimate.tag}[/] {estimate.confidence:.2f} "
+                      f"(voice {estimate.acoustic.tag}, words {words})", highlight=False)
+        if show_think:
+            console.print(f"  [dim]think: {reply.think}[/]", highlight=False)
+        console.print(f"[bold]assistant[/]: {reply.text}", highlight=False)
+        if speak and reply.audio is not None:
+            console.print(f"  spoken → {save_audio(speak / f'reply_{index}.wav', reply.audio, reply.sample_rate)}")
+    teacher.close()
 
 
 @serve_app.command("tts")

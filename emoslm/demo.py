@@ -19,7 +19,7 @@ from rich.console import Console
 from emoslm.audio import load_audio, save_audio
 from emoslm.dialogues import Dialogue, examples_dir, read_dialogues, write_dialogues
 from emoslm.errors import EmoslmError
-from emoslm.llm import LLM, Message, Sampling, load_llm
+from emoslm.llm import LLM, LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer, recogniser_dir
 from emoslm.perception.training import ensure_recogniser
@@ -33,8 +33,6 @@ SYSTEM = {
 }
 REPLY_SAMPLING = Sampling(max_tokens=80, temperature=0.6, top_p=0.9, repeat_penalty=1.15, seed=0, stop=["\n\n"])
 
-# SmolLM2-135M is the embedded default but cannot write Chinese; Qwen2.5-0.5B can.
-AUTO_LLM = {"en": "llama-cpp:smollm2-135m-instruct", "zh": "llama-cpp:qwen2.5-coder-0.5b-instruct"}
 
 
 @dataclass
@@ -61,23 +59,6 @@ def reply_to(llm: LLM, history: list[Message], lang: str) -> tuple[str, int, flo
     messages = [{"role": "system", "content": SYSTEM.get(lang, SYSTEM["en"])}, *history]
     done = llm.chat(messages, REPLY_SAMPLING)
     return done.text.strip(), done.completion_tokens, done.seconds
-
-
-class LLMPool:
-    """One LLM for every language (an explicit spec), or per language with ``auto``."""
-
-    def __init__(self, spec: str = "auto") -> None:
-        self.spec, self.loaded = spec, {}
-
-    def for_lang(self, lang: str | None) -> LLM:
-        spec = AUTO_LLM.get(lang or "en", AUTO_LLM["en"]) if self.spec == "auto" else self.spec
-        if spec not in self.loaded:
-            self.loaded[spec] = load_llm(spec)
-        return self.loaded[spec]
-
-    def close(self) -> None:
-        for llm in self.loaded.values():
-            llm.close()
 
 
 def play_dialogue(dialogue: Dialogue, root: Path, llms: LLMPool, asr: ASRPool,

@@ -18,7 +18,10 @@ from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling
 
 DEFAULT_LLM = "llama-cpp:smollm2-135m-instruct"
 
-__all__ = ["LLM", "ChatTemplate", "Completion", "Message", "Sampling", "DEFAULT_LLM", "load_llm"]
+__all__ = ["LLM", "ChatTemplate", "Completion", "Message", "Sampling", "DEFAULT_LLM", "LLMPool", "load_llm"]
+
+# SmolLM2-135M is the embedded default but cannot write Chinese; Qwen2.5-0.5B can.
+AUTO_LLM = {"en": "llama-cpp:smollm2-135m-instruct", "zh": "llama-cpp:qwen2.5-coder-0.5b-instruct"}
 
 
 def load_llm(spec: str = DEFAULT_LLM, **kwargs: object) -> LLM:
@@ -44,3 +47,20 @@ def load_llm(spec: str = DEFAULT_LLM, **kwargs: object) -> LLM:
     raise EmoslmError(
         f"unknown LLM spec '{spec}'; use llama-cpp:MODEL, transformers:MODEL or an http(s):// endpoint URL"
     )
+
+
+class LLMPool:
+    """One LLM for every language (an explicit spec), or per language with ``auto``."""
+
+    def __init__(self, spec: str = "auto") -> None:
+        self.spec, self.loaded = spec, {}
+
+    def for_lang(self, lang: str | None) -> LLM:
+        spec = AUTO_LLM.get(lang or "en", AUTO_LLM["en"]) if self.spec == "auto" else self.spec
+        if spec not in self.loaded:
+            self.loaded[spec] = load_llm(spec)
+        return self.loaded[spec]
+
+    def close(self) -> None:
+        for llm in self.loaded.values():
+            llm.close()
