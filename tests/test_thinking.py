@@ -1,6 +1,6 @@
 import pytest
 
-from emoslm.llm.thinking import language_of, strip_think, think_opening, think_plan, think_then_answer, validate
+from emoslm.llm.thinking import language_of, strip_think, think_opening, think_then_answer, validate
 
 MESSAGES = [{"role": "system", "content": "You are a warm assistant. Reply in English in two sentences."},
             {"role": "user", "content": "My cat has been sick all week and the vet says there isn't much left to do."}]
@@ -13,7 +13,6 @@ def test_opening_names_the_tag_the_evidence_and_leaves_the_cause_open():
     assert "although their words sound neutral" in conflict
     zh = think_opening("fear", "zh")
     assert "fear" in zh and "害怕" in zh and zh.endswith("原因是")
-    assert "surprise" in think_plan("surprise")
 
 
 def test_strip_think_handles_closed_open_and_missing_blocks():
@@ -32,7 +31,8 @@ def test_validation():
 
 def test_think_then_answer_on_smollm2(llama):
     opening = think_opening("sad", "en", "sad")
-    out = think_then_answer(llama, MESSAGES, opening, think_budget=40, reply_budget=40, plan=think_plan("sad"))
+    out = think_then_answer(llama, MESSAGES, opening, think_budget=40, reply_budget=40)
+    assert not llama.native_think()  # SmolLM2: think markers are plain text, answer comes from notes
     assert out.think.startswith(opening) and len(out.think) > len(opening) + 10  # the model added the cause
     assert "<think>" not in out.reply and "</think>" not in out.reply
     assert 0 < out.think_tokens <= 40 and out.reply_tokens <= 40

@@ -14,7 +14,7 @@ import numpy as np
 from emoslm.agents.base import Agent, Reply, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.llm import LLMPool
-from emoslm.llm.thinking import think_opening, think_plan, think_then_answer, validate
+from emoslm.llm.thinking import think_opening, think_then_answer, validate
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer
 from emoslm.speech.prosody import reply as reply_prosody
@@ -50,7 +50,7 @@ class TeacherAgent(Agent):
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         check_signal(audio, SAMPLE_RATE, "user audio")
-        speech = trim_to_speech(audio)
+        speech = trim_to_speech(audio, pad=0.3)
         timings["vad"] = _lap(clock)
 
         clock = time.perf_counter()
@@ -68,7 +68,7 @@ class TeacherAgent(Agent):
         messages.append({"role": "user", "content": heard.text or "…"})
         words = emotion.textual.tag if emotion.textual else None
         thought = think_then_answer(self.llms.for_lang(lang), messages, think_opening(emotion.tag, lang, words),
-                                    self.think_budget, self.reply_budget, plan=think_plan(emotion.tag, lang))
+                                    self.think_budget, self.reply_budget, lang=lang)
         timings["llm"] = _lap(clock)
 
         reply = Reply(text=thought.reply, think=thought.think, transcript=heard.text, lang=lang, emotion=emotion,

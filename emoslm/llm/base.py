@@ -91,6 +91,10 @@ class LLM(abc.ABC):
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         """The prompt text this model's chat template makes of ``messages``."""
 
+    def native_think(self) -> bool:
+        """True when ``<think>`` is one of the model's own tokens (Qwen3-style thinking models)."""
+        return False
+
     def chat(self, messages: list[Message], sampling: Sampling | None = None) -> Completion:
         """Answer the last user message; the same as continuing the rendered template."""
         return self.complete(self.render(messages), sampling)

@@ -91,6 +91,9 @@ class TransformersLLM(LLM):
             eos_token=self.tokenizer.eos_token or "",
         )
 
+    def native_think(self) -> bool:
+        return len(self.tokenizer("<think>", add_special_tokens=False).input_ids) == 1
+
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 

@@ -39,6 +39,9 @@ class LlamaCppLLM(LLM):
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
+    def native_think(self) -> bool:
+        return self.count_tokens("<think>") == 1
+
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 

@@ -39,6 +39,10 @@ class OpenAIHTTPLLM(LLM):
             self._template = load_template(str(self._template_source))
         return self._template
 
+    def native_think(self) -> bool:
+        """Judged from the chat template (Qwen3's handles ``<think>``); False when none was given."""
+        return bool(self._template_source) and "<think>" in self.template.source
+
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 

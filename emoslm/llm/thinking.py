@@ -6,7 +6,10 @@ reasons about the *cause* and answers. Small models that never close a think get
 ``think_budget`` tokens the closing tag is appended and the answer is generated separately.
 
 Models without think tokens (SmolLM2) get the same ``<think>`` / ``</think>`` markers as plain
-text; models with them (Qwen3) tokenise the same strings as their special tokens.
+text; models with them (Qwen3) tokenise the same strings as their special tokens. After the think,
+a thinking model simply continues with its answer. Small models without think tokens lose the
+thread there (they write about "the response" instead of answering), so for them the finished
+think is handed to a fresh chat turn as private notes and the answer is generated from that.
 """
 
 from __future__ import annotations
@@ -41,12 +44,6 @@ OPENING = {
           "The most likely reason they feel {tag} is",
     "zh": "用户说话时{evidence}{agreement}，我听到的情绪是{name}（{tag}）。用户感到{name}最可能的原因是",
 }
-# Appended to the think after the model's own reasoning: small models otherwise forget to answer
-# the user at all once the think is closed.
-PLAN = {
-    "en": " In my reply I will acknowledge that they feel {tag} and why, then gently support them.",
-    "zh": "回复时我要先说出用户的{name}和原因，再温和地给予支持。",
-}
 AGREEMENT = {
     "en": {"same": ", and their words say the same", "conflict": ", although their words sound {words}", "none": ""},
     "zh": {"same": "，说的话也印证了这一点", "conflict": "，虽然字面上听起来像{words}", "none": ""},
@@ -62,11 +59,6 @@ def think_opening(tag: str, lang: str = "en", words_tag: str | None = None) -> s
                                 name=ZH_NAMES[tag])
 
 
-def think_plan(tag: str, lang: str = "en") -> str:
-    lang = "zh" if lang == "zh" else "en"
-    return PLAN[lang].format(tag=tag, name=ZH_NAMES[tag])
-
-
 @dataclass
 class ThoughtReply:
     think: str
@@ -77,9 +69,18 @@ class ThoughtReply:
     seconds: float
 
 
+NOTES = {
+    "en": "\nYour private reasoning about the user, for you only (do not repeat or mention it): {think}",
+    "zh": "\n你对用户的内心分析，仅供你自己参考（不要复述或提及）：{think}",
+}
+
+
 def think_then_answer(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
-                      reply_budget: int = 160, sampling: Sampling | None = None, plan: str = "") -> ThoughtReply:
-    """Continue ``<think>`` + ``opening`` within the budget, close it (after ``plan``), then answer."""
+                      reply_budget: int = 160, sampling: Sampling | None = None, lang: str = "en") -> ThoughtReply:
+    """Continue ``<think>`` + ``opening`` within the budget, close it, then answer.
+
+    Thinking models continue after ``</think>``; others answer in a fresh turn given the think as notes.
+    """
     base = sampling or Sampling(temperature=0.6, top_p=0.9, repeat_penalty=1.15)
     prompt = llm.render(messages) + f"{THINK_OPEN}\n{opening}"
     think_part = llm.complete(prompt, _with(base, think_budget, [THINK_CLOSE, "<|im_end|>", "<|im_start|>"]))
@@ -87,13 +88,23 @@ def think_then_answer(llm: LLM, messages: list[Message], opening: str, think_bud
     closed_by_budget = think_part.finish_reason == "length"
     if closed_by_budget:
         continuation = _last_sentence_end(continuation)
-    continuation = continuation.rstrip() + plan
+    continuation = continuation.rstrip()
     think = (opening + continuation).strip()
-    answer_prompt = f"{prompt}{continuation}\n{THINK_CLOSE}\n\n"
-    answer = llm.complete(answer_prompt, _with(base, reply_budget, ["<|im_end|>", "<|im_start|>", THINK_OPEN]))
+    stops = ["<|im_end|>", "<|im_start|>", THINK_OPEN]
+    if llm.native_think():
+        answer = llm.complete(f"{prompt}{continuation}\n{THINK_CLOSE}\n\n", _with(base, reply_budget, stops))
+    else:
+        noted = _with_notes(messages, NOTES["zh" if lang == "zh" else "en"].format(think=think))
+        answer = llm.complete(llm.render(noted), _with(base, reply_budget, stops + ["\n\n"]))
     reply = re.sub(r"</?answer>", "", answer.text).strip()
     return ThoughtReply(think, reply, think_part.completion_tokens, answer.completion_tokens, closed_by_budget,
                         think_part.seconds + answer.seconds)
+
+
+def _with_notes(messages: list[Message], notes: str) -> list[Message]:
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": messages[0]["content"] + notes}, *messages[1:]]
+    return [{"role": "system", "content": notes.strip()}, *messages]
 
 
 def _with(base: Sampling, max_tokens: int, stop: list[str]) -> Sampling:
