@@ -101,7 +101,8 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
     bar, progress = rich_progress(console)
     with bar:
         if not (recogniser_dir() / "meta.json").exists():
-            console.print("training the built-in emotion recogniser once (about 9 minutes on 2 cores; cached afterwards)")
+            console.print("training the built-in emotion recogniser once "
+                          "(about 9 minutes on 2 cores; cached afterwards)")
         ensure_recogniser(progress)
     recognizer = EmotionRecognizer()
     llms, asr = LLMPool(llm_spec), ASRPool()
