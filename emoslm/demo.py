@@ -24,6 +24,7 @@ from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer, recogniser_dir
 from emoslm.perception.training import ensure_recogniser
 from emoslm.progress import rich_progress
+from emoslm.speech.tts import TTS, default_tts
 from emoslm.textnorm import error_rate
 
 SYSTEM = {
@@ -171,7 +172,7 @@ def cascade_chat(files: list[Path], llm_spec: str, asr_name: str | None, lang: s
     """Transcribe each file as the next user turn and answer it; optionally speak the replies."""
     clips = [load_audio(f) for f in files]
     asr, llms = ASRPool(asr_name), LLMPool(llm_spec)
-    tts = None
+    tts: dict[str, TTS] = {}
     history: list[Message] = []
     for index, (path, audio) in enumerate(zip(files, clips, strict=True), 1):
         heard = asr.for_lang(lang).transcribe(audio, language=lang)
@@ -182,9 +183,8 @@ def cascade_chat(files: list[Path], llm_spec: str, asr_name: str | None, lang: s
         console.print(f"[bold]user[/] ({path.name}): {heard.text}", highlight=False)
         console.print(f"[bold]assistant[/]: {reply}", highlight=False)
         if speak and reply:
-            from emoslm.speech.tts import default_tts
-
-            tts = tts or default_tts(turn_lang)
-            wav = save_audio(speak / f"reply_{index}.wav", tts.synthesize(reply).at())
+            if turn_lang not in tts:  # one voice per language, loaded once
+                tts[turn_lang] = default_tts(turn_lang)
+            wav = save_audio(speak / f"reply_{index}.wav", tts[turn_lang].synthesize(reply).at())
             console.print(f"  spoken → {wav}")
     llms.close()

@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from emoslm.atomic import atomic_file
-from emoslm.audio import SAMPLE_RATE, load_audio, save_audio
+from emoslm.audio import SAMPLE_RATE, save_audio
 from emoslm.config import settings
 from emoslm.perception.labels import TAGS
 from emoslm.speech.prosody import acted
@@ -180,16 +180,6 @@ def synthesize(clips: list[Clip], root: Path, seed: int = 0,
     with atomic_file(manifest) as tmp:
         tmp.write_text("".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in clips), encoding="utf-8")
     return manifest
-
-
-def read_manifest(root: Path) -> list[Clip]:
-    with open(root / "manifest.jsonl", encoding="utf-8") as f:
-        return [Clip(**json.loads(line)) for line in f if line.strip()]
-
-
-def clip_audio(root: Path, clips: list[Clip]) -> Iterator[tuple[Clip, object]]:
-    for clip in clips:
-        yield clip, load_audio(root / clip.path)
 
 
 def plan_digest(clips: list[Clip]) -> str:

@@ -125,7 +125,9 @@ class ChineseTextFeatures:
         return np.asarray(rows, dtype=np.float32)
 
 
+@lru_cache(maxsize=2)
 def text_featurizer(lang: str) -> EnglishTextFeatures | ChineseTextFeatures:
+    """One featurizer per language per process (VADER, NRC and the MiniLM anchors load once)."""
     return ChineseTextFeatures() if lang == "zh" else EnglishTextFeatures()
 
 
