@@ -44,9 +44,13 @@ def load_audio(
     sample_rate: int = SAMPLE_RATE,
     max_seconds: float = MAX_SECONDS,
     allow_silent: bool = False,
+    offset: float = 0.0,
+    duration: float | None = None,
 ) -> np.ndarray:
     """Decode WAV/FLAC/OGG/MP3 (a path or raw bytes) to mono float32 at ``sample_rate``.
 
+    ``offset``/``duration`` (seconds) read one segment of a long recording (GigaSpeech, Kaldi
+    ``segments``) without decoding the rest; the length limit then applies to the segment.
     Raises ``AudioError`` for empty, non-audio, corrupt, truncated, over-long or silent input.
     """
     name, data = _read_source(source)
@@ -59,9 +63,11 @@ def load_audio(
                 declared, native_sr = f.frames, f.samplerate
                 if native_sr <= 0:
                     raise AudioError(f"{name}: the header gives no sample rate; the file is corrupt")
+                if offset or duration is not None:
+                    declared = _seek_segment(f, name, offset, duration)
                 if declared / native_sr > max_seconds:
                     raise AudioError(_too_long(name, declared / native_sr, max_seconds))
-                audio = f.read(dtype="float32", always_2d=True)
+                audio = f.read(declared if offset or duration is not None else -1, dtype="float32", always_2d=True)
     except sf.LibsndfileError as exc:
         raise AudioError(_decode_message(name, str(exc))) from None
     except RuntimeError as exc:  # libsndfile reports some decoder failures this way
@@ -77,6 +83,19 @@ def load_audio(
     audio = resample(audio, native_sr, sample_rate)
     check_signal(audio, sample_rate, name, max_seconds=max_seconds, allow_silent=allow_silent)
     return audio
+
+
+def _seek_segment(f: sf.SoundFile, name: str, offset: float, duration: float | None) -> int:
+    """Position ``f`` at ``offset``; the number of frames of the segment."""
+    start = int(round(offset * f.samplerate))
+    if offset < 0 or start >= f.frames:
+        raise AudioError(f"{name}: the segment starts at {offset:.2f} s, past the end "
+                         f"({f.frames / f.samplerate:.2f} s); check the manifest's offsets")
+    f.seek(start)
+    frames = f.frames - start if duration is None else int(round(duration * f.samplerate))
+    if frames <= 0:
+        raise AudioError(f"{name}: the segment at {offset:.2f} s has no length; check the manifest's durations")
+    return min(frames, f.frames - start) if duration is None else frames
 
 
 def check_signal(

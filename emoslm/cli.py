@@ -48,15 +48,20 @@ LLMOpt = Annotated[str, typer.Option(
 def demo(
     llm: LLMOpt = "auto",
     lang: Annotated[str, typer.Option(help="Languages to run, comma-separated.")] = "en,zh",
-    limit: Annotated[int, typer.Option(help="Dialogues per language (0 = all).")] = 0,
+    limit: Annotated[int, typer.Option(help="Dialogues per language, one task after another (0 = all 12).")] = 3,
+    ieat_limit: Annotated[int, typer.Option(help="Items of the small IEAT build at the end (0 = skip it).")] = 8,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
 ) -> None:
-    """The main job on the embedded default: voice the example dialogues, transcribe each user turn,
-    answer it with the LLM (history kept), print per-turn results and write them to OUT."""
+    """The main job on the embedded default: voice the example dialogues and play them through the teacher
+    agent turn by turn (hear → emotion → injected think → reply → speech), print gold vs detected emotion,
+    think and reply, write reply audio, HumDial-format results and an emotion-trajectory plot to OUT, then
+    build a small IEAT training set from recipes/tiny.yaml and print its summary."""
     from emoslm.demo import run_demo
 
+    if limit < 0 or ieat_limit < 0:
+        raise EmoslmError("--limit and --ieat-limit must be 0 or more")
     run_demo(llm_spec=llm, langs=[x.strip() for x in lang.split(",") if x.strip()], limit=limit, out=out,
-             console=console)
+             console=console, ieat_limit=ieat_limit)
 
 
 @models_app.command("list")
@@ -112,6 +117,54 @@ def voice_examples(
         task = progress.add_task("voicing turns", total=total)
         voice_dialogues(dialogues, out, seed=seed, overwrite=overwrite, on_turn=lambda d, t: progress.advance(task))
     console.print(f"voiced {total} turns of {len(dialogues)} dialogues into {out}/ (+ {out}/{{lang}}.jsonl)")
+
+
+@data_app.command("build")
+def data_build(
+    recipe: Annotated[Path, typer.Argument(help="A YAML recipe, e.g. recipes/tiny.yaml.")],
+    out: Annotated[Path, typer.Option(help="Build folder (resumes when it already holds this recipe's build).")],
+    limit: Annotated[Optional[int], typer.Option(help="Use the first N items (spread over the sources).")] = None,
+    shard: Annotated[str, typer.Option(help="Build shard i of N (i/N); the last to finish assembles.")] = "1/1",
+    workers: Annotated[Optional[int], typer.Option(help="Parallel workers (default: the recipe's).")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="local or ray (default: the recipe's).")] = None,
+    retry_errors: Annotated[bool, typer.Option(help="Build the items that failed last time again.")] = False,
+) -> None:
+    """Build IEAT training data: stage 1-1 answers, stage 1-2 injected-think samples for the three tasks,
+    multi-turn dialogues, spoken instructions and the stage 2 list. Killed builds resume where they stopped."""
+    from emoslm.ieat.recipe import load_recipe
+    from emoslm.ieat.runner import build, parse_shard
+
+    if executor not in (None, "local", "ray"):
+        raise EmoslmError(f"--executor '{executor}': use local or ray")
+    if limit is not None and limit < 1:
+        raise EmoslmError("--limit must be at least 1")
+    loaded = load_recipe(recipe)
+    bar, progress = rich_progress(err)
+    with bar:
+        report = build(loaded, out, limit=limit, shard=parse_shard(shard), workers=workers, executor=executor,
+                       retry_errors=retry_errors, progress=progress)
+    console.print(f"{report.items} items, {report.built_now} built now in {report.seconds:.0f} s → {out}/")
+    if not report.complete:
+        console.print("not every item is built yet (other shards, or errors); run again to finish and assemble")
+        return
+    console.print(json.dumps(report.summary, ensure_ascii=False), highlight=False)
+    if report.summary.get("errors"):
+        console.print(f"{report.summary['errors']} failures recorded in {out}/errors.jsonl")
+
+
+@data_app.command("inspect")
+def data_inspect(build_dir: Annotated[Path, typer.Argument(help="A folder written by `emoslm data build`.")]) -> None:
+    """Counts per task, language and emotion, think and answer lengths, and PNGs of the emotion distribution
+    and the multi-turn emotion transitions."""
+    from emoslm.ieat.inspection import write_report
+
+    report, pictures = write_report(build_dir)
+    table = Table("what", "value", title=f"IEAT build {build_dir}")
+    for key in ("samples", "per_task", "per_language", "per_emotion", "think_tokens", "answer_tokens",
+                "think_closed_by_budget", "multiturn_lengths", "multiturn_first_differs_from_last", "error_stages"):
+        table.add_row(key, json.dumps(report[key], ensure_ascii=False))
+    console.print(table)
+    console.print("plots: " + ", ".join(str(p) for p in pictures))
 
 
 @data_app.command("transcribe")

@@ -1,26 +1,31 @@
 """The main job on the embedded default, and a plain spoken chat, both built from the real backends.
 
-Until the IEAT teacher lands, the demo is the cascade with emotion perception but without the
-injected thinking: voice each example dialogue, transcribe every user turn, estimate the user's
-emotion (voice + words), and answer it with the LLM, keeping the model's own replies as history, as
-HumDial plays a dialogue. It prints a line per turn (gold vs detected emotion) and writes
-HumDial-format results plus a summary with the measured costs.
+``run_demo`` plays the example dialogues through the teacher agent the way HumDial plays them:
+voice each user turn, then turn by turn hear it (VAD, ASR), estimate the emotion (voice + words),
+think about its cause with the emotion injected into an open think, answer (the agent's own
+replies become the history) and speak the answer. It prints gold vs detected emotion, the think and
+the reply per turn, writes reply audio, HumDial-format results and an emotion-trajectory plot, and
+finally builds a small IEAT training set from ``recipes/tiny.yaml`` and prints its summary.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from emoslm.agents.base import Turn
+from emoslm.agents.teacher import TeacherAgent
 from emoslm.audio import load_audio, save_audio
 from emoslm.dialogues import Dialogue, examples_dir, read_dialogues, write_dialogues
 from emoslm.errors import EmoslmError
 from emoslm.llm import LLM, LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
+from emoslm.perception.labels import TAGS
 from emoslm.perception.recognizer import EmotionRecognizer, recogniser_dir
 from emoslm.perception.training import ensure_recogniser
 from emoslm.progress import rich_progress
@@ -33,7 +38,7 @@ SYSTEM = {
     "zh": "你是一个温暖、细心的语音助手。请用中文回答，最多两句话，并回应用户的感受。",
 }
 REPLY_SAMPLING = Sampling(max_tokens=80, temperature=0.6, top_p=0.9, repeat_penalty=1.15, seed=0, stop=["\n\n"])
-
+TINY_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
 
 
 @dataclass
@@ -41,56 +46,65 @@ class TurnResult:
     dialogue_id: str
     turn_id: int
     lang: str
-    emotion: str
-    text: str
+    emotion: str  # gold
+    detected: str
+    voice_says: str
+    words_say: str
+    text: str  # gold transcript
     transcript: str
     error_rate: float
+    think: str
     reply: str
-    asr_s: float
-    llm_s: float
-    tokens: int
+    reply_audio: str
     audio_s: float
-    detected: str = ""
-    voice_says: str = ""
-    words_say: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
 
-def reply_to(llm: LLM, history: list[Message], lang: str) -> tuple[str, int, float]:
-    """One assistant turn for the conversation so far; returns text, tokens, seconds."""
-    messages = [{"role": "system", "content": SYSTEM.get(lang, SYSTEM["en"])}, *history]
-    done = llm.chat(messages, REPLY_SAMPLING)
-    return done.text.strip(), done.completion_tokens, done.seconds
+def pick_dialogues(dialogues: list[Dialogue], langs: list[str], limit: int) -> list[Dialogue]:
+    """Up to ``limit`` dialogues per language, taking the tasks in turn (T1, T2, T3, T1, ...)."""
+    picked = []
+    for lang in langs:
+        pool = [d for d in dialogues if d.lang == lang]
+        by_task: dict[str, list[Dialogue]] = {}
+        for d in pool:
+            by_task.setdefault(d.task or "", []).append(d)
+        rounds = [d for group in _zip_all(list(by_task.values())) for d in group]
+        picked += rounds[:limit] if limit else pool
+    return picked
 
 
-def play_dialogue(dialogue: Dialogue, root: Path, llms: LLMPool, asr: ASRPool,
-                  recognizer: EmotionRecognizer | None = None) -> list[TurnResult]:
-    """Run one dialogue turn by turn; the model's own replies become the history."""
-    history: list[Message] = []
+def _zip_all(groups: list[list[Dialogue]]) -> list[list[Dialogue]]:
+    depth = max((len(g) for g in groups), default=0)
+    return [[g[i] for g in groups if i < len(g)] for i in range(depth)]
+
+
+def play_dialogue(dialogue: Dialogue, root: Path, agent: TeacherAgent, replies: Path) -> list[TurnResult]:
+    """Run one dialogue turn by turn; the agent's own replies become the history (think never does)."""
+    history: list[Turn] = []
     results = []
-    lang = dialogue.lang
-    llm = llms.for_lang(lang)
     for turn in dialogue.turns:
         audio = load_audio(root / turn.split_audio_file)
-        heard = asr.for_lang(lang).transcribe(audio, language=lang)
-        history.append({"role": "user", "content": heard.text})
-        reply, tokens, llm_s = reply_to(llm, history, lang)
-        history.append({"role": "assistant", "content": reply})
-        result = TurnResult(dialogue.dialogue_id, turn.turn_id, lang, turn.emotion, turn.text, heard.text,
-                            error_rate(turn.text, heard.text), reply, heard.seconds, llm_s, tokens, heard.duration)
-        if recognizer is not None:
-            estimate = recognizer.estimate(audio, heard.text, lang)
-            result.detected, result.voice_says = estimate.tag, estimate.acoustic.tag
-            result.words_say = estimate.textual.tag if estimate.textual else "-"
-        results.append(result)
+        reply = agent.respond(history, audio, dialogue.lang)
+        history += reply.history_turns()
+        estimate = reply.emotion
+        wav = ""
+        if reply.audio is not None:
+            wav = str(save_audio(replies / f"{dialogue.dialogue_id}_{turn.turn_id}.wav", reply.audio,
+                                 reply.sample_rate))
+        results.append(TurnResult(
+            dialogue.dialogue_id, turn.turn_id, dialogue.lang, turn.emotion, estimate.tag, estimate.acoustic.tag,
+            estimate.textual.tag if estimate.textual else "-", turn.text, reply.transcript,
+            error_rate(turn.text, reply.transcript), reply.think, reply.text, wav, round(len(audio) / 16_000, 3),
+            reply.timings, reply.problems))
     return results
 
 
-def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Console) -> list[TurnResult]:
+def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Console,
+             ieat_limit: int = 8) -> list[TurnResult]:
     from emoslm.voicing import voice_dialogues
 
-    dialogues = [d for d in read_dialogues(examples_dir()) if d.lang in langs]
-    if limit:
-        dialogues = [d for lang in langs for d in [x for x in dialogues if x.lang == lang][:limit]]
+    dialogues = pick_dialogues([d for d in read_dialogues(examples_dir()) if d.lang in langs], langs, limit)
     if not dialogues:
         raise EmoslmError(f"no example dialogues for languages {langs}; use --lang en,zh")
     voices = out / "voices"
@@ -102,31 +116,94 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
     bar, progress = rich_progress(console)
     with bar:
         if not (recogniser_dir() / "meta.json").exists():
-            console.print("training the built-in emotion recogniser once "
-                          "(about 9 minutes on 2 cores; cached afterwards)")
+            console.print("training the built-in emotion recogniser once (about 5 minutes on 2 cores; cached)")
         ensure_recogniser(progress)
-    recognizer = EmotionRecognizer()
-    llms, asr = LLMPool(llm_spec), ASRPool()
+    agent = TeacherAgent(llm=llm_spec, recognizer=EmotionRecognizer(), asr=ASRPool())
     results: list[TurnResult] = []
     answered: list[Dialogue] = []
     for dialogue in voiced:
         console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang})")
-        turns = play_dialogue(dialogue, voices, llms, asr, recognizer)
+        turns = play_dialogue(dialogue, voices, agent, out / "replies")
         for r in turns:
-            metric = "CER" if r.lang == "zh" else "WER"
-            mark = "✓" if r.detected == r.emotion else "✗"
-            console.print(f"[bold]turn {r.turn_id}[/] gold emotion [magenta]{r.emotion}[/] · detected "
-                          f"[magenta]{r.detected}[/] {mark} (voice {r.voice_says}, words {r.words_say})  "
-                          f"{metric} {r.error_rate:.0%}  ASR {r.asr_s:.2f}s  LLM {r.llm_s:.2f}s", highlight=False)
-            console.print(f"  user  : {r.transcript}", highlight=False)
-            console.print(f"  reply : {r.reply}", highlight=False)
+            _print_turn(console, r)
         results.extend(turns)
-        answered.append(replace(dialogue, turns=[replace(t, response_text=r.reply)
+        answered.append(replace(dialogue, turns=[replace(t, response_text=r.reply, response_audio=r.reply_audio)
                                                  for t, r in zip(dialogue.turns, turns, strict=True)]))
-    llms.close()
+    agent.close()
     _write_outputs(out, answered, results)
+    trajectory_plot(results, out / "trajectory.png")
     _print_summary(console, results, out)
+    if ieat_limit:
+        run_ieat(out / "ieat", ieat_limit, console)
     return results
+
+
+def _print_turn(console: Console, r: TurnResult) -> None:
+    metric = "CER" if r.lang == "zh" else "WER"
+    mark = "✓" if r.detected == r.emotion else "✗"
+    latency = " ".join(f"{k} {v:.2f}s" for k, v in r.timings.items())
+    console.print(f"[bold]turn {r.turn_id}[/] gold emotion [magenta]{r.emotion}[/] · detected "
+                  f"[magenta]{r.detected}[/] {mark} (voice {r.voice_says}, words {r.words_say})  "
+                  f"{metric} {r.error_rate:.0%}  {latency}", highlight=False)
+    console.print(f"  user  : {r.transcript}", highlight=False)
+    console.print(f"  [dim]think : {r.think}[/]", highlight=False)
+    console.print(f"  reply : {r.reply}", highlight=False)
+
+
+def run_ieat(out: Path, limit: int, console: Console) -> dict[str, Any]:
+    """A small IEAT build from the tiny recipe (resumes if the folder already holds one)."""
+    from emoslm.ieat.recipe import load_recipe
+    from emoslm.ieat.runner import build
+
+    if not TINY_RECIPE.exists():
+        console.print(f"skipping the IEAT build: {TINY_RECIPE} is not here (run the demo from the repository)")
+        return {}
+    console.rule(f"IEAT data: recipes/tiny.yaml, first {limit} items")
+    bar, progress = rich_progress(console)
+    with bar:
+        report = build(load_recipe(TINY_RECIPE), out, limit=limit, progress=progress)
+    s = report.summary
+    console.print(f"{s['items']} items → stage 1-1 {s['stage1_1']}, stage 1-2 {s['stage1_2']} {s['tasks']}, "
+                  f"multi-turn {s['multiturn']}, errors {s['errors']}; emotions {s['emotions']} "
+                  f"({report.seconds:.0f} s) → {out}/", highlight=False)
+    sample = next(iter(_first_line(out / "stage1_2.jsonl")), None)
+    if sample:
+        console.print(f"  e.g. [{sample['task']}] user: {sample['turns'][0]['text']}", highlight=False)
+        console.print(f"  [dim]think: {sample['think']}[/]", highlight=False)
+        console.print(f"  reply: {sample['response']}", highlight=False)
+    console.print(f"inspect it with `emoslm data inspect {out}`")
+    return s
+
+
+def _first_line(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        line = f.readline()
+    return [json.loads(line)] if line.strip() else []
+
+
+def trajectory_plot(results: list[TurnResult], path: Path) -> Path:
+    """Gold vs detected emotion per turn, one row per dialogue: where the agent lost the user's mood."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = list(dict.fromkeys(r.dialogue_id for r in results))
+    fig, axes = plt.subplots(len(ids), 1, figsize=(7, 1.6 * len(ids) + 0.6), squeeze=False, sharex=True)
+    for ax, dialogue_id in zip(axes[:, 0], ids, strict=True):
+        rows = [r for r in results if r.dialogue_id == dialogue_id]
+        turns = [r.turn_id for r in rows]
+        ax.plot(turns, [TAGS.index(r.emotion) for r in rows], "o-", color="#4c72b0", label="gold")
+        ax.plot(turns, [TAGS.index(r.detected) for r in rows], "x--", color="#dd8452", label="detected")
+        ax.set_yticks(range(len(TAGS)), TAGS, fontsize=7)
+        ax.set_title(dialogue_id, fontsize=9)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("turn")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _write_outputs(out: Path, answered: list[Dialogue], results: list[TurnResult]) -> None:
@@ -135,22 +212,22 @@ def _write_outputs(out: Path, answered: list[Dialogue], results: list[TurnResult
     tmp = out / "turns.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for r in results:
-            f.write(json.dumps(r.__dict__, ensure_ascii=False) + "\n")
+            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
     tmp.replace(out / "turns.jsonl")
 
 
-def summarise(results: list[TurnResult]) -> dict[str, dict[str, float]]:
+def summarise(results: list[TurnResult]) -> dict[str, dict[str, Any]]:
     summary = {}
     for lang in sorted({r.lang for r in results}):
         rows = [r for r in results if r.lang == lang]
-        audio = sum(r.audio_s for r in rows)
+        stages = sorted({k for r in rows for k in r.timings})
         summary[lang] = {
             "turns": len(rows),
             "error_rate": sum(r.error_rate for r in rows) / len(rows),
-            "asr_rtf": sum(r.asr_s for r in rows) / audio if audio else 0.0,
-            "llm_tokens_per_s": sum(r.tokens for r in rows) / max(1e-9, sum(r.llm_s for r in rows)),
-            "empty_replies": sum(1 for r in rows if not r.reply),
             "emotion_accuracy": sum(r.detected == r.emotion for r in rows) / len(rows),
+            "empty_replies": sum(1 for r in rows if not r.reply),
+            "turns_with_problems": sum(1 for r in rows if r.problems),
+            "mean_seconds": {k: round(sum(r.timings.get(k, 0.0) for r in rows) / len(rows), 3) for k in stages},
         }
     return summary
 
@@ -161,10 +238,20 @@ def _print_summary(console: Console, results: list[TurnResult], out: Path) -> No
     console.rule("summary")
     for lang, s in summary.items():
         metric = "CER" if lang == "zh" else "WER"
-        console.print(f"{lang}: {s['turns']} turns, ASR {metric} {s['error_rate']:.1%}, ASR RTF {s['asr_rtf']:.2f}, "
-                      f"LLM {s['llm_tokens_per_s']:.0f} tok/s, emotion detected {s['emotion_accuracy']:.0%} "
-                      f"(chance 14%), empty replies {s['empty_replies']}")
-    console.print(f"results: {out}/responses_*.jsonl (HumDial format), {out}/turns.jsonl, {out}/summary.json")
+        latency = ", ".join(f"{k} {v:.2f}s" for k, v in s["mean_seconds"].items())
+        console.print(f"{lang}: {s['turns']} turns, ASR {metric} {s['error_rate']:.1%}, emotion detected "
+                      f"{s['emotion_accuracy']:.0%} (chance 14%), empty replies {s['empty_replies']}, "
+                      f"turns failing validation {s['turns_with_problems']}; mean per turn: {latency}",
+                      highlight=False)
+    console.print(f"results: {out}/responses_*.jsonl (HumDial format), {out}/replies/*.wav, {out}/trajectory.png, "
+                  f"{out}/turns.jsonl, {out}/summary.json")
+
+
+def reply_to(llm: LLM, history: list[Message], lang: str) -> tuple[str, int, float]:
+    """One plain assistant turn for the conversation so far (no emotion); returns text, tokens, seconds."""
+    messages = [{"role": "system", "content": SYSTEM.get(lang, SYSTEM["en"])}, *history]
+    done = llm.chat(messages, REPLY_SAMPLING)
+    return done.text.strip(), done.completion_tokens, done.seconds
 
 
 def cascade_chat(files: list[Path], llm_spec: str, asr_name: str | None, lang: str | None,

@@ -51,7 +51,8 @@ class FasterWhisperASR(ASR):
     """Whisper through faster-whisper, int8 on CPU; the model is a registry name, directory or hub id."""
 
     def __init__(self, model: str = DEFAULT_ASR, compute_type: str = "int8", threads: int | None = None,
-                 beam_size: int = 1, vad_filter: bool = True, languages: tuple[str, ...] | None = None) -> None:
+                 beam_size: int = 1, vad_filter: bool = True, languages: tuple[str, ...] | None = None,
+                 deterministic: bool = False) -> None:
         try:
             from faster_whisper import WhisperModel
         except ImportError:
@@ -64,6 +65,8 @@ class FasterWhisperASR(ASR):
         self.multilingual = bool(self.model.model.is_multilingual)
         self.beam_size, self.vad_filter = beam_size, vad_filter
         self.languages = languages  # detection picks among these (HumDial: en, zh); None = any
+        # Whisper's temperature fallback samples; data builds that must reproduce exactly decode greedily only.
+        self.temperatures = (0.0,) if deterministic else (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
     def detect(self, audio: np.ndarray) -> tuple[str, float]:
         """The most likely language, restricted to ``languages`` when given."""
@@ -87,7 +90,8 @@ class FasterWhisperASR(ASR):
             language, _ = self.detect(audio)
         segments, info = self.model.transcribe(
             audio, language=language, beam_size=self.beam_size, vad_filter=self.vad_filter,
-            condition_on_previous_text=False, **DECODE_HINTS.get(language or "", {}),
+            condition_on_previous_text=False, temperature=list(self.temperatures),
+            **DECODE_HINTS.get(language or "", {}),
         )
         segments = list(segments)
         text = _join([s.text for s in segments], info.language)
@@ -114,12 +118,12 @@ def asr_for_language(language: str | None) -> str:
 class ASRPool:
     """One ASR model per language, loaded on first use (tiny.en for English, base otherwise)."""
 
-    def __init__(self, override: str | None = None) -> None:
-        self.override, self.loaded = override, {}
+    def __init__(self, override: str | None = None, deterministic: bool = False) -> None:
+        self.override, self.loaded, self.deterministic = override, {}, deterministic
 
     def for_lang(self, lang: str | None) -> ASR:
         """The model for ``lang`` (None: the multilingual one, which detects the language)."""
         name = self.override or asr_for_language(lang)
         if name not in self.loaded:
-            self.loaded[name] = FasterWhisperASR(name, languages=("en", "zh"))
+            self.loaded[name] = FasterWhisperASR(name, languages=("en", "zh"), deterministic=self.deterministic)
         return self.loaded[name]

@@ -87,7 +87,7 @@ class BoostedClassifier:
             from sklearn.ensemble import HistGradientBoostingClassifier
         except ImportError:
             raise MissingPackageError("scikit-learn", "training the emotion recogniser", "emoslm[emotion]") from None
-        model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+        model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15,
                                                l2_regularization=1.0, class_weight="balanced", random_state=seed)
         return cls(model.fit(x, labels))
 

@@ -36,7 +36,7 @@ from emoslm.speech.tts import TTS, EspeakTTS, FliteTTS, PiperTTS
 
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
 EMOTIONAL = tuple(t for t in TAGS if t != "neutral")
-CORPUS_VERSION = "v1"
+CORPUS_VERSION = "v2"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from emoslm.perception.labels import EMOTION2VEC_TO_TAG, TAGS, map_distribution
 from emoslm.perception.text_emotion import text_featurizer
 from emoslm.textnorm import tokens
 
-RECOGNISER_VERSION = "v1"
+RECOGNISER_VERSION = "v2"
 
 
 def recogniser_dir() -> Path:

@@ -114,8 +114,9 @@ def train(config: TrainConfig, progress: Start, out: Path | None = None) -> dict
     labels = [c.emotion for c in train_clips]
     x_a = features[train_idx]
 
+    # Two folds for the trees: each fit takes ~50 s here, and the fusion needs honest, not perfect, estimates.
     oof_a = out_of_fold(x_a, labels, [c.voice for c in train_clips], config.c_acoustic, config.seed,
-                        kind=config.acoustic_model)
+                        folds=2, kind=config.acoustic_model)
     oof_t = np.zeros_like(oof_a)
     text_models = {}
     for lang in sorted({c.lang for c in train_clips}):

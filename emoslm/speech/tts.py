@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
@@ -72,6 +72,13 @@ class Speech:
 class TTS(abc.ABC):
     name: str = "tts"
     languages: tuple[str, ...] = ("en",)
+    # Same text and prosody give the same samples. Piper's VITS noise is not seedable, so data builds
+    # that must reproduce exactly ask it for zero noise (``reproducible``).
+    deterministic: bool = True
+
+    def reproducible(self, prosody: Prosody) -> Prosody:
+        """The nearest prosody this engine renders identically every time."""
+        return prosody if self.deterministic else replace(prosody, variability=0.0)
 
     def synthesize(self, text: str, prosody: Prosody | None = None, voice: str | None = None) -> Speech:
         """Speak ``text``; non-verbal tags are dropped, empty text is an error."""
@@ -91,6 +98,7 @@ class PiperTTS(TTS):
     """Piper VITS voice, by default the packaged en_US-joe-medium."""
 
     languages = ("en",)
+    deterministic = False
 
     def __init__(self, model: str = "piper-en-joe") -> None:
         try:
@@ -139,7 +147,8 @@ class EspeakTTS(TTS):
         voice = self.LANG_VOICES.get(voice or "", voice or self.voice)
         if voice.startswith(("cmn", "zh")) and CJK.search(text):
             # Debian's small cmn dictionary lacks most characters (it spells them out); pinyin reads well.
-            text, voice = to_pinyin(text), self.PINYIN_VOICE
+            variant = voice[voice.index("+"):] if "+" in voice else ""  # keep the speaker variant (+m1, +f3)
+            text, voice = to_pinyin(text), self.PINYIN_VOICE + variant
         pitch_pct = (2.0 ** (prosody.pitch / 12.0) - 1.0) * 100.0
         ssml = (
             f'<speak><prosody rate="{prosody.rate * 100:.0f}%" pitch="{pitch_pct:+.0f}%" '
