@@ -45,7 +45,11 @@ DRAFT_PROMPT = {
 
 
 def clean_line(line: str) -> str:
-    return re.sub(r"^\s*(?:[-*•]|\d+[.)、:]|[（(]?\d+[)）])\s*", "", line).strip().strip('"“”')
+    """A drafted line without numbering, bullets or a lead-in ('A user might ask: "…"' keeps the quote)."""
+    quoted = re.search(r'["“「]([^"”」]+)["”」]', line)
+    if quoted:
+        line = quoted.group(1)
+    return re.sub(r"^\s*(?:[-*•]|\d+[.)、:]|[（(]?\d+[)）])\s*", "", line).strip()
 
 
 FIRST_PERSON = {"en": {"i", "me", "my", "myself", "i'm"}, "zh": {"我"}}

@@ -54,7 +54,8 @@ def think_opening(tag: str, lang: str = "en", words_tag: str | None = None) -> s
     """The injected start of the think: the emotion tag and what in the audio shows it, ending open."""
     lang = "zh" if lang == "zh" else "en"
     kind = "none" if words_tag is None else ("same" if words_tag == tag else "conflict")
-    agreement = AGREEMENT[lang][kind].format(words=words_tag)
+    agreement = AGREEMENT[lang][kind].format(words=ZH_NAMES.get(words_tag or "", words_tag) if lang == "zh"
+                                             else words_tag)
     return OPENING[lang].format(evidence=VOICE_EVIDENCE[lang][tag], agreement=agreement, tag=tag,
                                 name=ZH_NAMES[tag])
 
@@ -83,7 +84,9 @@ def think_then_answer(llm: LLM, messages: list[Message], opening: str, think_bud
     """
     base = sampling or Sampling(temperature=0.6, top_p=0.9, repeat_penalty=1.15)
     prompt = llm.render(messages) + f"{THINK_OPEN}\n{opening}"
-    think_part = llm.complete(prompt, _with(base, think_budget, [THINK_CLOSE, "<|im_end|>", "<|im_start|>"]))
+    # Without think tokens a model runs on from its reasoning into the answer after a blank line: stop there.
+    stops = [THINK_CLOSE, "<|im_end|>", "<|im_start|>"] + ([] if llm.native_think() else ["\n\n"])
+    think_part = llm.complete(prompt, _with(base, think_budget, stops))
     continuation = think_part.text.split(THINK_CLOSE)[0]
     closed_by_budget = think_part.finish_reason == "length"
     if closed_by_budget:

@@ -22,7 +22,8 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -158,24 +159,29 @@ def engine_for(voice: Voice) -> TTS:
 
 
 def synthesize(clips: list[Clip], root: Path, seed: int = 0,
-               progress: Callable[[int], None] | None = None) -> Path:
-    """Render every missing clip (existing files are kept, so an interrupted build resumes)."""
+               progress: Callable[[int], None] | None = None, threads: int = 2) -> Path:
+    """Render every missing clip (existing files are kept, so an interrupted build resumes).
+
+    espeak-ng and Flite run as subprocesses and Piper's ONNX session releases the GIL, so a couple of
+    threads keep both cores busy; every clip's variation is seeded by its id, so order does not matter.
+    """
     voices = {v.name: v for v in VOICES}
-    engines: dict[str, TTS] = {}
-    for clip in clips:
-        target = root / clip.path
-        if not target.exists():
-            voice = voices[clip.voice]
-            if voice.name not in engines:
-                engines[voice.name] = engine_for(voice)
-            rng = random.Random(f"{seed}-{clip.id}")
-            prosody = acted(clip.emotion).jitter(rng, 0.08)
-            prosody = type(prosody)(prosody.rate, prosody.pitch + voice.pitch, prosody.energy,
-                                    prosody.variability, prosody.style)
-            speech = engines[voice.name].synthesize(clip.text, prosody)
-            save_audio(target, speech.at(SAMPLE_RATE))
-        if progress:
-            progress(1)
+    missing = [c for c in clips if not (root / c.path).exists()]
+    engines = {name: engine_for(voices[name]) for name in sorted({c.voice for c in missing})}
+
+    def render(clip: Clip) -> None:
+        voice = voices[clip.voice]
+        rng = random.Random(f"{seed}-{clip.id}")
+        prosody = acted(clip.emotion).jitter(rng, 0.08)
+        prosody = replace(prosody, pitch=prosody.pitch + voice.pitch)
+        save_audio(root / clip.path, engines[voice.name].synthesize(clip.text, prosody).at(SAMPLE_RATE))
+
+    if progress:
+        progress(len(clips) - len(missing))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for _ in pool.map(render, missing):
+            if progress:
+                progress(1)
     manifest = root / "manifest.jsonl"
     with atomic_file(manifest) as tmp:
         tmp.write_text("".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in clips), encoding="utf-8")
