@@ -23,6 +23,10 @@ test-quick: setup
 
 bench: setup
 	$(PY) benchmarks/bench_backends.py
+	# the two benchmarks below need the built-in recogniser: trained once, then cached
+	$(PY) -c "from emoslm.perception.training import ensure_recogniser; from emoslm.progress import silent; ensure_recogniser(silent)"
+	$(PY) benchmarks/bench_perception.py
+	$(PY) benchmarks/bench_ieat.py
 
 setup: system-deps $(STAMP)
 

@@ -5,6 +5,7 @@ from emoslm.ieat.instructions import SEEDS, clean_line, keep
 
 def test_clean_line_drops_numbering_bullets_and_lead_ins():
     assert clean_line('A user might ask: "Why do you think I feel this way?"') == "Why do you think I feel this way?"
+    assert clean_line('A user might ask: "Why do I feel so') == "Why do I feel so"
     assert clean_line("3. What emotions did I feel?") == "What emotions did I feel?"
     assert clean_line("- “我为什么难过？”") == "我为什么难过？"
 

@@ -46,7 +46,7 @@ DRAFT_PROMPT = {
 
 def clean_line(line: str) -> str:
     """A drafted line without numbering, bullets or a lead-in ('A user might ask: "…"' keeps the quote)."""
-    quoted = re.search(r'["“「]([^"”」]+)["”」]', line)
+    quoted = re.search(r'["“「]([^"”」]+)', line)  # the closing quote may be cut off
     if quoted:
         line = quoted.group(1)
     return re.sub(r"^\s*(?:[-*•]|\d+[.)、:]|[（(]?\d+[)）])\s*", "", line).strip()
