@@ -363,8 +363,78 @@ def _pending(flow: str, arrives: str) -> typer.Typer:
 
 app.add_typer(_pending("Train the unified spoken language model, stages 1-1 and 1-2", "arrives with the unified model"),
               name="train")
-app.add_typer(_pending("Evaluate an agent on HumDial Track 1 with an LLM judge and objective metrics",
-                       "arrives with the evaluation harness"), name="eval")
+eval_app = _group("Evaluate agents the way HumDial Track 1 does: submission files, an LLM judge, objective "
+                  "metrics, a report; and TELEVAL's AQA scorer.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("humdial")
+def eval_humdial(
+    out: Annotated[Path, typer.Option(help="Folder for the submission, scores, metrics and report.")],
+    data: Annotated[Optional[Path], typer.Option(help="HumDial dialogue file or folder (default: the examples).")
+                    ] = None,
+    agent: Annotated[str, typer.Option(help="The agent to play the dialogues: teacher.")] = "teacher",
+    llm: LLMOpt = "auto",
+    submission: Annotated[Optional[Path], typer.Option(
+        help="Score an existing submission folder ({zh,en}/HD-Track1-T*.jsonl) instead of running an agent.")] = None,
+    judge: Annotated[str, typer.Option(help="Judge LLM spec, or 'none' for objective metrics only. An endpoint "
+                                            "serving Qwen3-Omni reproduces the challenge's judge.")
+                     ] = "llama-cpp:qwen2.5-coder-0.5b-instruct",
+    judge_samples: Annotated[int, typer.Option(help="Judge each dialogue this many times (mean and spread).")] = 1,
+    judge_hears_audio: Annotated[bool, typer.Option(help="Send T3 reply audio to the judge (audio-capable "
+                                                         "endpoint) and let it score D2/D3.")] = False,
+    rubric_dir: Annotated[Optional[Path], typer.Option(help="Folder with t1.txt/t2.txt/t3.txt to replace the "
+                                                            "built-in rubric prompts.")] = None,
+    limit: Annotated[int, typer.Option(help="Dialogues per task and language (0 = all).")] = 0,
+    voice: Annotated[bool, typer.Option(help="Speak the user turns with TTS (text-only dialogue files; on by "
+                                             "default for the built-in examples).")] = False,
+) -> None:
+    """Play HumDial Track 1 dialogues through an agent (its own replies as history), write the submission
+    layout, measure objective metrics, judge with an LLM and write scores.json, report.md and report.html."""
+    from emoslm.dialogues import examples_dir
+    from emoslm.eval.humdial import load_entries
+    from emoslm.eval.judge import Judge
+    from emoslm.eval.run import evaluate
+
+    if judge_samples < 1 or limit < 0:
+        raise EmoslmError("--judge-samples must be at least 1 and --limit 0 or more")
+    entries, runner = None, None
+    if submission is None:
+        if agent != "teacher":
+            raise EmoslmError(f"unknown agent '{agent}'; use teacher (or --submission DIR to score saved outputs)")
+        entries = load_entries(data or examples_dir())
+        voice = voice or data is None or examples_dir() in (data.resolve(), data.resolve().parent)
+        if limit:
+            entries = [e for key in sorted({(x.lang, x.task) for x in entries})
+                       for e in [x for x in entries if (x.lang, x.task) == key][:limit]]
+        from emoslm.agents.teacher import TeacherAgent
+
+        runner = TeacherAgent(llm=llm)
+    scorer = None if judge == "none" else Judge(judge, samples=judge_samples, rubric_dir=rubric_dir,
+                                               hears_audio=judge_hears_audio)
+    bar, progress = rich_progress(err)
+    with bar:
+        summary = evaluate(out, scorer, runner, entries, submission, progress, voice)
+    for closing in (runner, scorer):
+        if closing is not None:
+            closing.close()
+    console.print((out / "report.md").read_text(), highlight=False, markup=False)
+    console.print(f"submission: {out / 'submission' if submission is None else submission}; "
+                  f"report: {out}/report.html; final {summary['scoreboard']['final']}")
+
+
+@eval_app.command("televal")
+def eval_televal(predictions: Annotated[Path, typer.Argument(help="TELEVAL prediction JSONL (key, pred, ref).")]
+                 ) -> None:
+    """TELEVAL's AQA exact-match score of a prediction file (any reference as a contiguous token run)."""
+    from emoslm.eval.televal import aqa_score
+    from emoslm.ieat.sources import json_lines
+
+    rows = [obj for _, obj in json_lines(predictions)]
+    if not rows or any("pred" not in r or "ref" not in r for r in rows):
+        raise EmoslmError(f"{predictions}: every line needs 'pred' and 'ref'")
+    score = aqa_score([r["pred"] for r in rows], [r["ref"] for r in rows])
+    console.print(f"AQA exact match: {score:.2f} over {len(rows)} samples")
 
 
 def main() -> None:

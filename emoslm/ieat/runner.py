@@ -189,7 +189,12 @@ def run_ray(recipe: Recipe, jobs: list[tuple[SourceItem, str]], instructions: di
     if started_here:
         kwargs: dict[str, Any] = {"address": recipe.data.ray_address} if recipe.data.ray_address else {
             "num_cpus": workers, "include_dashboard": False}
-        ray.init(log_to_driver=False, configure_logging=False, **kwargs)
+        try:
+            ray.init(log_to_driver=False, configure_logging=False, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = recipe.data.ray_address or "a local instance"
+            raise BackendError(f"cannot start or join Ray at {where} ({str(exc).splitlines()[0][:160]}); "
+                               "run `ray start --head` there or fix ray_address") from None
     try:
         actor = ray.remote(num_cpus=1)(Worker)
         args = (recipe.model_dump_json(), str(recipe.path) if recipe.path else None, _worker_env(workers))

@@ -31,6 +31,9 @@ class Sampling:
     repeat_penalty: float = 1.1
     seed: int | None = 0
     stop: list[str] = field(default_factory=list)
+    # Constrain the output to JSON of this schema where the backend can (llama.cpp grammar, vLLM
+    # response_format); other backends ignore it and callers parse defensively.
+    json_schema: dict[str, Any] | None = None
 
     @property
     def greedy(self) -> bool:

@@ -64,6 +64,7 @@ class LlamaCppLLM(LLM):
             repeat_penalty=s.repeat_penalty,
             seed=s.seed,
             stop=list(s.stop) or None,
+            grammar=_grammar(s.json_schema),
         )
         choice = out["choices"][0]
         return Completion(
@@ -108,3 +109,14 @@ def gguf_template(path: object) -> ChatTemplate:
         return template_from_llama(vocab, str(path))
     finally:
         vocab.close()
+
+
+def _grammar(schema: dict | None) -> object:
+    """A GBNF grammar that only admits JSON of ``schema`` (None: unconstrained)."""
+    if schema is None:
+        return None
+    import json
+
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)

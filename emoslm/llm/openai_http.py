@@ -84,7 +84,10 @@ class OpenAIHTTPLLM(LLM):
     def chat(self, messages: list[Message], sampling: Sampling | None = None) -> Completion:
         s = sampling or Sampling()
         clock = Stopwatch()
-        data = self._post("/chat/completions", {"messages": messages, **self._body(s)})
+        body = {"messages": messages, **self._body(s)}
+        if s.json_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": s.json_schema}}
+        data = self._post("/chat/completions", body)
         return _completion(data, data["choices"][0]["message"].get("content") or "", clock)
 
     def close(self) -> None:
