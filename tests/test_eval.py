@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -121,8 +120,8 @@ def test_televal_prediction_file(tmp_path):
 def test_submission_round_trip_keeps_the_exact_fields(tmp_path):
     entries = [Entry("T3", dialogue(["neutral", "sad", "anger"]), tmp_path),
                Entry("T1", dialogue(["sad", "neutral"], "en_T1_02"), tmp_path)]
-    played = {"en_T3_01": [PlayedTurn(i + 1, f"answer {i}", response_audio=f"HD-Track1-T3/en_T3_01_{i + 1}_response.wav")
-                           for i in range(3)],
+    audio = "HD-Track1-T3/en_T3_01_{}_response.wav"
+    played = {"en_T3_01": [PlayedTurn(i + 1, f"answer {i}", response_audio=audio.format(i + 1)) for i in range(3)],
               "en_T1_02": [PlayedTurn(1, "one"), PlayedTurn(2, "two")]}
     from emoslm.audio import save_audio
     from tests.conftest import tone

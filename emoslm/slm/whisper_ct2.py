@@ -1,0 +1,145 @@
+"""The packaged Whisper weights are CTranslate2 files; the unified model needs a PyTorch encoder it can
+back-propagate through (adapter training) and run in the same graph as the LLM. This module reads
+CTranslate2's ``model.bin`` (its published binary layout), maps the encoder's variables onto
+``transformers``' ``WhisperEncoder`` and loads them, so the same weights serve both runtimes.
+
+``model.bin``: uint32 binary version, the spec name and uint32 revision, uint32 variable count, then per
+variable its name, rank (uint8), dims (uint32 each), dtype id (uint8: float32, int8, int16, int32,
+float16, bfloat16) and byte count (uint32) followed by the raw data; then aliases. Strings are a
+uint16 length (with the trailing NUL) and UTF-8 bytes. int8 weights come with a per-row
+``weight_scale`` and are dequantised as ``weight / scale``.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from emoslm.errors import EmoslmError, MissingPackageError
+
+DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, "bfloat16")
+
+
+def _string(f: BinaryIO) -> str:
+    (length,) = struct.unpack("<H", f.read(2))
+    return f.read(length)[:-1].decode("utf-8")
+
+
+def _array(raw: bytes, dtype_id: int, shape: tuple[int, ...]) -> np.ndarray:
+    if DTYPES[dtype_id] == "bfloat16":  # the upper half of a float32
+        as_u32 = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
+        return as_u32.view(np.float32).reshape(shape)
+    return np.frombuffer(raw, dtype=DTYPES[dtype_id]).reshape(shape)
+
+
+def read_ct2(model_dir: Path, prefix: str = "") -> dict[str, np.ndarray]:
+    """Every variable of a CTranslate2 model (those starting with ``prefix``), int8 ones dequantised."""
+    path = Path(model_dir) / "model.bin"
+    if not path.is_file():
+        raise EmoslmError(f"{model_dir}: no CTranslate2 model.bin here")
+    variables: dict[str, np.ndarray] = {}
+    with open(path, "rb") as f:
+        (version,) = struct.unpack("<I", f.read(4))
+        if version < 5:
+            raise EmoslmError(f"{path}: CTranslate2 binary version {version} is too old to read (need 5+)")
+        _string(f)  # spec name
+        f.read(4)  # spec revision
+        (count,) = struct.unpack("<I", f.read(4))
+        for _ in range(count):
+            name = _string(f)
+            (rank,) = struct.unpack("<B", f.read(1))
+            shape = struct.unpack(f"<{rank}I", f.read(4 * rank)) if rank else ()
+            dtype_id, nbytes = struct.unpack("<BI", f.read(5))
+            if name.startswith(prefix):
+                variables[name] = _array(f.read(nbytes), dtype_id, shape)
+            else:
+                f.seek(nbytes, 1)
+    for name in [n for n in variables if n.endswith("/weight_scale")]:
+        weight = name[: -len("_scale")]
+        scale = variables.pop(name).astype(np.float32)
+        rows = scale.reshape(-1, *([1] * (variables[weight].ndim - 1)))
+        variables[weight] = variables[weight].astype(np.float32) / rows
+    return {n: v.astype(np.float32) for n, v in variables.items()}
+
+
+def encoder_config(variables: dict[str, np.ndarray]) -> dict[str, int]:
+    """The ``WhisperConfig`` fields of the encoder, read off the variables' shapes."""
+    layers = 1 + max(int(m.group(1)) for n in variables if (m := re.match(r"encoder/layer_(\d+)/", n)))
+    d_model, n_mels, _ = variables["encoder/conv1/weight"].shape
+    heads = int(variables["encoder/num_heads"]) if "encoder/num_heads" in variables else max(1, d_model // 64)
+    return {"d_model": int(d_model), "num_mel_bins": int(n_mels), "encoder_layers": layers,
+            "encoder_attention_heads": heads,
+            "encoder_ffn_dim": int(variables["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
+            "max_source_positions": int(variables["encoder/position_encodings/encodings"].shape[0])}
+
+
+def encoder_state_dict(variables: dict[str, np.ndarray], layers: int) -> dict[str, Any]:
+    """``transformers`` WhisperEncoder parameter names → tensors (the fused QKV split into three)."""
+    import torch
+
+    def t(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(variables[f"encoder/{name}"]))
+
+    state = {"conv1.weight": t("conv1/weight"), "conv1.bias": t("conv1/bias"), "conv2.weight": t("conv2/weight"),
+             "conv2.bias": t("conv2/bias"), "embed_positions.weight": t("position_encodings/encodings"),
+             "layer_norm.weight": t("layer_norm/gamma"), "layer_norm.bias": t("layer_norm/beta")}
+    for i in range(layers):
+        src, dst = f"layer_{i}", f"layers.{i}"
+        q, k, v = t(f"{src}/self_attention/linear_0/weight").chunk(3, dim=0)
+        qb, _, vb = t(f"{src}/self_attention/linear_0/bias").chunk(3, dim=0)  # Whisper's key has no bias
+        state.update({
+            f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.q_proj.bias": qb,
+            f"{dst}.self_attn.k_proj.weight": k,
+            f"{dst}.self_attn.v_proj.weight": v, f"{dst}.self_attn.v_proj.bias": vb,
+            f"{dst}.self_attn.out_proj.weight": t(f"{src}/self_attention/linear_1/weight"),
+            f"{dst}.self_attn.out_proj.bias": t(f"{src}/self_attention/linear_1/bias"),
+            f"{dst}.self_attn_layer_norm.weight": t(f"{src}/self_attention/layer_norm/gamma"),
+            f"{dst}.self_attn_layer_norm.bias": t(f"{src}/self_attention/layer_norm/beta"),
+            f"{dst}.fc1.weight": t(f"{src}/ffn/linear_0/weight"), f"{dst}.fc1.bias": t(f"{src}/ffn/linear_0/bias"),
+            f"{dst}.fc2.weight": t(f"{src}/ffn/linear_1/weight"), f"{dst}.fc2.bias": t(f"{src}/ffn/linear_1/bias"),
+            f"{dst}.final_layer_norm.weight": t(f"{src}/ffn/layer_norm/gamma"),
+            f"{dst}.final_layer_norm.bias": t(f"{src}/ffn/layer_norm/beta"),
+        })
+    return state
+
+
+def load_whisper_encoder(model: str = "whisper-tiny.en") -> Any:
+    """A ``transformers`` WhisperEncoder with the weights of a CTranslate2 Whisper (registry name or folder)."""
+    try:
+        from transformers import WhisperConfig
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+    except ImportError:
+        raise MissingPackageError("transformers", "the PyTorch Whisper encoder", "emoslm[torch]") from None
+    from emoslm.store import resolve
+
+    variables = read_ct2(resolve(model).require_path(), prefix="encoder/")
+    fields = encoder_config(variables)
+    config = WhisperConfig(**fields, decoder_layers=1, decoder_attention_heads=fields["encoder_attention_heads"],
+                           decoder_ffn_dim=fields["encoder_ffn_dim"])
+    encoder = WhisperEncoder(config)
+    missing, unexpected = encoder.load_state_dict(encoder_state_dict(variables, fields["encoder_layers"]),
+                                                  strict=False)
+    if unexpected or any(not m.endswith("k_proj.bias") for m in missing):
+        raise EmoslmError(f"{model}: the converted Whisper encoder does not fit (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    return encoder.eval()
+
+
+def encode(encoder: Any, mel: Any) -> Any:
+    """Encoder frames for a (batch, n_mels, frames) log-mel of any even length up to 30 s.
+
+    ``WhisperEncoder.forward`` insists on the padded 30 s window; running its modules on the clip's own
+    length (as CTranslate2 does) costs a fraction for short turns and gives the same frames.
+    """
+    import torch
+
+    hidden = torch.nn.functional.gelu(encoder.conv1(mel))
+    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    for layer in encoder.layers:
+        hidden = layer(hidden, attention_mask=None)
+    return encoder.layer_norm(hidden)
