@@ -1,0 +1,103 @@
+"""UnifiedSLM: one model that hears the user (Whisper encoder + adapter) and thinks and writes (a causal LM).
+
+Speech embeddings replace a run of placeholder positions in the user turn of the LLM's own chat
+template (``speech_mask`` marks them), so the template, its special tokens and the LLM's abilities
+stay as they are. Checkpoints are ordinary ``save_pretrained`` folders (``config.json`` with the LLM's
+and the encoder's configs inside, ``model.safetensors``, the tokenizer), loadable with
+``UnifiedSLM.from_pretrained``.
+
+Think markers: models with think tokens (Qwen3) use them; models without (SmolLM2) get ``<think>`` /
+``</think>`` as plain text, the same choice as the IEAT teacher (``emoslm.llm.thinking``). Adding new
+tokens would give them untrained embeddings that the small data here cannot teach well; as text they
+are a few ordinary tokens the model already reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from emoslm.slm.listen import Adapter, Subsampler
+from emoslm.slm.whisper_ct2 import encode
+
+
+class UnifiedSLMConfig(PretrainedConfig):
+    model_type = "emoslm_unified_slm"
+
+    def __init__(self, llm_config: dict[str, Any] | None = None, encoder_config: dict[str, Any] | None = None,
+                 adapter_dim: int = 512, adapter_layers: int = 2, adapter_heads: int = 8,
+                 llm_source: str = "", encoder_source: str = "", **kwargs: Any) -> None:
+        self.llm_config = llm_config or {}
+        self.encoder_config = encoder_config or {}
+        self.adapter_dim, self.adapter_layers, self.adapter_heads = adapter_dim, adapter_layers, adapter_heads
+        self.llm_source, self.encoder_source = llm_source, encoder_source  # where the weights came from
+        super().__init__(**kwargs)
+
+    def llm(self) -> PretrainedConfig:
+        fields = dict(self.llm_config)
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+    def encoder(self) -> WhisperConfig:
+        return WhisperConfig(**{k: v for k, v in self.encoder_config.items() if k != "model_type"})
+
+
+class UnifiedSLM(PreTrainedModel):
+    config_class = UnifiedSLMConfig
+    base_model_prefix = "slm"
+    main_input_name = "input_ids"
+    _supports_cache_class = True
+
+    def __init__(self, config: UnifiedSLMConfig) -> None:
+        super().__init__(config)
+        encoder_config, llm_config = config.encoder(), config.llm()
+        self.encoder = WhisperEncoder(encoder_config)
+        self.subsampler = Subsampler(encoder_config.d_model, config.adapter_dim)
+        self.adapter = Adapter(config.adapter_dim, llm_config.hidden_size, config.adapter_layers, config.adapter_heads)
+        self.llm = AutoModelForCausalLM.from_config(llm_config)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Fresh modules only (the encoder and LLM are loaded over this); keeps the adapter's output small."""
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # --- listen -------------------------------------------------------------------------------------------
+    @staticmethod
+    def speech_length(mel_frames: int) -> int:
+        """Embeddings one clip of ``mel_frames`` log-mel frames (100 per second) becomes (≈ 6.25 per second)."""
+        return Subsampler.out_length((mel_frames + 1) // 2)
+
+    def speech_embeddings(self, mel: torch.Tensor, mel_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, n_mels, frames) log-mel → (batch, speech_length, llm hidden size)."""
+        hidden = self.subsampler(encode(self.encoder, mel))
+        padding = None
+        if mel_frames is not None:
+            lengths = torch.tensor([self.speech_length(int(n)) for n in mel_frames], device=hidden.device)
+            padding = torch.arange(hidden.shape[1], device=hidden.device)[None] >= lengths[:, None]
+        return self.adapter(hidden, padding)
+
+    # --- think / write ------------------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, speech_mask: torch.Tensor | None = None,
+              mel: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the speech embeddings written over the positions ``speech_mask`` marks."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if mel is None or speech_mask is None:
+            return embeds
+        speech = self.speech_embeddings(mel, mel_frames)
+        counts = speech_mask.sum(dim=1)
+        rows = [speech[b, : int(counts[b])] for b in range(speech.shape[0])]
+        if any(r.shape[0] != int(c) for r, c in zip(rows, counts, strict=True)):
+            raise ValueError("speech_mask marks more positions than the clip has speech embeddings")
+        return embeds.masked_scatter(speech_mask[..., None], torch.cat(rows).to(embeds.dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                speech_mask: torch.Tensor | None = None, mel: torch.Tensor | None = None,
+                mel_frames: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        embeds = self.embed(input_ids, speech_mask, mel, mel_frames)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)

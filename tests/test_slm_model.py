@@ -1,0 +1,88 @@
+"""UnifiedSLM: a tiny random model trains and round-trips; the real SmolLM2 + Whisper tiny.en model generates."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from transformers import LlamaConfig, WhisperConfig  # noqa: E402
+
+from emoslm.slm.model import UnifiedSLM, UnifiedSLMConfig  # noqa: E402
+
+
+def tiny() -> UnifiedSLM:
+    torch.manual_seed(0)
+    llm = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256)
+    encoder = WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                            num_mel_bins=8, max_source_positions=64, decoder_layers=1, decoder_attention_heads=2,
+                            decoder_ffn_dim=32)
+    return UnifiedSLM(UnifiedSLMConfig(llm_config=llm.to_dict(), encoder_config=encoder.to_dict(), adapter_dim=16,
+                                       adapter_layers=1, adapter_heads=2))
+
+
+def batch(model: UnifiedSLM):
+    frames = torch.tensor([40, 24])
+    mel = torch.randn(2, 8, 40)
+    n = [model.speech_length(int(f)) for f in frames]
+    ids = torch.randint(0, 64, (2, 14))
+    mask = torch.zeros(2, 14, dtype=torch.bool)
+    for b, count in enumerate(n):
+        mask[b, 2:2 + count] = True
+    labels = ids.clone()
+    labels[:, :8] = -100  # loss on the assistant part only
+    return dict(input_ids=ids, speech_mask=mask, mel=mel, mel_frames=frames, labels=labels)
+
+
+def test_tiny_model_trains_and_round_trips(tmp_path):
+    model = tiny()
+    inputs = batch(model)
+    before = model.adapter.project.weight.detach().clone()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss = model(**inputs).loss
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+    assert not torch.equal(before, model.adapter.project.weight)  # gradients reached the adapter
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    loaded = UnifiedSLM.from_pretrained(tmp_path)
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        a = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        b = loaded(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    assert torch.equal(a, b)
+
+
+def test_speech_changes_the_output_only_through_marked_positions():
+    model = tiny().eval()
+    inputs = batch(model)
+    with torch.no_grad():
+        with_speech = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        other = dict(inputs, mel=torch.randn(2, 8, 40))
+        with_other = model(**{k: v for k, v in other.items() if k != "labels"}).logits
+    assert torch.allclose(with_speech[:, :2], with_other[:, :2])  # before the speech: unchanged (causal)
+    assert not torch.allclose(with_speech[:, 5:], with_other[:, 5:])
+    bad = dict(inputs, speech_mask=torch.ones(2, 14, dtype=torch.bool))
+    with pytest.raises(ValueError, match="more positions"):
+        model(**{k: v for k, v in bad.items() if k != "labels"})
+
+
+@pytest.mark.slow
+def test_real_model_loads_and_generates_think_and_reply(spoken_sentence):
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from emoslm.slm.generate import from_parts, generate, layout
+
+    model, tokenizer = from_parts("smollm2-135m-instruct", "whisper-tiny.en")
+    mel = torch.from_numpy(FeatureExtractor(feature_size=80)(spoken_sentence)).float()
+    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]))
+    assert sum(prompt.speech_mask) == model.speech_length(mel.shape[-1]) > 10
+    assert tokenizer.decode(prompt.input_ids).rstrip().endswith("<think>")
+    out = generate(model, tokenizer, mel, think_budget=12, max_new_tokens=12)
+    assert out.think and out.reply and out.think_tokens <= 12 and out.reply_tokens <= 12
+    assert "<think>" not in out.reply
