@@ -149,3 +149,11 @@ def validate(think: str, reply: str, tag: str, lang: str) -> list[str]:
     if THINK_OPEN in reply or THINK_CLOSE in reply:
         problems.append("think leaked into the reply")
     return problems
+
+
+def tag_in_think(think: str) -> str | None:
+    """The first of the seven tags a think names (how a model's think is read back as an emotion)."""
+    from emoslm.perception.labels import TAGS
+
+    found = [(m.start(), t) for t in TAGS for m in re.finditer(rf"\b{t}\b", think.lower())]
+    return min(found)[1] if found else None

@@ -1,0 +1,114 @@
+"""Training examples from an IEAT build, and the collator that lays them out for UnifiedSLM.
+
+Stage 1-1 targets are the teacher's answer to the text (self-distillation: the spoken path must say
+what the LLM says to the words). Stage 1-2 targets are the IEAT think and reply; multi-turn samples
+carry the earlier turns as text history and the think only in the last assistant turn, as Qwen3's
+template does. The loss covers the assistant turn only (labels are -100 elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emoslm.audio import load_audio
+from emoslm.errors import DataError
+from emoslm.llm.thinking import THINK_CLOSE
+from emoslm.slm.generate import layout
+
+STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.jsonl"]}
+
+
+@dataclass
+class Example:
+    id: str
+    audio: Path
+    target: str  # what the assistant writes after the prompt ("<think>\n" is already in the prompt for 1-2)
+    history: list[dict[str, str]] = field(default_factory=list)
+    think: bool = False
+    emotion: str = ""
+    teacher_reply: str = ""
+
+
+def load_examples(build: Path, stage: str) -> list[Example]:
+    """Examples of ``stage`` from a build folder; a missing folder or file is a clear error."""
+    if not (build / "recipe.json").exists():
+        raise DataError(f"{build}: not an IEAT build folder; run `emoslm data build RECIPE --out {build}` first")
+    examples = []
+    for name in STAGE_FILES[stage]:
+        path = build / name
+        if not path.exists():
+            raise DataError(f"{path}: missing; the build is not assembled yet (run `emoslm data build` again)")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                examples.append(_example(json.loads(line), build, stage))
+    if not examples:
+        raise DataError(f"{build}: no {stage} samples to train on")
+    return examples
+
+
+def _example(sample: dict[str, Any], build: Path, stage: str) -> Example:
+    if stage == "1-1":
+        return Example(sample["id"], build / sample["audio"], sample["response"], teacher_reply=sample["response"])
+    turns = sample["turns"]
+    history = []
+    for turn in turns[:-2]:
+        history.append({"role": turn["role"], "content": turn["text"]})
+    target = f"{sample['think']}\n{THINK_CLOSE}\n\n{sample['response']}"
+    return Example(sample["id"], build / turns[-2]["audio"], target, history, think=True, emotion=sample["emotion"],
+                   teacher_reply=sample["response"])
+
+
+def split(examples: list[Example], held_out: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """A seeded split by id; the held-out clips are never trained on."""
+    ids = sorted({e.id for e in examples})
+    random.Random(seed).shuffle(ids)
+    cut = max(1, round(held_out * len(ids))) if held_out > 0 else 0
+    held = set(ids[:cut])
+    return [e for e in examples if e.id not in held], [e for e in examples if e.id in held]
+
+
+class Collator:
+    """Log-mel features, prompt + target ids with speech placeholders, and assistant-only labels."""
+
+    def __init__(self, tokenizer: Any, speech_length: Any, max_target_tokens: int = 160,
+                 max_seconds: float = 30.0) -> None:
+        from faster_whisper.feature_extractor import FeatureExtractor
+
+        self.tokenizer, self.speech_length = tokenizer, speech_length
+        self.mels = FeatureExtractor(feature_size=80)
+        self.max_target_tokens, self.max_samples = max_target_tokens, int(max_seconds * 16_000)
+        self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if not isinstance(self.end, int) or self.end == tokenizer.unk_token_id:
+            self.end = tokenizer.eos_token_id
+
+    def features(self, example: Example) -> np.ndarray:
+        mel = self.mels(load_audio(example.audio)[: self.max_samples])
+        return mel[:, : mel.shape[1] - mel.shape[1] % 2]
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        mels = [self.features(e) for e in examples]
+        rows = []
+        for example, mel in zip(examples, mels, strict=True):
+            prompt = layout(self.tokenizer, self.speech_length(mel.shape[1]), example.history, think=example.think)
+            target = self.tokenizer(example.target, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
+            target = target + [self.end]
+            rows.append((prompt.input_ids + target, prompt.speech_mask + [False] * len(target),
+                         [-100] * len(prompt.input_ids) + target))
+        width = max(len(r[0]) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        frames = max(m.shape[1] for m in mels)
+        return {
+            "input_ids": torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
+            "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows]),
+            "speech_mask": torch.tensor([r[1] + [False] * (width - len(r[1])) for r in rows]),
+            "labels": torch.tensor([r[2] + [-100] * (width - len(r[2])) for r in rows]),
+            "mel": torch.from_numpy(np.stack([np.pad(m, ((0, 0), (0, frames - m.shape[1]))) for m in mels])).float(),
+            "mel_frames": torch.tensor([m.shape[1] for m in mels]),
+        }

@@ -1,0 +1,102 @@
+"""`emoslm train report RUN...`: did the unified model learn? Untrained adapter vs stage 1-1 vs stage 1-2.
+
+On held-out clips (never trained on; the ids are in each run's ``run.json``):
+
+- held-out loss on the stage 1-1 targets (the teacher's answer) and on the stage 1-2 targets (think + reply);
+- content: cosine similarity (packaged MiniLM) between the reply the model writes from the audio alone
+  and the teacher's reply written from the transcript;
+- emotion in think: the share of clips whose generated think names the recogniser's tag (chance 1/7;
+  the share of the most frequent tag is printed beside it, since a model can learn to always say it).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emoslm.errors import EmoslmError
+from emoslm.llm.thinking import tag_in_think
+from emoslm.perception.labels import TAGS
+from emoslm.train.data import Collator, Example, load_examples
+from emoslm.train.loop import held_out_loss
+
+
+def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: list[Example], embedder: Any,
+                   think_budget: int = 48, max_new_tokens: int = 64) -> dict[str, Any]:
+    from emoslm.slm.generate import generate
+
+    collate = Collator(tokenizer, model.speech_length)
+    result: dict[str, Any] = {"loss_1_1": held_out_loss(model, collate, held_11) if held_11 else None,
+                              "loss_1_2": held_out_loss(model, collate, held_12) if held_12 else None}
+    similarities, hits, samples = [], [], []
+    model.eval()
+    for example in held_12:
+        mel = torch.from_numpy(collate.features(example)).float()
+        out = generate(model, tokenizer, mel, think_budget=think_budget, max_new_tokens=max_new_tokens)
+        a, b = embedder.encode([out.reply or " ", example.teacher_reply], normalize_embeddings=True)
+        similarities.append(float((a * b).sum()))
+        hits.append(tag_in_think(out.think) == example.emotion)
+        samples.append({"id": example.id, "emotion": example.emotion, "think": out.think, "reply": out.reply})
+    result.update(content_similarity=round(statistics.mean(similarities), 4) if similarities else None,
+                  emotion_in_think=round(sum(hits) / len(hits), 4) if hits else None, samples=samples[:5])
+    return result
+
+
+def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
+    """Compare the untrained model, and the final model of each run, on the first run's held-out clips."""
+    from transformers import AutoTokenizer
+
+    from emoslm.perception.text_emotion import load_sentence_model
+    from emoslm.slm.generate import from_parts
+    from emoslm.slm.model import UnifiedSLM
+
+    infos = []
+    for run in runs:
+        if not (run / "run.json").exists() or not (run / "final" / "config.json").exists():
+            raise EmoslmError(f"{run}: not a finished training run (no run.json and final/); train it first")
+        infos.append(json.loads((run / "run.json").read_text()))
+    held_ids = set().union(*(set(i["held_out_ids"]) for i in infos))
+    if set().intersection(*(set(i["train_ids"]) for i in infos), held_ids):
+        raise EmoslmError("a held-out clip of one run was trained on by another; use the same seed and data")
+    data = Path(infos[0]["config"]["data"])
+    held_11 = [e for e in load_examples(data, "1-1") if e.id in held_ids]
+    held_12 = [e for e in load_examples(data, "1-2") if e.id in held_ids]
+    embedder = load_sentence_model()
+    config = infos[0]["config"]
+    torch.manual_seed(config["seed"])
+    untrained, tokenizer = from_parts(config["llm"], config["encoder"], adapter_dim=config["adapter_dim"])
+    rows = {"untrained adapter": evaluate_model(untrained, tokenizer, held_11, held_12, embedder)}
+    for run, info in zip(runs, infos, strict=True):
+        model = UnifiedSLM.from_pretrained(run / "final")
+        rows[f"stage {info['config']['stage']} ({run.name})"] = evaluate_model(
+            model, AutoTokenizer.from_pretrained(run / "final"), held_11, held_12, embedder)
+    tags = Counter(e.emotion for e in held_12)
+    summary = {"held_out_clips": len(held_ids), "chance_emotion": round(1 / len(TAGS), 4),
+               "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows}
+    target = out or runs[-1]
+    (target / "report.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    (target / "report.md").write_text(markdown(summary))
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    def f(v: Any) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    lines = ["# Unified model: what training changed", "",
+             f"{summary['held_out_clips']} held-out clips. Emotion in think: chance {summary['chance_emotion']:.3f}, "
+             f"always naming the most frequent tag {f(summary['majority_emotion'])}.", "",
+             "| model | held-out loss 1-1 | held-out loss 1-2 | content similarity | emotion in think |",
+             "|---|---|---|---|---|"]
+    for name, r in summary["rows"].items():
+        lines.append(f"| {name} | {f(r['loss_1_1'])} | {f(r['loss_1_2'])} | {f(r['content_similarity'])} | "
+                     f"{f(r['emotion_in_think'])} |")
+    lines += ["", "Examples (last model):", ""]
+    last = list(summary["rows"].values())[-1]
+    lines += [f"- [{s['emotion']}] think: {s['think'][:160]} | reply: {s['reply'][:120]}" for s in last["samples"]]
+    return "\n".join(lines) + "\n"
