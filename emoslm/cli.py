@@ -197,8 +197,10 @@ def chat(
     asr: Annotated[Optional[str], typer.Option(help="ASR model; default picks by --lang.")] = None,
     lang: Annotated[Optional[str], typer.Option(help="en or zh; omit to detect.")] = None,
     speak: Annotated[Optional[Path], typer.Option(help="Folder to write spoken replies to.")] = None,
-    agent: Annotated[str, typer.Option(help="teacher (ASR → emotion → injected think → LLM → TTS) or plain "
-                                            "(ASR → LLM, no emotion).")] = "teacher",
+    agent: Annotated[str, typer.Option(help="teacher (ASR → emotion → injected think → LLM → TTS), plain "
+                                            "(ASR → LLM, no emotion) or slm:DIR (the unified model hears the audio "
+                                            "itself; its reply is spoken by a TTS backend until the speech branch "
+                                            "exists).")] = "teacher",
     show_think: Annotated[bool, typer.Option(help="Print the teacher's hidden think.")] = True,
 ) -> None:
     """A spoken multi-turn dialogue from audio files, one file per user turn. The teacher agent hears the
@@ -208,23 +210,32 @@ def chat(
 
         cascade_chat(files, llm_spec=llm, asr_name=asr, lang=lang, speak=speak, console=console)
         return
-    if agent != "teacher":
-        raise EmoslmError(f"unknown agent '{agent}'; use teacher or plain")
-    from emoslm.agents.teacher import TeacherAgent
     from emoslm.audio import load_audio, save_audio
     from emoslm.perception.asr import ASRPool
 
     clips = [load_audio(f) for f in files]
-    teacher = TeacherAgent(llm=llm, asr=ASRPool(asr), speak=speak is not None)
+    if agent.startswith("slm:"):
+        from emoslm.agents.slm import SLMAgent
+
+        teacher = SLMAgent(agent[4:], speak=speak is not None, asr=ASRPool(asr))
+    elif agent == "teacher":
+        from emoslm.agents.teacher import TeacherAgent
+
+        teacher = TeacherAgent(llm=llm, asr=ASRPool(asr), speak=speak is not None)
+    else:
+        raise EmoslmError(f"unknown agent '{agent}'; use teacher, plain or slm:DIR")
     history = []
     for index, (path, audio) in enumerate(zip(files, clips, strict=True), 1):
         reply = teacher.respond(history, audio, lang)
         history += reply.history_turns()
         estimate = reply.emotion
-        words = estimate.textual.tag if estimate.textual else "-"
         console.print(f"[bold]user[/] ({path.name}): {reply.transcript}", highlight=False)
-        console.print(f"  emotion: [magenta]{estimate.tag}[/] {estimate.confidence:.2f} "
-                      f"(voice {estimate.acoustic.tag}, words {words})", highlight=False)
+        if estimate is not None and estimate.acoustic is not None:
+            words = estimate.textual.tag if estimate.textual else "-"
+            console.print(f"  emotion: [magenta]{estimate.tag}[/] {estimate.confidence:.2f} "
+                          f"(voice {estimate.acoustic.tag}, words {words})", highlight=False)
+        elif estimate is not None:
+            console.print(f"  emotion named in the think: [magenta]{estimate.tag}[/]", highlight=False)
         if show_think:
             console.print(f"  [dim]think: {reply.think}[/]", highlight=False)
         console.print(f"[bold]assistant[/]: {reply.text}", highlight=False)
@@ -361,8 +372,42 @@ def _pending(flow: str, arrives: str) -> typer.Typer:
     return group
 
 
-app.add_typer(_pending("Train the unified spoken language model, stages 1-1 and 1-2", "arrives with the unified model"),
-              name="train")
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    args: Annotated[list[str], typer.Argument(help="RECIPE (a YAML recipe with a train section), or "
+                                                   "`report RUN...` to compare finished runs.")],
+    stage: Annotated[Optional[str], typer.Option(help="1-1 (speech-text alignment) or 1-2 (IEAT).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="IEAT build folder (default: the recipe's train.data).")
+                    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: the recipe's train.out/STAGE).")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Checkpoint to start from (1-2 defaults to 1-1's final/).")
+                    ] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
+) -> None:
+    """Train the unified spoken LM (`emoslm train RECIPE --stage 1-1|1-2`) on data from `emoslm data build`,
+    or compare runs on held-out clips (`emoslm train report RUN...`): held-out loss, reply content from audio
+    vs the teacher's, and how often the think names the user's emotion. Killed runs resume exactly."""
+    if args[0] == "report":
+        from emoslm.train.report import report
+
+        if len(args) < 2:
+            raise EmoslmError("usage: emoslm train report RUN [RUN...] (run folders with final/)")
+        with console.status("generating on the held-out clips"):
+            report([Path(a) for a in args[1:]])
+        console.print((Path(args[-1]) / "report.md").read_text(), highlight=False, markup=False)
+        return
+    from emoslm.train.loop import train as run_training
+    from emoslm.train.recipe import train_config
+
+    if len(args) != 1 or stage is None:
+        raise EmoslmError("usage: emoslm train RECIPE --stage 1-1|1-2 (or: emoslm train report RUN...)")
+    config = train_config(Path(args[0]), stage, data=data, out=out, init=init, max_steps=max_steps)
+    bar, progress = rich_progress(err)
+    with bar:
+        summary = run_training(config, progress)
+    console.print(json.dumps(summary), highlight=False)
+    console.print(f"model: {config.out}/final (save_pretrained folder); logs: {config.out}/log.jsonl, "
+                  f"TensorBoard: {config.out}/tb")
 eval_app = _group("Evaluate agents the way HumDial Track 1 does: submission files, an LLM judge, objective "
                   "metrics, a report; and TELEVAL's AQA scorer.")
 app.add_typer(eval_app, name="eval")

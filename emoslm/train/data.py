@@ -9,7 +9,7 @@ template does. The loss covers the assistant turn only (labels are -100 elsewher
 from __future__ import annotations
 
 import json
-import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.j
 @dataclass
 class Example:
     id: str
+    key: str  # the source item whose clip is heard (the same across stages, so held-out stays held out)
     audio: Path
     target: str  # what the assistant writes after the prompt ("<think>\n" is already in the prompt for 1-2)
     history: list[dict[str, str]] = field(default_factory=list)
@@ -55,23 +56,24 @@ def load_examples(build: Path, stage: str) -> list[Example]:
 
 def _example(sample: dict[str, Any], build: Path, stage: str) -> Example:
     if stage == "1-1":
-        return Example(sample["id"], build / sample["audio"], sample["response"], teacher_reply=sample["response"])
+        return Example(sample["id"], sample["id"], build / sample["audio"], sample["response"],
+                       teacher_reply=sample["response"])
     turns = sample["turns"]
     history = []
     for turn in turns[:-2]:
         history.append({"role": turn["role"], "content": turn["text"]})
     target = f"{sample['think']}\n{THINK_CLOSE}\n\n{sample['response']}"
-    return Example(sample["id"], build / turns[-2]["audio"], target, history, think=True, emotion=sample["emotion"],
-                   teacher_reply=sample["response"])
+    key = (sample["provenance"].get("members") or [sample["id"]])[-1]
+    return Example(sample["id"], key, build / turns[-2]["audio"], target, history, think=True,
+                   emotion=sample["emotion"], teacher_reply=sample["response"])
 
 
 def split(examples: list[Example], held_out: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """A seeded split by id; the held-out clips are never trained on."""
-    ids = sorted({e.id for e in examples})
-    random.Random(seed).shuffle(ids)
-    cut = max(1, round(held_out * len(ids))) if held_out > 0 else 0
-    held = set(ids[:cut])
-    return [e for e in examples if e.id not in held], [e for e in examples if e.id in held]
+    """Held out by a seeded hash of the clip's source item: the same clips in every stage and run."""
+    def held(example: Example) -> bool:
+        return zlib.crc32(f"{seed}:{example.key}".encode()) % 10_000 < held_out * 10_000
+
+    return [e for e in examples if not held(e)], [e for e in examples if held(e)]
 
 
 class Collator:

@@ -117,8 +117,8 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     per_epoch = math.ceil(len(train_set) / config.batch_size)
     total = config.max_steps or per_epoch * config.epochs // config.grad_accum
     step, position = _resume(accelerator, out, config)
-    _write(out / "run.json", {"config": asdict(config), "train_ids": sorted({e.id for e in train_set}),
-                              "held_out_ids": sorted({e.id for e in held})})
+    _write(out / "run.json", {"config": asdict(config), "train_keys": sorted({e.key for e in train_set}),
+                              "held_out_keys": sorted({e.key for e in held})})
     advance = progress(f"stage {config.stage}", total)
     advance(step)
     started, seen_tokens, batches_done = time.perf_counter(), 0, position

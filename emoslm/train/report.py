@@ -60,12 +60,12 @@ def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
         if not (run / "run.json").exists() or not (run / "final" / "config.json").exists():
             raise EmoslmError(f"{run}: not a finished training run (no run.json and final/); train it first")
         infos.append(json.loads((run / "run.json").read_text()))
-    held_ids = set().union(*(set(i["held_out_ids"]) for i in infos))
-    if set().intersection(*(set(i["train_ids"]) for i in infos), held_ids):
+    held_keys = set().union(*(set(i["held_out_keys"]) for i in infos))
+    if any(set(i["train_keys"]) & held_keys for i in infos):
         raise EmoslmError("a held-out clip of one run was trained on by another; use the same seed and data")
     data = Path(infos[0]["config"]["data"])
-    held_11 = [e for e in load_examples(data, "1-1") if e.id in held_ids]
-    held_12 = [e for e in load_examples(data, "1-2") if e.id in held_ids]
+    held_11 = [e for e in load_examples(data, "1-1") if e.key in held_keys]
+    held_12 = [e for e in load_examples(data, "1-2") if e.key in held_keys]
     embedder = load_sentence_model()
     config = infos[0]["config"]
     torch.manual_seed(config["seed"])
@@ -76,7 +76,7 @@ def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
         rows[f"stage {info['config']['stage']} ({run.name})"] = evaluate_model(
             model, AutoTokenizer.from_pretrained(run / "final"), held_11, held_12, embedder)
     tags = Counter(e.emotion for e in held_12)
-    summary = {"held_out_clips": len(held_ids), "chance_emotion": round(1 / len(TAGS), 4),
+    summary = {"held_out_clips": len(held_keys), "chance_emotion": round(1 / len(TAGS), 4),
                "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows}
     target = out or runs[-1]
     (target / "report.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))

@@ -1,0 +1,103 @@
+"""Training stages 1-1 and 1-2 on the real SmolLM2 + Whisper tiny.en, on a small IEAT-format build."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from emoslm.errors import DataError, EmoslmError  # noqa: E402
+from emoslm.train.data import load_examples  # noqa: E402
+from emoslm.train.loop import TrainConfig, train  # noqa: E402
+
+LINES = [("I can't believe my flight got cancelled again.", "anger"), ("We won the final, I'm so happy!", "happy"),
+         ("My grandmother is in hospital tonight.", "sad"), ("Is that a spider on my arm?", "fear"),
+         ("The meeting moved to three o'clock.", "neutral"), ("You found my lost ring? Really?", "surprise")]
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> Path:
+    """An IEAT build folder in the documented schema, with espeak clips and short targets."""
+    from emoslm.audio import save_audio
+    from emoslm.speech.prosody import acted
+    from emoslm.speech.tts import EspeakTTS
+
+    root = tmp_path_factory.mktemp("build")
+    tts = EspeakTTS("en-us+m1")
+    s11, s12 = [], []
+    for i, (text, tag) in enumerate(LINES):
+        rel = f"audio/clips/c{i}.wav"
+        save_audio(root / rel, tts.synthesize(text, acted(tag)).at())
+        s11.append({"id": f"c{i}", "lang": "en", "audio": rel, "transcript": text, "response": "I hear you.",
+                    "provenance": {}})
+        think = f"The emotion I hear is {tag}. The most likely reason is what they just said."
+        s12.append({"id": f"c{i}", "task": "empathy", "lang": "en", "emotion": tag, "think": think,
+                    "response": "That sounds like a lot.", "provenance": {},
+                    "turns": [{"role": "user", "audio": rel, "text": text},
+                              {"role": "assistant", "think": think, "text": "That sounds like a lot."}]})
+    (root / "recipe.json").write_text("{}")
+    (root / "stage1_1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in s11))
+    (root / "stage1_2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in s12))
+    (root / "multiturn.jsonl").write_text("")
+    return root
+
+
+def config(build: Path, out: Path, **kw) -> TrainConfig:
+    return TrainConfig(stage="1-1", data=str(build), out=str(out), adapter_dim=64, batch_size=2, max_steps=4,
+                       save_every=2, held_out=0.2, lr=2e-3, **kw)
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_stage_1_1_resumes_exactly_and_stage_1_2_trains_lora(build, tmp_path):
+    whole = train(config(build, tmp_path / "whole"))
+    assert whole["steps"] == 4 and whole["held_out_examples"] >= 1 and whole["held_out_loss"] > 0
+    assert (tmp_path / "whole" / "final" / "model.safetensors").exists()
+    assert any((tmp_path / "whole" / "tb").rglob("events.out.tfevents*"))
+
+    assert train(config(build, tmp_path / "cut"), stop_after=2) == {"stopped_at": 2}
+    train(config(build, tmp_path / "cut"))  # resumes from the step-2 checkpoint
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), abs=1e-4)
+
+    second = config(build, tmp_path / "lora", init=str(tmp_path / "whole" / "final"))
+    result = train(replace(second, stage="1-2", max_steps=2))
+    assert result["steps"] == 2
+    from emoslm.slm.model import UnifiedSLM
+
+    merged = UnifiedSLM.from_pretrained(tmp_path / "lora" / "final")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_assistant_only_labels(build):
+    from transformers import AutoTokenizer
+
+    from emoslm.llm.hf import hf_checkpoint
+    from emoslm.slm.model import UnifiedSLM
+    from emoslm.train.data import Collator
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint("smollm2-135m-instruct"))
+    batch = Collator(tokenizer, UnifiedSLM.speech_length)(load_examples(build, "1-2")[:2])
+    labelled = batch["labels"][0][batch["labels"][0] != -100]
+    text = tokenizer.decode(labelled)
+    assert text.startswith("The emotion I hear is anger") and "</think>" in text and "a lot." in text
+    assert not (batch["speech_mask"] & (batch["labels"] != -100)).any()
+    assert int(batch["speech_mask"][0].sum()) == UnifiedSLM.speech_length(int(batch["mel_frames"][0]))
+
+
+def test_bad_inputs_are_clear(build, tmp_path):
+    with pytest.raises(DataError, match="not an IEAT build"):
+        load_examples(tmp_path, "1-1")
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(EmoslmError, match="not a UnifiedSLM checkpoint"):
+        train(config(build, tmp_path / "run", init=str(tmp_path / "bad")))
+    (tmp_path / "bad" / "config.json").write_text('{"model_type": "emoslm_unified_slm", "llm_config": {}}')
+    with pytest.raises(EmoslmError, match="cannot load the checkpoint"):
+        train(config(build, tmp_path / "run", init=str(tmp_path / "bad")))
