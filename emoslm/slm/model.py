@@ -45,6 +45,9 @@ class UnifiedSLMConfig(PretrainedConfig):
         return WhisperConfig(**{k: v for k, v in self.encoder_config.items() if k != "model_type"})
 
 
+AutoConfig.register(UnifiedSLMConfig.model_type, UnifiedSLMConfig)  # so AutoTokenizer can read our config.json
+
+
 class UnifiedSLM(PreTrainedModel):
     config_class = UnifiedSLMConfig
     base_model_prefix = "slm"
