@@ -27,6 +27,7 @@ bench: setup
 	$(PY) -c "from emoslm.perception.training import ensure_recogniser; from emoslm.progress import silent; ensure_recogniser(silent)"
 	$(PY) benchmarks/bench_perception.py
 	$(PY) benchmarks/bench_ieat.py
+	$(PY) benchmarks/bench_slm.py
 
 setup: system-deps $(STAMP)
 
