@@ -360,18 +360,6 @@ def perception_evaluate(
     console.print((out / "report.md").read_text(), highlight=False, markup=False)
 
 
-def _pending(flow: str, arrives: str) -> typer.Typer:
-    group = typer.Typer(help=f"{flow} ({arrives}).", invoke_without_command=True, rich_markup_mode="markdown")
-
-    @group.callback()
-    def _callback(ctx: typer.Context) -> None:
-        if ctx.invoked_subcommand is None and not ctx.resilient_parsing:
-            err.print(f"emoslm {ctx.info_name}: not built yet — {arrives}.")
-            raise typer.Exit(2)
-
-    return group
-
-
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     args: Annotated[list[str], typer.Argument(help="RECIPE (a YAML recipe with a train section), or "

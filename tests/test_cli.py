@@ -53,9 +53,15 @@ def test_unknown_model_in_verify():
     assert result.returncode == 2 and "unknown model" in result.stderr
 
 
-def test_pending_flows_say_so():
-    result = _cli("train")
-    assert result.returncode == 2 and "not built yet" in result.stderr
+def test_train_mistakes_are_one_line(tmp_path):
+    for args, words in [(["train", "recipes/tiny.yaml"], "usage"), (["train", "report"], "usage"),
+                        (["train", "recipes/tiny.yaml", "--stage", "2-1"], "use 1-1 or 1-2"),
+                        (["train", "recipes/tiny.yaml", "--stage", "1-1", "--data", str(tmp_path)],
+                         "not an IEAT build"),
+                        (["train", "report", str(tmp_path)], "not a finished training run")]:
+        result = _cli(*args)
+        assert result.returncode == 2 and words in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
 
 
 def test_perception_classify_rejects_bad_audio_in_one_line(tmp_path):
