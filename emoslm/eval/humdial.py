@@ -192,7 +192,7 @@ def read_submission(root: Path) -> Iterator[tuple[Entry, list[PlayedTurn]]]:
     found = sorted(root.glob("*/HD-Track1-T[123].jsonl"))
     if not found:
         raise DataError(f"{root}: no {{zh,en}}/HD-Track1-T{{1,2,3}}.jsonl files; is this a submission folder?")
-    for entry in load_entries_from(found):
+    for entry in [e for f in found for e in load_entries(f)]:
         played = []
         for t in entry.dialogue.turns:
             reply_s = 0.0
@@ -205,7 +205,3 @@ def read_submission(root: Path) -> Iterator[tuple[Entry, list[PlayedTurn]]]:
                                      think_leaked=think_leaked(t.response_text), response_audio=t.response_audio,
                                      reply_audio_s=reply_s))
         yield entry, played
-
-
-def load_entries_from(files: list[Path]) -> list[Entry]:
-    return [e for f in files for e in load_entries(f)]

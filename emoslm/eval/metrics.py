@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 
 from emoslm.llm.thinking import THINK_CLOSE, THINK_OPEN, language_of
-from emoslm.perception.labels import TAGS
 from emoslm.textnorm import tokens
 
 # Words that name each tag, per language. The tag word itself always counts (HumDial's gold strings).
@@ -80,7 +79,3 @@ def reply_length(text: str) -> int:
 
 def language_matches(text: str, lang: str) -> bool:
     return bool(text.strip()) and language_of(text) == ("zh" if lang == "zh" else "en")
-
-
-def valid_tags(tags: list[str]) -> list[str]:
-    return [t for t in tags if t in TAGS]
