@@ -461,7 +461,7 @@ def eval_televal(predictions: Annotated[Path, typer.Argument(help="TELEVAL predi
                  ) -> None:
     """TELEVAL's AQA exact-match score of a prediction file (any reference as a contiguous token run)."""
     from emoslm.eval.televal import aqa_score
-    from emoslm.ieat.sources import json_lines
+    from emoslm.jsonl import json_lines
 
     rows = [obj for _, obj in json_lines(predictions)]
     if not rows or any("pred" not in r or "ref" not in r for r in rows):

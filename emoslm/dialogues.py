@@ -16,6 +16,7 @@ from typing import Any
 
 from emoslm.atomic import atomic_file
 from emoslm.errors import DataError
+from emoslm.jsonl import json_lines
 from emoslm.perception.labels import TAGS
 
 TASK_IN_ID = re.compile(r"(?:^|_)(?:T|task)([123])(?:_|$)", re.IGNORECASE)
@@ -95,20 +96,12 @@ def read_dialogues(path: str | os.PathLike[str]) -> list[Dialogue]:
     if not path.exists():
         raise DataError(f"{path}: no such dialogue file")
     dialogues, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            dialogue = parse_dialogue(obj, where)
-            if dialogue.dialogue_id in seen:
-                raise DataError(f"{where}: dialogue_id '{dialogue.dialogue_id}' appears twice")
-            seen.add(dialogue.dialogue_id)
-            dialogues.append(dialogue)
+    for where, obj in json_lines(path, expect="a JSON object with 'dialogue_id' and 'turns'"):
+        dialogue = parse_dialogue(obj, where)
+        if dialogue.dialogue_id in seen:
+            raise DataError(f"{where}: dialogue_id '{dialogue.dialogue_id}' appears twice")
+        seen.add(dialogue.dialogue_id)
+        dialogues.append(dialogue)
     return dialogues
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from emoslm.errors import DataError
-from emoslm.ieat.sources import json_lines
+from emoslm.jsonl import json_lines
 from emoslm.perception.labels import TAGS
 from emoslm.textnorm import tokens
 

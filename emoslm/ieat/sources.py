@@ -25,7 +25,6 @@ Formats (as published):
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import re
@@ -36,6 +35,7 @@ from typing import Any
 
 from emoslm.errors import DataError, MissingPackageError
 from emoslm.ieat.recipe import Recipe, SourceSpec
+from emoslm.jsonl import json_lines, open_text
 from emoslm.llm.thinking import language_of
 from emoslm.textnorm import tokens
 
@@ -54,28 +54,6 @@ class SourceItem:
     @property
     def kind(self) -> str:
         return "speech" if self.audio else "text"
-
-
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(file:line, object)`` for every non-empty line; a bad line is a DataError naming both."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such manifest file")
-    with _open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            yield where, obj
 
 
 def _files(path: Path, patterns: tuple[str, ...]) -> list[Path]:
@@ -230,7 +208,7 @@ def read_libriheavy(spec: SourceSpec, path: Path, audio_root: Path | None) -> It
 
 def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """JSON lines, or one JSON array (some BELLE/UltraChat releases), both as (where, object)."""
-    with _open(file) as f:
+    with open_text(file) as f:
         head = f.read(1)
         while head.isspace():
             head = f.read(1)
