@@ -95,7 +95,7 @@ def _seek_segment(f: sf.SoundFile, name: str, offset: float, duration: float | N
     frames = f.frames - start if duration is None else int(round(duration * f.samplerate))
     if frames <= 0:
         raise AudioError(f"{name}: the segment at {offset:.2f} s has no length; check the manifest's durations")
-    return min(frames, f.frames - start) if duration is None else frames
+    return frames
 
 
 def check_signal(

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from emoslm.agents.base import Turn
 from emoslm.agents.teacher import TeacherAgent
-from emoslm.audio import load_audio, save_audio
+from emoslm.audio import SAMPLE_RATE, load_audio, save_audio
 from emoslm.dialogues import Dialogue, examples_dir, read_dialogues, write_dialogues
 from emoslm.errors import EmoslmError
 from emoslm.llm import LLM, LLMPool, Message, Sampling
@@ -95,7 +95,7 @@ def play_dialogue(dialogue: Dialogue, root: Path, agent: TeacherAgent, replies: 
         results.append(TurnResult(
             dialogue.dialogue_id, turn.turn_id, dialogue.lang, turn.emotion, estimate.tag, estimate.acoustic.tag,
             estimate.textual.tag if estimate.textual else "-", turn.text, reply.transcript,
-            error_rate(turn.text, reply.transcript), reply.think, reply.text, wav, round(len(audio) / 16_000, 3),
+            error_rate(turn.text, reply.transcript), reply.think, reply.text, wav, round(len(audio) / SAMPLE_RATE, 3),
             reply.timings, reply.problems))
     return results
 

@@ -143,7 +143,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
         accelerator.log({"loss": record["loss"], "tokens_per_s": record["tokens_per_s"]}, step=step)
         _append(out / "log.jsonl", record)
         if step % config.save_every == 0 or step == total:
-            _checkpoint(accelerator, out, step, batches_done)
+            _checkpoint(accelerator, out, config.stage, step, batches_done)
         if stop_after is not None and step >= stop_after:
             accelerator.end_training()
             return {"stopped_at": step}
@@ -172,12 +172,10 @@ def _resume(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]
     return saved["step"], saved["batches_done"]
 
 
-def _checkpoint(accelerator: Any, out: Path, step: int, batches_done: int) -> None:
+def _checkpoint(accelerator: Any, out: Path, stage: str, step: int, batches_done: int) -> None:
     with atomic_dir(out / "checkpoint") as tmp:
         accelerator.save_state(str(tmp))
-        (tmp / "position.json").write_text(json.dumps({"step": step, "batches_done": batches_done,
-                                                       "stage": json.loads((out / "run.json").read_text())
-                                                       ["config"]["stage"]}))
+        (tmp / "position.json").write_text(json.dumps({"step": step, "batches_done": batches_done, "stage": stage}))
 
 
 def _truncate_log(path: Path, step: int) -> None:
