@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from emoslm.agents.teacher import TeacherAgent  # noqa: E402
+from emoslm.agents import Conversation, load_agent  # noqa: E402
 from emoslm.audio import load_audio  # noqa: E402
 from emoslm.demo import pick_dialogues  # noqa: E402
 from emoslm.dialogues import examples_dir, read_dialogues  # noqa: E402
@@ -49,15 +49,14 @@ def teacher_latency(dialogues_per_lang: int) -> dict[str, dict[str, dict[str, fl
     with tempfile.TemporaryDirectory() as tmp:
         picked = pick_dialogues(read_dialogues(examples_dir()), ["en", "zh"], dialogues_per_lang)
         voiced = voice_dialogues(picked, Path(tmp))
-        agent = TeacherAgent()
+        agent = load_agent("teacher")
         timings: dict[str, dict[str, list[float]]] = {}
         for dialogue in voiced:
-            history = []
+            conversation = Conversation(agent, dialogue.lang)
             for turn in dialogue.turns:
-                reply = agent.respond(history, load_audio(Path(tmp) / turn.split_audio_file), dialogue.lang)
-                history += reply.history_turns()
+                reply = conversation.respond(load_audio(Path(tmp) / turn.split_audio_file))
                 stages = timings.setdefault(dialogue.lang, {})
-                for stage, seconds in {**reply.timings, "total": sum(reply.timings.values())}.items():
+                for stage, seconds in reply.timings.items():
                     stages.setdefault(stage, []).append(seconds)
         agent.close()
     return {lang: {stage: {"mean": round(statistics.mean(v), 3), "p90": round(_p90(v), 3), "n": len(v)}

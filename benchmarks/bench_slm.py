@@ -34,12 +34,10 @@ TEXT = "My flight got cancelled for the third time and nobody at the desk will h
 
 
 def mel_of(seconds: float = 5.0) -> torch.Tensor:
-    from faster_whisper.feature_extractor import FeatureExtractor
+    from emoslm.slm.processor import MelFrontEnd
 
     audio = PiperTTS().synthesize(TEXT).at()
-    audio = audio[: int(seconds * 16_000)]
-    mel = FeatureExtractor(feature_size=80)(audio)
-    return torch.from_numpy(mel[:, : mel.shape[1] - mel.shape[1] % 2]).float()
+    return MelFrontEnd.for_mels(80).tensor(audio[: int(seconds * 16_000)])
 
 
 def training_speed(stage: str, mel: torch.Tensor, steps: int) -> float:

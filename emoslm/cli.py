@@ -190,6 +190,12 @@ def transcribe(
             console.print(f"[bold]{path}[/] ({result.language}, {result.duration:.1f} s): {result.text}")
 
 
+AgentOpt = Annotated[str, typer.Option(
+    "--agent", help="teacher (ASR → emotion → injected think → LLM → voice), plain (ASR → LLM, no emotion), "
+                    "slm:DIR (the unified model hears the audio itself; a voice speaks its reply until the speech "
+                    "branch exists) or http(s)://HOST:PORT (a remote emoslm server).")]
+
+
 @app.command()
 def chat(
     files: Annotated[list[Path], typer.Argument(help="One audio file per user turn, in order.")],
@@ -197,51 +203,31 @@ def chat(
     asr: Annotated[Optional[str], typer.Option(help="ASR model; default picks by --lang.")] = None,
     lang: Annotated[Optional[str], typer.Option(help="en or zh; omit to detect.")] = None,
     speak: Annotated[Optional[Path], typer.Option(help="Folder to write spoken replies to.")] = None,
-    agent: Annotated[str, typer.Option(help="teacher (ASR → emotion → injected think → LLM → TTS), plain "
-                                            "(ASR → LLM, no emotion) or slm:DIR (the unified model hears the audio "
-                                            "itself; its reply is spoken by a TTS backend until the speech branch "
-                                            "exists).")] = "teacher",
-    show_think: Annotated[bool, typer.Option(help="Print the teacher's hidden think.")] = True,
+    agent: AgentOpt = "teacher",
+    voice: Annotated[str, typer.Option(help="Voice spec: auto, piper, espeak:VOICE, flite:VOICE or an "
+                                            "http(s)://…/v1 speech server.")] = "auto",
+    show_think: Annotated[bool, typer.Option(help="Print the agent's hidden think.")] = True,
+    events: Annotated[bool, typer.Option("--events", help="Print every streamed event as one JSON line "
+                                                          "(the wire form the server speaks).")] = False,
 ) -> None:
     """A spoken multi-turn dialogue from audio files, one file per user turn. The teacher agent hears the
     user's emotion, thinks about its cause, answers and speaks with fitting prosody (think is never spoken)."""
-    if agent == "plain":
-        from emoslm.demo import cascade_chat
-
-        cascade_chat(files, llm_spec=llm, asr_name=asr, lang=lang, speak=speak, console=console)
-        return
+    from emoslm.agents import Conversation, load_agent
     from emoslm.audio import load_audio, save_audio
-    from emoslm.perception.asr import ASRPool
+    from emoslm.chat_view import print_event, print_turn
 
-    clips = [load_audio(f) for f in files]
-    if agent.startswith("slm:"):
-        from emoslm.agents.slm import SLMAgent
-
-        teacher = SLMAgent(agent[4:], speak=speak is not None, asr=ASRPool(asr))
-    elif agent == "teacher":
-        from emoslm.agents.teacher import TeacherAgent
-
-        teacher = TeacherAgent(llm=llm, asr=ASRPool(asr), speak=speak is not None)
-    else:
-        raise EmoslmError(f"unknown agent '{agent}'; use teacher, plain or slm:DIR")
-    history = []
-    for index, (path, audio) in enumerate(zip(files, clips, strict=True), 1):
-        reply = teacher.respond(history, audio, lang)
-        history += reply.history_turns()
-        estimate = reply.emotion
-        console.print(f"[bold]user[/] ({path.name}): {reply.transcript}", highlight=False)
-        if estimate is not None and estimate.acoustic is not None:
-            words = estimate.textual.tag if estimate.textual else "-"
-            console.print(f"  emotion: [magenta]{estimate.tag}[/] {estimate.confidence:.2f} "
-                          f"(voice {estimate.acoustic.tag}, words {words})", highlight=False)
-        elif estimate is not None:
-            console.print(f"  emotion named in the think: [magenta]{estimate.tag}[/]", highlight=False)
-        if show_think:
-            console.print(f"  [dim]think: {reply.think}[/]", highlight=False)
-        console.print(f"[bold]assistant[/]: {reply.text}", highlight=False)
-        if speak and reply.audio is not None:
-            console.print(f"  spoken → {save_audio(speak / f'reply_{index}.wav', reply.audio, reply.sample_rate)}")
-    teacher.close()
+    clips = [load_audio(f) for f in files]  # every file checked before a model loads
+    with load_agent(agent, llm=llm, asr=asr, voice=voice, speak=speak is not None or events) as talker:
+        conversation = Conversation(talker, lang)
+        for index, (path, audio) in enumerate(zip(files, clips, strict=True), 1):
+            if events:
+                for event in conversation.stream(audio):
+                    print_event(event)
+                continue
+            reply = conversation.respond(audio)
+            print_turn(console, path, reply, show_think)
+            if speak and reply.audio is not None:
+                console.print(f"  spoken → {save_audio(speak / f'reply_{index}.wav', reply.audio, reply.sample_rate)}")
 
 
 @serve_app.command("tts")
@@ -406,7 +392,7 @@ def eval_humdial(
     out: Annotated[Path, typer.Option(help="Folder for the submission, scores, metrics and report.")],
     data: Annotated[Optional[Path], typer.Option(help="HumDial dialogue file or folder (default: the examples).")
                     ] = None,
-    agent: Annotated[str, typer.Option(help="The agent to play the dialogues: teacher.")] = "teacher",
+    agent: AgentOpt = "teacher",
     llm: LLMOpt = "auto",
     submission: Annotated[Optional[Path], typer.Option(
         help="Score an existing submission folder ({zh,en}/HD-Track1-T*.jsonl) instead of running an agent.")] = None,
@@ -433,16 +419,14 @@ def eval_humdial(
         raise EmoslmError("--judge-samples must be at least 1 and --limit 0 or more")
     entries, runner = None, None
     if submission is None:
-        if agent != "teacher":
-            raise EmoslmError(f"unknown agent '{agent}'; use teacher (or --submission DIR to score saved outputs)")
+        from emoslm.agents import load_agent
+
         entries = load_entries(data or examples_dir())
         voice = voice or data is None or examples_dir() in (data.resolve(), data.resolve().parent)
         if limit:
             entries = [e for key in sorted({(x.lang, x.task) for x in entries})
                        for e in [x for x in entries if (x.lang, x.task) == key][:limit]]
-        from emoslm.agents.teacher import TeacherAgent
-
-        runner = TeacherAgent(llm=llm)
+        runner = load_agent(agent, llm=llm)
     scorer = None if judge == "none" else Judge(judge, samples=judge_samples, rubric_dir=rubric_dir,
                                                hears_audio=judge_hears_audio)
     bar, progress = rich_progress(err)
@@ -472,6 +456,9 @@ def eval_televal(predictions: Annotated[Path, typer.Argument(help="TELEVAL predi
 
 def main() -> None:
     """Entry point: user mistakes print one line and exit non-zero, never a traceback."""
+    from emoslm.config import configure_threads
+
+    configure_threads()
     try:
         app()
     except EmoslmError as exc:

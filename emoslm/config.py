@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -32,3 +33,17 @@ class Settings(BaseModel):
 def settings() -> Settings:
     """Fresh settings each call, so tests and users can change the environment at run time."""
     return Settings()
+
+
+def configure_threads() -> int:
+    """Set the CPU thread count once, at start-up, for every library that reads it (OpenMP, torch).
+
+    Backends that take a count of their own (llama.cpp, CTranslate2, onnxruntime) read
+    ``settings().threads``; nothing sets torch's global thread count per call.
+    """
+    threads = settings().threads
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return threads

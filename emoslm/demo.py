@@ -1,4 +1,4 @@
-"""The main job on the embedded default, and a plain spoken chat, both built from the real backends.
+"""The main job on the embedded default: the example dialogues played through the teacher agent.
 
 ``run_demo`` plays the example dialogues through the teacher agent the way HumDial plays them:
 voice each user turn, then turn by turn hear it (VAD, ASR), estimate the emotion (voice + words),
@@ -18,26 +18,16 @@ from typing import Any
 
 from rich.console import Console
 
-from emoslm.agents.base import Turn
-from emoslm.agents.teacher import TeacherAgent
+from emoslm.agents import Agent, Conversation, load_agent
 from emoslm.audio import SAMPLE_RATE, load_audio, save_audio
 from emoslm.dialogues import Dialogue, examples_dir, read_dialogues, write_dialogues
+from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
-from emoslm.llm import LLM, LLMPool, Message, Sampling
-from emoslm.perception.asr import ASRPool
-from emoslm.perception.labels import TAGS
-from emoslm.perception.recognizer import EmotionRecognizer, recogniser_dir
+from emoslm.perception.recognizer import recogniser_dir
 from emoslm.perception.training import ensure_recogniser
 from emoslm.progress import rich_progress
-from emoslm.speech.tts import TTS, default_tts
 from emoslm.textnorm import error_rate
 
-SYSTEM = {
-    "en": "You are a warm, attentive voice assistant. Answer the user in English in at most two short "
-          "sentences. Acknowledge how they seem to feel.",
-    "zh": "你是一个温暖、细心的语音助手。请用中文回答，最多两句话，并回应用户的感受。",
-}
-REPLY_SAMPLING = Sampling(max_tokens=80, temperature=0.6, top_p=0.9, repeat_penalty=1.15, seed=0, stop=["\n\n"])
 TINY_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
 
 
@@ -79,14 +69,13 @@ def _zip_all(groups: list[list[Dialogue]]) -> list[list[Dialogue]]:
     return [[g[i] for g in groups if i < len(g)] for i in range(depth)]
 
 
-def play_dialogue(dialogue: Dialogue, root: Path, agent: TeacherAgent, replies: Path) -> list[TurnResult]:
-    """Run one dialogue turn by turn; the agent's own replies become the history (think never does)."""
-    history: list[Turn] = []
+def play_dialogue(dialogue: Dialogue, root: Path, agent: Agent, replies: Path) -> list[TurnResult]:
+    """Run one dialogue turn by turn through a Conversation (the agent's own replies become the history)."""
+    conversation = Conversation(agent, dialogue.lang)
     results = []
     for turn in dialogue.turns:
         audio = load_audio(root / turn.split_audio_file)
-        reply = agent.respond(history, audio, dialogue.lang)
-        history += reply.history_turns()
+        reply = conversation.respond(audio)
         estimate = reply.emotion
         wav = ""
         if reply.audio is not None:
@@ -118,18 +107,17 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
         if not (recogniser_dir() / "meta.json").exists():
             console.print("training the built-in emotion recogniser once (about 5 minutes on 2 cores; cached)")
         ensure_recogniser(progress)
-    agent = TeacherAgent(llm=llm_spec, recognizer=EmotionRecognizer(), asr=ASRPool())
     results: list[TurnResult] = []
     answered: list[Dialogue] = []
-    for dialogue in voiced:
-        console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang})")
-        turns = play_dialogue(dialogue, voices, agent, out / "replies")
-        for r in turns:
-            _print_turn(console, r)
-        results.extend(turns)
-        answered.append(replace(dialogue, turns=[replace(t, response_text=r.reply, response_audio=r.reply_audio)
-                                                 for t, r in zip(dialogue.turns, turns, strict=True)]))
-    agent.close()
+    with load_agent("teacher", llm=llm_spec) as agent:
+        for dialogue in voiced:
+            console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang})")
+            turns = play_dialogue(dialogue, voices, agent, out / "replies")
+            for r in turns:
+                _print_turn(console, r)
+            results.extend(turns)
+            answered.append(replace(dialogue, turns=[replace(t, response_text=r.reply, response_audio=r.reply_audio)
+                                                     for t, r in zip(dialogue.turns, turns, strict=True)]))
     _write_outputs(out, answered, results)
     trajectory_plot(results, out / "trajectory.png")
     _print_summary(console, results, out)
@@ -246,32 +234,3 @@ def _print_summary(console: Console, results: list[TurnResult], out: Path) -> No
     console.print(f"results: {out}/responses_*.jsonl (HumDial format), {out}/replies/*.wav, {out}/trajectory.png, "
                   f"{out}/turns.jsonl, {out}/summary.json")
 
-
-def reply_to(llm: LLM, history: list[Message], lang: str) -> tuple[str, int, float]:
-    """One plain assistant turn for the conversation so far (no emotion); returns text, tokens, seconds."""
-    messages = [{"role": "system", "content": SYSTEM.get(lang, SYSTEM["en"])}, *history]
-    done = llm.chat(messages, REPLY_SAMPLING)
-    return done.text.strip(), done.completion_tokens, done.seconds
-
-
-def cascade_chat(files: list[Path], llm_spec: str, asr_name: str | None, lang: str | None,
-                 speak: Path | None, console: Console) -> None:
-    """Transcribe each file as the next user turn and answer it; optionally speak the replies."""
-    clips = [load_audio(f) for f in files]
-    asr, llms = ASRPool(asr_name), LLMPool(llm_spec)
-    tts: dict[str, TTS] = {}
-    history: list[Message] = []
-    for index, (path, audio) in enumerate(zip(files, clips, strict=True), 1):
-        heard = asr.for_lang(lang).transcribe(audio, language=lang)
-        turn_lang = lang or heard.language
-        history.append({"role": "user", "content": heard.text})
-        reply, _, _ = reply_to(llms.for_lang(turn_lang), history, turn_lang)
-        history.append({"role": "assistant", "content": reply})
-        console.print(f"[bold]user[/] ({path.name}): {heard.text}", highlight=False)
-        console.print(f"[bold]assistant[/]: {reply}", highlight=False)
-        if speak and reply:
-            if turn_lang not in tts:  # one voice per language, loaded once
-                tts[turn_lang] = default_tts(turn_lang)
-            wav = save_audio(speak / f"reply_{index}.wav", tts[turn_lang].synthesize(reply).at())
-            console.print(f"  spoken → {wav}")
-    llms.close()

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from emoslm.atomic import atomic_file
+from emoslm.emotions import TAGS
 from emoslm.errors import DataError
 from emoslm.jsonl import json_lines
-from emoslm.perception.labels import TAGS
 
 TASK_IN_ID = re.compile(r"(?:^|_)(?:T|task)([123])(?:_|$)", re.IGNORECASE)
 CJK = re.compile(r"[\u4e00-\u9fff]")

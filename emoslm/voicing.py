@@ -16,7 +16,8 @@ from pathlib import Path
 from emoslm.audio import SAMPLE_RATE, save_audio
 from emoslm.dialogues import Dialogue, write_dialogues
 from emoslm.speech.prosody import acted
-from emoslm.speech.tts import TTS, default_tts
+from emoslm.speech.tts import TTS
+from emoslm.speech.voice import voice_pool
 
 
 def voice_dialogues(
@@ -28,7 +29,7 @@ def voice_dialogues(
     on_turn: Callable[[Dialogue, int], None] | None = None,
 ) -> list[Dialogue]:
     """Write ``out_dir/{lang}/{dialogue_id}_{turn_id}.wav`` and ``out_dir/{lang}.jsonl`` pointing at them."""
-    tts_for = tts_for or _cached(default_tts)
+    tts_for = tts_for or (lambda lang: voice_pool().tts("auto", lang))
     voiced: list[Dialogue] = []
     for dialogue in dialogues:
         lang = dialogue.lang
@@ -49,14 +50,3 @@ def voice_dialogues(
         write_dialogues(out_dir / f"{lang}.jsonl", [d for d in voiced if d.lang == lang])
     return voiced
 
-
-def _cached(factory: Callable[[str], TTS]) -> Callable[[str], TTS]:
-    """Load each language's TTS once per run, not once per turn."""
-    loaded: dict[str, TTS] = {}
-
-    def get(lang: str) -> TTS:
-        if lang not in loaded:
-            loaded[lang] = factory(lang)
-        return loaded[lang]
-
-    return get

@@ -67,3 +67,17 @@ def small_recogniser(tmp_path_factory):
         config = TrainConfig(renditions=1, voices=SMALL_VOICES)
         meta = train(config, silent)
     return home, config, meta
+
+
+@pytest.fixture(scope="session")
+def slm_checkpoint(tmp_path_factory):
+    """An untrained UnifiedSLM (packaged SmolLM2 + Whisper tiny.en, fresh small adapter) saved as a checkpoint."""
+    from emoslm.slm.generate import from_parts
+    from emoslm.slm.processor import MelFrontEnd
+
+    folder = tmp_path_factory.mktemp("slm") / "final"
+    model, tokenizer = from_parts("smollm2-135m-instruct", "whisper-tiny.en", adapter_dim=64, adapter_heads=4)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    MelFrontEnd.for_mels(model.config.encoder().num_mel_bins).save_pretrained(folder)
+    return folder

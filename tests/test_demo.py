@@ -5,7 +5,7 @@ from rich.console import Console
 
 from emoslm.demo import pick_dialogues, run_demo
 from emoslm.dialogues import examples_dir, read_dialogues
-from emoslm.perception.labels import TAGS
+from emoslm.emotions import TAGS
 
 
 def test_pick_dialogues_takes_tasks_in_turn():

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from emoslm.dialogues import examples_dir, parse_dialogue, read_dialogues, write_dialogues
+from emoslm.emotions import TAGS
 from emoslm.errors import DataError
-from emoslm.perception.labels import TAGS
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])

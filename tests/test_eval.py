@@ -169,14 +169,14 @@ def test_custom_rubric_dir_must_keep_the_placeholders(tmp_path):
 
 @pytest.mark.slow
 def test_eval_humdial_with_the_teacher_and_a_local_judge(tmp_path, small_recogniser, monkeypatch, llama):
-    from emoslm.agents.teacher import TeacherAgent
+    from emoslm.agents import load_agent
     from emoslm.dialogues import examples_dir
     from emoslm.eval.run import evaluate
 
     monkeypatch.setenv("EMOSLM_HOME", str(small_recogniser[0]))
     entries = [e for e in load_entries(examples_dir() / "en.jsonl") if e.dialogue.dialogue_id in
                ("en_T1_01", "en_T2_01", "en_T3_01")]
-    agent = TeacherAgent(llm="llama-cpp:smollm2-135m-instruct")
+    agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct")
     judge = Judge("llama-cpp:smollm2-135m-instruct", samples=2, llm=llama, max_tokens=200)
     summary = evaluate(tmp_path, judge, agent, entries, voice=True)
     agent.close()

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from emoslm.dialogues import read_dialogues
+from emoslm.emotions import TAGS
 from emoslm.errors import BackendError
 from emoslm.ieat.dialogues import regroup
 from emoslm.ieat.recipe import load_recipe
 from emoslm.ieat.runner import build
-from emoslm.perception.labels import TAGS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ieat"
 OUTPUTS = ["stage1_1.jsonl", "stage1_2.jsonl", "multiturn.jsonl", "stage2.jsonl", "errors.jsonl", "summary.json",

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from emoslm.emotions import EMOTION2VEC_CLASSES, EMOTION2VEC_TO_TAG, TAGS, map_distribution, valence_arousal
 from emoslm.errors import EmoslmError, MissingPackageError
 from emoslm.perception.classifier import BoostedClassifier, LinearClassifier
 from emoslm.perception.estimate import EmotionEstimate, Evidence, as_probs
 from emoslm.perception.features import PROSODIC_NAMES, WhisperEmbedder, prosodic_features
-from emoslm.perception.labels import EMOTION2VEC_CLASSES, EMOTION2VEC_TO_TAG, TAGS, map_distribution, valence_arousal
 from emoslm.speech.prosody import Prosody
 from tests.conftest import SENTENCE
 

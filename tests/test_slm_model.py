@@ -74,12 +74,11 @@ def test_speech_changes_the_output_only_through_marked_positions():
 
 @pytest.mark.slow
 def test_real_model_loads_and_generates_think_and_reply(spoken_sentence):
-    from faster_whisper.feature_extractor import FeatureExtractor
-
     from emoslm.slm.generate import from_parts, generate, layout
+    from emoslm.slm.processor import MelFrontEnd
 
     model, tokenizer = from_parts("smollm2-135m-instruct", "whisper-tiny.en")
-    mel = torch.from_numpy(FeatureExtractor(feature_size=80)(spoken_sentence)).float()
+    mel = MelFrontEnd.for_mels(80).tensor(spoken_sentence)
     prompt = layout(tokenizer, model.speech_length(mel.shape[-1]))
     assert sum(prompt.speech_mask) == model.speech_length(mel.shape[-1]) > 10
     assert tokenizer.decode(prompt.input_ids).rstrip().endswith("<think>")

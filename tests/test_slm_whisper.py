@@ -7,13 +7,12 @@ import pytest
 def test_converted_encoder_matches_ctranslate2(spoken_sentence):
     torch = pytest.importorskip("torch")
     import ctranslate2
-    from faster_whisper.feature_extractor import FeatureExtractor
 
+    from emoslm.slm.processor import MelFrontEnd
     from emoslm.slm.whisper_ct2 import encode, load_whisper_encoder
     from emoslm.store import resolve
 
-    mel = FeatureExtractor(feature_size=80)(spoken_sentence)
-    mel = mel[:, : mel.shape[1] - mel.shape[1] % 2]
+    mel = MelFrontEnd.for_mels(80)(spoken_sentence)
     reference = ctranslate2.models.Whisper(str(resolve("whisper-tiny.en").require_path()), device="cpu",
                                            compute_type="float32")
     expected = np.asarray(reference.encode(ctranslate2.StorageView.from_array(

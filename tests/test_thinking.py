@@ -1,6 +1,5 @@
-import pytest
 
-from emoslm.llm.thinking import language_of, strip_think, think_opening, think_then_answer, validate
+from emoslm.ieat.think import language_of, strip_think, think_opening, think_then_answer, validate
 
 MESSAGES = [{"role": "system", "content": "You are a warm assistant. Reply in English in two sentences."},
             {"role": "user", "content": "My cat has been sick all week and the vet says there isn't much left to do."}]
@@ -44,23 +43,21 @@ def test_think_budget_closes_runaway_thinking(llama):
     assert out.reply_tokens > 0  # the answer is still generated after the forced close
 
 
-@pytest.mark.slow
-def test_teacher_agent_runs_a_two_turn_dialogue(small_recogniser, monkeypatch, piper):
-    from emoslm.agents.base import Turn
-    from emoslm.agents.teacher import TeacherAgent
-    from emoslm.perception.recognizer import EmotionRecognizer
-    from emoslm.speech.prosody import acted
+def test_think_stream_pieces_join_to_the_blocking_result(llama):
+    from emoslm.ieat.think import think_stream
+    from emoslm.streams import drain
 
-    monkeypatch.setenv("EMOSLM_HOME", str(small_recogniser[0]))
-    agent = TeacherAgent(recognizer=EmotionRecognizer(), tts={"en": piper})
-    first = agent.respond([], piper.synthesize(MESSAGES[1]["content"], acted("sad")).at(), "en")
-    assert first.transcript and first.emotion is not None and first.emotion.tag in first.think
-    assert first.text and "<think>" not in first.text and first.audio is not None
-    assert {"vad", "asr", "emotion", "llm", "tts"} <= set(first.timings)
-    history: list[Turn] = first.history_turns()
-    assert history[1].text == first.text and first.think not in history[1].text  # think never kept
-    second = agent.respond(history, piper.synthesize("I just sat with her for an hour.", acted("sad")).at(), "en")
-    assert second.text and second.emotion is not None
-    events = [e.kind for e in agent.stream(history, piper.synthesize("Thank you.").at(), "en")]
-    assert events[0] == "transcript" and events[-1] == "done" and "think" in events
-    agent.close()
+    pieces, result = [], None
+    stream = think_stream(llama, MESSAGES, think_opening("sad"), think_budget=24, reply_budget=30)
+    while result is None:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as end:
+            result = end.value
+    think = "".join(p.text for p in pieces if p.part == "think")
+    reply = "".join(p.text for p in pieces if p.part == "reply")
+    assert think == result.think and reply == result.reply and reply
+    assert sum(1 for p in pieces if p.part == "reply" and p.text) > 1  # really streamed, not one lump
+    again = drain(think_stream(llama, MESSAGES, think_opening("sad"), think_budget=24, reply_budget=30))
+    blocking = think_then_answer(llama, MESSAGES, think_opening("sad"), think_budget=24, reply_budget=30)
+    assert (again.think, again.reply) == (blocking.think, blocking.reply) == (result.think, result.reply)

@@ -61,6 +61,7 @@ def test_stage_1_1_resumes_exactly_and_stage_1_2_trains_lora(build, tmp_path):
     whole = train(config(build, tmp_path / "whole"))
     assert whole["steps"] == 4 and whole["held_out_examples"] >= 1 and whole["held_out_loss"] > 0
     assert (tmp_path / "whole" / "final" / "model.safetensors").exists()
+    assert (tmp_path / "whole" / "final" / "preprocessor_config.json").exists()  # the mel front end travels too
     assert any((tmp_path / "whole" / "tb").rglob("events.out.tfevents*"))
 
     assert train(config(build, tmp_path / "cut"), stop_after=2) == {"stopped_at": 2}
@@ -84,7 +85,9 @@ def test_assistant_only_labels(build):
     from emoslm.train.data import Collator
 
     tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint("smollm2-135m-instruct"))
-    batch = Collator(tokenizer, UnifiedSLM.speech_length)(load_examples(build, "1-2")[:2])
+    from emoslm.slm.processor import MelFrontEnd
+
+    batch = Collator(tokenizer, UnifiedSLM.speech_length, MelFrontEnd.for_mels(80))(load_examples(build, "1-2")[:2])
     labelled = batch["labels"][0][batch["labels"][0] != -100]
     text = tokenizer.decode(labelled)
     assert text.startswith("The emotion I hear is anger") and "</think>" in text and "a lot." in text

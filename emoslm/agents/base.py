@@ -1,72 +1,178 @@
-"""The one contract that joins chat, serve and eval: an Agent answers the user's newest audio.
+"""The one contract that joins chat, serve, eval and the demo: an Agent answers the user's newest audio.
 
-An agent gets the dialogue so far (text turns, its own earlier replies included) and the user's
-newest clip, and returns a ``Reply``: the hidden think, the reply text, the emotion it perceived,
-the reply audio and per-stage timings. ``stream`` yields the same as events for live use; the
-default runs ``respond`` and replays it, agents that can stream override it.
+An agent gets the dialogue so far (``Turn``s: the user's words with the emotion perceived in them,
+its own earlier replies) and the user's newest clip, and *streams* its answer as typed events
+(``emoslm.agents.events``): what it heard, the emotion, think deltas, reply deltas, audio chunks of
+the spoken reply clause by clause, stage timings, and finally ``Done`` with the whole ``Reply``.
+Streaming is the primitive: ``respond`` only drains ``stream``, so both give the same reply.
+
+Agents implement ``_events``; ``stream`` stamps every event with the seconds since the end of the
+user's speech, records first-text/first-audio latency in the reply's timings, and turns a user-facing
+error into an ``Error`` event. Agents are context managers (``with load_agent(...) as agent``).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
 
-from emoslm.perception.estimate import EmotionEstimate
+from emoslm.agents.events import (
+    AudioChunk,
+    Cancelled,
+    Done,
+    Error,
+    Event,
+    Reply,
+    TextDelta,
+    ThinkDelta,
+    Timing,
+    Transcript,
+    Turn,
+)
+from emoslm.audio import SAMPLE_RATE
+from emoslm.errors import EmoslmError
+from emoslm.perception.asr import ASRPool
+from emoslm.speech.prosody import Prosody
+from emoslm.speech.voice import Clauses, Voice
+from emoslm.streams import ahead
 
-
-@dataclass
-class Turn:
-    role: str  # "user" | "assistant"
-    text: str
-    emotion: str | None = None  # the user's emotion as the agent perceived it
-
-
-@dataclass
-class Reply:
-    text: str
-    think: str = ""
-    transcript: str = ""  # what the agent heard
-    lang: str = "en"
-    emotion: EmotionEstimate | None = None
-    audio: np.ndarray | None = None
-    sample_rate: int = 16_000
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    problems: list[str] = field(default_factory=list)  # validation notes (empty when fine)
-
-    def history_turns(self) -> list[Turn]:
-        """The two turns this exchange adds to the dialogue history (think is never part of it)."""
-        tag = self.emotion.tag if self.emotion else None
-        return [Turn("user", self.transcript, tag), Turn("assistant", self.text)]
-
-
-@dataclass
-class Event:
-    kind: str  # transcript | emotion | think | text | audio | done
-    data: Any
+__all__ = ["Agent", "Cancelled", "Reply", "Spoken", "Turn", "reply_of", "speak_along"]
 
 
 class Agent(abc.ABC):
     name: str = "agent"
+    asr: ASRPool | None = None  # agents that hear with Whisper transcribe live speech as it grows
 
     @abc.abstractmethod
-    def respond(self, history: list[Turn], audio: np.ndarray, lang: str | None = None) -> Reply:
-        """Answer the newest user clip given the earlier turns."""
+    def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
+        """Answer the newest user clip given the earlier turns; the last event is ``Done``."""
 
-    def stream(self, history: list[Turn], audio: np.ndarray, lang: str | None = None) -> Iterator[Event]:
-        reply = self.respond(history, audio, lang)
-        yield Event("transcript", reply.transcript)
-        if reply.emotion is not None:
-            yield Event("emotion", reply.emotion)
-        if reply.think:
-            yield Event("think", reply.think)
-        yield Event("text", reply.text)
-        if reply.audio is not None:
-            yield Event("audio", reply.audio)
-        yield Event("done", reply)
+    def stream(self, history: list[Turn], audio: np.ndarray, lang: str | None = None,
+               heard_at: float | None = None) -> Iterator[Event]:
+        """The answer as events, each stamped with seconds since ``heard_at`` (the end of the user's
+        speech, a ``time.perf_counter()`` value; default: now)."""
+        start = time.perf_counter() if heard_at is None else heard_at
+        timings: dict[str, float] = {}
+        events = self._events(history, audio, lang)
+        try:
+            for event in events:
+                event.t = time.perf_counter() - start
+                if isinstance(event, Timing):
+                    timings[event.stage] = event.seconds
+                elif isinstance(event, (TextDelta, AudioChunk)):
+                    timings.setdefault("first_text" if isinstance(event, TextDelta) else "first_audio",
+                                       round(event.t, 4))
+                elif isinstance(event, Done):
+                    event.reply.timings.update({**timings, "total": round(event.t, 4)})
+                yield event
+        except EmoslmError as exc:
+            yield Error(str(exc), t=time.perf_counter() - start)
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+
+    def listen(self, speech_so_far: np.ndarray, lang: str | None = None) -> Iterator[Event]:
+        """Work done while the user is still talking (live input): a partial transcript of the speech so far."""
+        if self.asr is None or len(speech_so_far) < SAMPLE_RATE // 2:
+            return
+        heard = self.asr.for_lang(lang).transcribe(speech_so_far, language=lang)
+        if heard.text:
+            yield Transcript(heard.text, lang or heard.language, partial=True)
+
+    def respond(self, history: list[Turn], audio: np.ndarray, lang: str | None = None) -> Reply:
+        """The whole reply: ``stream``, drained."""
+        return reply_of(self.stream(history, audio, lang))
 
     def close(self) -> None:
         """Release models and servers."""
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def reply_of(events: Iterator[Event]) -> Reply:
+    """Drain a turn's events into its reply; an ``Error`` event is raised as the error it reports."""
+    for event in events:
+        if isinstance(event, Error):
+            raise EmoslmError(event.message)
+        if isinstance(event, Done):
+            return event.reply
+    raise EmoslmError("the agent ended its stream without a reply")
+
+
+class Spoken:
+    """What ``speak_along`` gathered: the reply text, the think, the audio and the synthesis time."""
+
+    def __init__(self) -> None:
+        self.think, self.text, self.chunks, self.tts_seconds = "", "", [], 0.0
+        self.result: Any = None  # the pieces generator's own return value
+
+    @property
+    def audio(self) -> np.ndarray | None:
+        return np.concatenate([c.audio for c in self.chunks]) if self.chunks else None
+
+
+def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody: Prosody | Any,
+                spoken: Spoken) -> Iterator[Event]:
+    """Think and reply deltas as events, the reply spoken clause by clause as soon as each clause is written.
+
+    ``pieces`` yields objects with ``part`` ("think" or "reply") and ``text``; it runs ahead in a worker
+    thread, so the LLM writes the next clause while ``voice`` synthesises this one. ``prosody`` may be a
+    callable, asked when the first clause is spoken (the unified model's prosody follows its own think).
+    """
+    clauses = Clauses()
+    started = time.perf_counter()
+    marks: dict[str, float] = {}
+
+    def say(clause: str) -> Iterator[Event]:
+        nonlocal prosody
+        if voice is None:
+            return
+        if callable(prosody):
+            prosody = prosody()
+        clock = time.perf_counter()
+        chunk = voice.clause(clause, prosody)
+        spoken.tts_seconds += time.perf_counter() - clock
+        if chunk is not None:
+            spoken.chunks.append(chunk)
+            yield AudioChunk(chunk.audio, chunk.sample_rate, chunk.text)
+
+    stream = ahead(pieces)
+    try:
+        while True:
+            try:
+                piece = next(stream)
+            except StopIteration as end:
+                spoken.result = end.value
+                break
+            if not piece.text:
+                continue
+            if piece.part == "think":
+                spoken.think += piece.text
+                yield ThinkDelta(piece.text)
+                continue
+            marks.setdefault("think", time.perf_counter() - started)
+            spoken.text += piece.text
+            yield TextDelta(piece.text)
+            for clause in clauses.feed(piece.text):
+                yield from say(clause)
+        marks.setdefault("think", time.perf_counter() - started)
+        marks["write"] = time.perf_counter() - started - marks["think"]
+        for clause in clauses.flush():
+            yield from say(clause)
+    except GeneratorExit:
+        stream.close()
+        raise
+    for stage, seconds in marks.items():
+        yield Timing(stage, round(seconds, 4))
+    if spoken.chunks:
+        yield Timing("tts", round(spoken.tts_seconds, 4))
+

@@ -1,87 +1,82 @@
-"""The teacher agent: the IEAT chain run live as a cascade.
+"""The teacher agent: the IEAT chain run live as a cascade, streamed.
 
-VAD → ASR → emotion (voice + words) → LLM with the emotion injected into an open think → TTS with
-the prosody that fits a reply to that emotion. The think is returned for inspection but never
-spoken and never kept in the history (as Qwen3's template drops earlier reasoning).
+VAD → ASR (while the acoustic emotion model hears the same clip in a second thread) → emotion (voice
++ words), emitted as soon as it exists → LLM with the emotion injected into an open think (think
+deltas) → the reply (text deltas), spoken clause by clause with the prosody that fits a reply to that
+emotion while the LLM writes the next clause. The think is streamed for inspection but never spoken
+and never kept in the history (as Qwen3's template drops earlier reasoning).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from emoslm.agents.base import Agent, Reply, Turn
+from emoslm.agents.base import Agent, Spoken, speak_along
+from emoslm.agents.events import Done, Emotion, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
+from emoslm.ieat.think import EMPATHY_SYSTEM, tag_in_think, think_opening, think_stream, validate
 from emoslm.llm import LLMPool
-from emoslm.llm.thinking import think_opening, think_then_answer, validate
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer
 from emoslm.speech.prosody import reply as reply_prosody
-from emoslm.speech.tts import TTS, default_tts
+from emoslm.speech.voice import VoicePool, voice_pool
 
-SYSTEM = {
-    "en": "You are a warm, emotionally attentive voice assistant. Reply to the user in English in one to three "
-          "short spoken sentences: name how they feel and why, then support them. No lists.",
-    "zh": "你是一个温暖、善解人意的语音助手。请用中文口语回复一到三句话："
-          "先说出用户的感受和原因，再给予支持。不要列清单。",
-}
+SYSTEM = EMPATHY_SYSTEM
 
 
 class TeacherAgent(Agent):
     name = "teacher"
 
     def __init__(self, llm: str = "auto", recognizer: EmotionRecognizer | None = None, asr: ASRPool | None = None,
-                 tts: dict[str, TTS] | None = None, speak: bool = True, think_budget: int = 64,
+                 voices: VoicePool | None = None, voice: str = "auto", speak: bool = True, think_budget: int = 64,
                  reply_budget: int = 96) -> None:
         self.llms = LLMPool(llm)
         self.recognizer = recognizer or EmotionRecognizer()
         self.asr = asr or ASRPool()
-        self.tts = tts or {}
+        self.voices, self.voice_spec = voices or voice_pool(), voice
         self.speak = speak
         self.think_budget, self.reply_budget = think_budget, reply_budget
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="emoslm-acoustic")
 
-    def _tts(self, lang: str) -> TTS:
-        if lang not in self.tts:
-            self.tts[lang] = default_tts(lang)
-        return self.tts[lang]
-
-    def respond(self, history: list[Turn], audio: np.ndarray, lang: str | None = None) -> Reply:
-        timings: dict[str, float] = {}
+    def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
         clock = time.perf_counter()
         check_signal(audio, SAMPLE_RATE, "user audio")
         speech = trim_to_speech(audio, pad=0.3)
-        timings["vad"] = _lap(clock)
+        yield Timing("vad", _lap(clock))
 
         clock = time.perf_counter()
+        acoustic = self._side.submit(self.recognizer.acoustic_model.acoustic, speech)  # voice, heard meanwhile
         heard = self.asr.for_lang(lang).transcribe(speech, language=lang)
         lang = lang or ("zh" if heard.language == "zh" else "en")
-        timings["asr"] = _lap(clock)
+        yield Transcript(heard.text, lang)
+        yield Timing("asr", _lap(clock))
 
         clock = time.perf_counter()
-        emotion = self.recognizer.estimate(speech, heard.text, lang)
-        timings["emotion"] = _lap(clock)
+        emotion = self.recognizer.estimate(speech, heard.text, lang, acoustic=acoustic.result())
+        yield Emotion(emotion)
+        yield Timing("emotion", _lap(clock))
 
-        clock = time.perf_counter()
         messages = [{"role": "system", "content": SYSTEM[lang]}]
         messages += [{"role": t.role, "content": t.text} for t in history]
         messages.append({"role": "user", "content": heard.text or "…"})
         words = emotion.textual.tag if emotion.textual else None
-        thought = think_then_answer(self.llms.for_lang(lang), messages, think_opening(emotion.tag, lang, words),
-                                    self.think_budget, self.reply_budget, lang=lang)
-        timings["llm"] = _lap(clock)
-
-        reply = Reply(text=thought.reply, think=thought.think, transcript=heard.text, lang=lang, emotion=emotion,
-                      timings=timings, problems=validate(thought.think, thought.reply, emotion.tag, lang))
-        if self.speak and thought.reply:
-            clock = time.perf_counter()
-            spoken = self._tts(lang).synthesize(thought.reply, reply_prosody(emotion.tag))
-            reply.audio, reply.sample_rate = spoken.at(SAMPLE_RATE), SAMPLE_RATE
-            timings["tts"] = _lap(clock)
-        return reply
+        pieces = think_stream(self.llms.for_lang(lang), messages, think_opening(emotion.tag, lang, words),
+                              self.think_budget, self.reply_budget, lang=lang)
+        voice = self.voices.voice(self.voice_spec, lang) if self.speak else None
+        spoken = Spoken()
+        yield from speak_along(pieces, voice, reply_prosody(emotion.tag), spoken)
+        reply = Reply(text=spoken.text, think=spoken.think, transcript=heard.text, lang=lang, emotion=emotion,
+                      think_emotion=tag_in_think(spoken.think), audio=spoken.audio,
+                      problems=validate(spoken.think, spoken.text, emotion.tag, lang))
+        yield Done(reply)
 
     def close(self) -> None:
         self.llms.close()
+        self._side.shutdown(wait=False)
 
 
 def _lap(start: float) -> float:

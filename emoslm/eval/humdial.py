@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from emoslm.agents.base import Agent, Reply, Turn
+from emoslm.agents import Agent, Conversation
 from emoslm.atomic import atomic_file
 from emoslm.audio import SAMPLE_RATE, load_audio, save_audio
 from emoslm.dialogues import Dialogue, read_dialogues, write_dialogues
 from emoslm.errors import DataError
 from emoslm.eval.metrics import think_leaked
-from emoslm.llm.thinking import strip_think
+from emoslm.ieat.think import strip_think
 from emoslm.progress import Start, silent
 
 TASKS = ("T1", "T2", "T3")
@@ -120,25 +119,17 @@ class PlayedTurn:
 
 
 def play_entry(agent: Agent, entry: Entry, lang_dir: Path) -> list[PlayedTurn]:
-    """Run one dialogue through ``agent``; T3 reply audio goes to ``lang_dir/HD-Track1-T3/``."""
-    history: list[Turn] = []
+    """Run one dialogue through ``agent`` in a Conversation; T3 reply audio goes to ``lang_dir/HD-Track1-T3/``."""
+    conversation = Conversation(agent, entry.lang)
     played = []
     for turn in entry.dialogue.turns:
         audio = load_audio(entry.audio_root / turn.split_audio_file)
-        start = time.perf_counter()
-        first_audio, reply = None, None
-        for event in agent.stream(history, audio, entry.lang):
-            if event.kind == "audio" and first_audio is None:
-                first_audio = time.perf_counter() - start
-            if event.kind == "done":
-                reply = event.data
-        total = time.perf_counter() - start
-        assert isinstance(reply, Reply)
-        history += reply.history_turns()
+        reply = conversation.respond(audio)
         record = PlayedTurn(turn.turn_id, strip_think(reply.text), reply.think, think_leaked(reply.text),
-                            user_audio_s=round(len(audio) / SAMPLE_RATE, 3), first_audio_s=_round(first_audio),
-                            total_s=round(total, 3), timings=reply.timings,
-                            detected_emotion=reply.emotion.tag if reply.emotion else "")
+                            user_audio_s=round(len(audio) / SAMPLE_RATE, 3),
+                            first_audio_s=_round(reply.timings.get("first_audio")),
+                            total_s=round(reply.timings.get("total", 0.0), 3), timings=reply.timings,
+                            detected_emotion=reply.perceived or "")
         if entry.task == "T3" and reply.audio is not None:
             rel = f"{task_file('T3')}/{entry.dialogue.dialogue_id}_{turn.turn_id}_response.wav"
             save_audio(lang_dir / rel, reply.audio, reply.sample_rate)

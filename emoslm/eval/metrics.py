@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from emoslm.llm.thinking import THINK_CLOSE, THINK_OPEN, language_of
+from emoslm.ieat.think import THINK_CLOSE, THINK_OPEN, language_of
 from emoslm.textnorm import tokens
 
 # Words that name each tag, per language. The tag word itself always counts (HumDial's gold strings).

@@ -26,19 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from emoslm.agents.teacher import SYSTEM as EMPATHY_SYSTEM
 from emoslm.audio import SAMPLE_RATE, load_audio, save_audio, trim_to_speech
 from emoslm.errors import BackendError, EmoslmError, MissingPackageError, ModelNotFoundError
 from emoslm.ieat.recipe import Recipe
 from emoslm.ieat.sources import SourceItem
+from emoslm.ieat.think import EMPATHY_SYSTEM, language_of, think_opening, think_then_answer, validate
 from emoslm.llm import LLMPool, Message, Sampling
-from emoslm.llm.thinking import language_of, think_opening, think_then_answer, validate
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.estimate import EmotionEstimate
 from emoslm.perception.recognizer import EmotionRecognizer
 from emoslm.speech.prosody import acted
 from emoslm.speech.prosody import reply as reply_prosody
-from emoslm.speech.tts import TTS, default_tts, load_tts
+from emoslm.speech.tts import TTS
+from emoslm.speech.voice import voice_pool
 
 PROMPT_VERSION = "ieat-prompts-v1"
 
@@ -99,7 +99,6 @@ class Toolkit:
         self.llms = LLMPool(data.teacher.llm)
         self.asr = ASRPool(data.asr, deterministic=True)
         self._recognizer: EmotionRecognizer | None = None
-        self._tts: dict[str, TTS] = {}
 
     @property
     def recognizer(self) -> EmotionRecognizer:
@@ -109,10 +108,7 @@ class Toolkit:
         return self._recognizer
 
     def tts(self, spec: str | None, lang: str) -> TTS:
-        key = spec or f"default:{lang}"
-        if key not in self._tts:
-            self._tts[key] = load_tts(spec) if spec else default_tts(lang)
-        return self._tts[key]
+        return voice_pool().tts(spec, lang)
 
     def sampling(self, max_tokens: int, seed: int) -> Sampling:
         t = self.recipe.data.teacher

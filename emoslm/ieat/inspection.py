@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from emoslm.emotions import TAGS
 from emoslm.errors import DataError
 from emoslm.jsonl import json_lines
-from emoslm.perception.labels import TAGS
 from emoslm.textnorm import tokens
 
 

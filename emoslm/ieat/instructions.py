@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from emoslm.audio import save_audio
+from emoslm.emotions import TAGS
 from emoslm.ieat.construct import Toolkit, file_key, item_seed, speak
-from emoslm.llm.thinking import language_of
-from emoslm.perception.labels import TAGS
+from emoslm.ieat.think import language_of
 from emoslm.textnorm import tokens
 
 SEEDS: dict[str, dict[str, list[str]]] = {

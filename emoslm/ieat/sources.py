@@ -35,8 +35,8 @@ from typing import Any
 
 from emoslm.errors import DataError, MissingPackageError
 from emoslm.ieat.recipe import Recipe, SourceSpec
+from emoslm.ieat.think import language_of
 from emoslm.jsonl import json_lines, open_text
-from emoslm.llm.thinking import language_of
 from emoslm.textnorm import tokens
 
 

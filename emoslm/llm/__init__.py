@@ -2,7 +2,8 @@
 
 Spec strings, as used on the command line and in recipes:
 
-- ``llama-cpp:smollm2-135m-instruct`` (default) or ``llama-cpp:/path/model.gguf``
+- ``llama-cpp:smollm2-135m-instruct`` (default) or ``llama-cpp:/path/model.gguf``; options after ``?``:
+  ``reuse_prefix=0`` (every prompt evaluated whole: reproducible), ``n_ctx=8192``
 - ``transformers:smollm2-135m-instruct`` or ``transformers:Qwen/Qwen3-8B``
 - ``http://host:8000/v1`` with ``model=`` and ``template=`` options:
   ``http://localhost:8000/v1?model=Qwen/Qwen3-8B&template=Qwen/Qwen3-8B``
@@ -39,6 +40,14 @@ def load_llm(spec: str = DEFAULT_LLM, **kwargs: object) -> LLM:
     if backend == "llama-cpp":
         from emoslm.llm.llama_cpp import LlamaCppLLM
 
+        model, _, options = model.partition("?")
+        for key, value in parse_qs(options).items():
+            if key == "reuse_prefix":
+                kwargs.setdefault(key, value[-1] not in ("0", "false", "no"))
+            elif key == "n_ctx":
+                kwargs.setdefault(key, int(value[-1]))
+            else:
+                raise EmoslmError(f"unknown llama-cpp option '{key}' in '{spec}'; use reuse_prefix or n_ctx")
         return LlamaCppLLM(model or "smollm2-135m-instruct", **kwargs)
     if backend == "transformers":
         from emoslm.llm.hf import TransformersLLM

@@ -8,13 +8,14 @@ later loads take well under a second.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 from emoslm.atomic import atomic_dir
 from emoslm.config import settings
 from emoslm.errors import BackendError, MissingPackageError
-from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling, Stopwatch
+from emoslm.llm.base import LLM, ChatTemplate, Message, Sampling, StopMatcher, StreamEnd
 from emoslm.store import resolve
 
 _READY = "emoslm-converted.ok"
@@ -66,16 +67,14 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 class TransformersLLM(LLM):
-    """A causal LM in PyTorch; generation uses the KV cache of ``generate``."""
+    """A causal LM in PyTorch, stepped token by token over one KV cache (``emoslm.llm.decoding``)."""
 
     backend = "transformers"
 
-    def __init__(self, model: str = "smollm2-135m-instruct", dtype: str = "float32", device: str = "cpu",
-                 threads: int | None = None) -> None:
+    def __init__(self, model: str = "smollm2-135m-instruct", dtype: str = "float32", device: str = "cpu") -> None:
         transformers = _require_transformers()
         import torch
 
-        torch.set_num_threads(threads or settings().threads)
         checkpoint = hf_checkpoint(model)
         self.name = resolve(model).name
         self.device = device
@@ -83,13 +82,7 @@ class TransformersLLM(LLM):
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
             checkpoint, dtype=getattr(torch, dtype)
         ).to(device).eval()
-        if not self.tokenizer.chat_template:
-            raise BackendError(f"{model}: the tokenizer has no chat template; use a chat/instruct model")
-        self.template = ChatTemplate(
-            self.tokenizer.chat_template,
-            bos_token=self.tokenizer.bos_token or "",
-            eos_token=self.tokenizer.eos_token or "",
-        )
+        self.template = ChatTemplate.from_tokenizer(self.tokenizer)
 
     def native_think(self) -> bool:
         return len(self.tokenizer("<think>", add_special_tokens=False).input_ids) == 1
@@ -97,31 +90,24 @@ class TransformersLLM(LLM):
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
-    def complete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
-        import torch
+    def _stream(self, prompt: str, s: Sampling) -> Generator[str, None, StreamEnd]:
+        from emoslm.llm.decoding import Detokenizer, TokenLoop, end_ids
 
-        s = sampling or Sampling()
-        clock = Stopwatch()
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=s.max_tokens,
-            do_sample=not s.greedy,
-            repetition_penalty=s.repeat_penalty,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
-        if not s.greedy:
-            kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
-        if s.stop:
-            kwargs.update(stop_strings=list(s.stop), tokenizer=self.tokenizer)
-        with torch.inference_mode():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        new = out[0, ids.shape[1]:]
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        finish = "length" if len(new) >= s.max_tokens else "stop"
-        for stop in s.stop:  # generate keeps the stop string; the other backends drop it
-            if stop in text:
-                text = text[: text.index(stop)]
-                finish = "stop"
-        return Completion(text, ids.shape[1], len(new), finish, clock.elapsed)
+        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        loop, text, stops = TokenLoop(self.model, s, self.device), Detokenizer(self.tokenizer), StopMatcher(s.stop)
+        ends = end_ids(self.tokenizer)
+        loop.feed(ids)
+        for count in range(1, s.max_tokens + 1):
+            token = loop.sample()
+            if token in ends:
+                break
+            safe, stopped = stops.feed(text.add(token))
+            yield safe
+            if stopped:
+                return StreamEnd(len(ids), count, "stop")
+            loop.feed([token])
+        else:
+            yield stops.flush()
+            return StreamEnd(len(ids), s.max_tokens, "length")
+        yield stops.flush()
+        return StreamEnd(len(ids), count - 1, "stop")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 from emoslm.config import settings
 from emoslm.errors import BackendError, MissingPackageError
-from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling, Stopwatch
+from emoslm.llm.base import LLM, ChatTemplate, Message, Sampling, StreamEnd
 from emoslm.store import resolve
 
 
@@ -13,12 +15,18 @@ class LlamaCppLLM(LLM):
 
     ``model`` is a registry name, a path to a ``.gguf`` file, or a hub repo id (then the Q4_K_M file
     of that repo is fetched by llama-cpp-python, for users who have a hub).
+
+    ``reuse_prefix`` keeps the KV cache of the previous prompt and evaluates only what differs (a
+    live agent's system prompt and history are not prefilled again: ~0.4 s per 130 tokens on 2
+    cores). The price: a prompt evaluated partly from the cache can give a slightly different greedy
+    continuation than the same prompt evaluated whole, so output then depends on the call before.
+    ``reuse_prefix=False`` evaluates every prompt from scratch: the same prompt always gives the same text.
     """
 
     backend = "llama-cpp"
 
     def __init__(self, model: str = "smollm2-135m-instruct", n_ctx: int = 4096, threads: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, reuse_prefix: bool = True) -> None:
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -35,6 +43,7 @@ class LlamaCppLLM(LLM):
             raise BackendError(f"{model}: llama.cpp cannot load it ({exc}); is it a GGUF file?") from None
         self.name = resolved.name
         self.template = template_from_llama(self.llm, model)
+        self.reuse_prefix = reuse_prefix
 
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
@@ -45,19 +54,18 @@ class LlamaCppLLM(LLM):
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def complete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
-        s = sampling or Sampling()
-        clock = Stopwatch()
+    def _stream(self, prompt: str, s: Sampling) -> Generator[str, None, StreamEnd]:
         n_prompt = self.count_tokens(prompt)
         if n_prompt + 1 >= self.llm.n_ctx():
             raise BackendError(
                 f"{self.name}: the prompt has {n_prompt} tokens, over the context of {self.llm.n_ctx()}; "
                 "shorten the history or raise n_ctx"
             )
-        max_tokens = min(s.max_tokens, self.llm.n_ctx() - n_prompt - 1)
-        out = self.llm.create_completion(
+        if not self.reuse_prefix:
+            self.llm.reset()
+        chunks = self.llm.create_completion(
             prompt,
-            max_tokens=max_tokens,
+            max_tokens=min(s.max_tokens, self.llm.n_ctx() - n_prompt - 1),
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=s.top_k,
@@ -65,15 +73,18 @@ class LlamaCppLLM(LLM):
             seed=s.seed,
             stop=list(s.stop) or None,
             grammar=_grammar(s.json_schema),
+            stream=True,
         )
-        choice = out["choices"][0]
-        return Completion(
-            text=choice["text"],
-            prompt_tokens=out["usage"]["prompt_tokens"],
-            completion_tokens=out["usage"]["completion_tokens"],
-            finish_reason=choice.get("finish_reason") or "stop",
-            seconds=clock.elapsed,
-        )
+        text, finish = [], "stop"
+        try:
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                text.append(choice["text"])
+                finish = choice.get("finish_reason") or finish
+                yield choice["text"]
+        finally:
+            chunks.close()  # an abandoned stream stops llama.cpp's loop and frees the context
+        return StreamEnd(n_prompt, self.count_tokens("".join(text)), finish)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

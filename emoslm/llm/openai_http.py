@@ -1,19 +1,22 @@
 """OpenAI-compatible HTTP backend: vLLM, llama.cpp's server, Ollama, or any hosted endpoint.
 
 Chat goes to ``/chat/completions``; raw continuation (needed to continue an open ``<think>``)
-goes to ``/completions``. The prompt for raw continuation is rendered locally from the same
-model's chat template (``template=``: a registry name, a local model directory or a hub id), so
-the text the server continues is exactly what the template would make.
+goes to ``/completions``; both stream as server-sent events (``stream: true``). The prompt for
+raw continuation is rendered locally from the same model's chat template (``template=``: a
+registry name, a local model directory or a hub id), so the text the server continues is exactly
+what the template would make.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx
 
 from emoslm.errors import BackendError
-from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling, Stopwatch
+from emoslm.llm.base import LLM, ChatTemplate, Message, Sampling, StreamEnd, TextStream
 
 
 class OpenAIHTTPLLM(LLM):
@@ -46,18 +49,41 @@ class OpenAIHTTPLLM(LLM):
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
-    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _events(self, route: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST with ``stream: true`` and yield each server-sent event's JSON until ``[DONE]``."""
+        url = f"{self.base_url}{route}"
         try:
-            response = self.client.post(route, json=body)
+            with self.client.stream("POST", route, json={**body, "stream": True,
+                                                         "stream_options": {"include_usage": True}}) as response:
+                if response.status_code >= 400:
+                    raise BackendError(f"LLM endpoint {url} answered {response.status_code}: "
+                                       f"{response.read().decode(errors='replace')[:200]}")
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        yield json.loads(data)
+                    except json.JSONDecodeError:
+                        raise BackendError(f"LLM endpoint {url} sent an event that is not JSON: {data[:80]}") from None
         except httpx.HTTPError as exc:
-            raise BackendError(
-                f"cannot reach the LLM endpoint {self.base_url}{route} ({type(exc).__name__}); is the server running?"
-            ) from None
-        if response.status_code >= 400:
-            raise BackendError(
-                f"LLM endpoint {self.base_url}{route} answered {response.status_code}: {response.text[:200]}"
-            )
-        return response.json()
+            raise BackendError(f"cannot reach the LLM endpoint {url} ({type(exc).__name__}); "
+                               "is the server running?") from None
+
+    def _deltas(self, route: str, body: dict[str, Any], field: str) -> Generator[str, None, StreamEnd]:
+        usage: dict[str, Any] = {}
+        finish, pieces = "stop", 0
+        for event in self._events(route, body):
+            usage = event.get("usage") or usage
+            for choice in event.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+                text = choice.get("text") if field == "text" else (choice.get("delta") or {}).get("content")
+                if text:
+                    pieces += 1
+                    yield text
+        return StreamEnd(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", pieces)), finish)
 
     def _body(self, s: Sampling) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -75,34 +101,18 @@ class OpenAIHTTPLLM(LLM):
             body["stop"] = list(s.stop)
         return body
 
-    def complete(self, prompt: str, sampling: Sampling | None = None) -> Completion:
-        s = sampling or Sampling()
-        clock = Stopwatch()
-        data = self._post("/completions", {"prompt": prompt, **self._body(s)})
-        return _completion(data, data["choices"][0].get("text", ""), clock)
+    def _stream(self, prompt: str, s: Sampling) -> Generator[str, None, StreamEnd]:
+        return self._deltas("/completions", {"prompt": prompt, **self._body(s)}, "text")
 
-    def chat(self, messages: list[Message], sampling: Sampling | None = None) -> Completion:
+    def chat_stream(self, messages: list[Message], sampling: Sampling | None = None) -> TextStream:
         s = sampling or Sampling()
-        clock = Stopwatch()
         body = {"messages": messages, **self._body(s)}
         if s.json_schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": s.json_schema}}
-        data = self._post("/chat/completions", body)
-        return _completion(data, data["choices"][0]["message"].get("content") or "", clock)
+        return TextStream(self._deltas("/chat/completions", body, "delta"))
 
     def close(self) -> None:
         self.client.close()
-
-
-def _completion(data: dict[str, Any], text: str, clock: Stopwatch) -> Completion:
-    usage = data.get("usage") or {}
-    return Completion(
-        text=text,
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
-        finish_reason=data["choices"][0].get("finish_reason") or "stop",
-        seconds=clock.elapsed,
-    )
 
 
 def load_template(model: str) -> ChatTemplate:

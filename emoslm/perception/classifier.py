@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from emoslm.atomic import atomic_file
+from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError, MissingPackageError
-from emoslm.perception.labels import TAGS
 
 
 @dataclass

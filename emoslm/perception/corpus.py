@@ -31,9 +31,10 @@ import yaml
 from emoslm.atomic import atomic_file
 from emoslm.audio import SAMPLE_RATE, save_audio
 from emoslm.config import settings
-from emoslm.perception.labels import TAGS
+from emoslm.emotions import TAGS
 from emoslm.speech.prosody import acted
-from emoslm.speech.tts import TTS, EspeakTTS, FliteTTS, PiperTTS
+from emoslm.speech.tts import TTS
+from emoslm.speech.voice import voice_pool
 
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
 EMOTIONAL = tuple(t for t in TAGS if t != "neutral")
@@ -151,11 +152,8 @@ def corpus_root() -> Path:
 
 
 def engine_for(voice: Voice) -> TTS:
-    if voice.engine == "piper":
-        return PiperTTS(voice.voice)
-    if voice.engine == "flite":
-        return FliteTTS(voice.voice)
-    return EspeakTTS(voice.voice)
+    """The voice's engine, from the process-wide pool (loaded once, shared with every other caller)."""
+    return voice_pool().tts(f"{voice.engine}:{voice.voice}", voice.lang)
 
 
 def synthesize(clips: list[Clip], root: Path, seed: int = 0,

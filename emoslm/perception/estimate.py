@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from emoslm.perception.labels import TAGS, valence_arousal
+from emoslm.emotions import TAGS, valence_arousal
 
 
 def as_probs(values: Mapping[str, float] | np.ndarray) -> dict[str, float]:
@@ -77,6 +77,12 @@ class EmotionEstimate:
         return (self.acoustic.tag != self.textual.tag
                 and self.acoustic.confidence >= 0.35 and self.textual.confidence >= 0.35)
 
+    @classmethod
+    def from_json(cls, wire: Mapping[str, Any]) -> EmotionEstimate:
+        """The inverse of ``to_json`` (probabilities as rounded there)."""
+        return cls.from_probs(wire["probs"], acoustic=_evidence(wire.get("acoustic")),
+                              textual=_evidence(wire.get("textual")), transcript=wire.get("transcript", ""))
+
     def to_json(self) -> dict[str, Any]:
         def evidence(e: Evidence | None) -> dict[str, Any] | None:
             if e is None:
@@ -86,6 +92,10 @@ class EmotionEstimate:
         return {"tag": self.tag, "confidence": round(self.confidence, 4), "probs": _round(self.probs),
                 "valence": round(self.valence, 3), "arousal": round(self.arousal, 3), "conflict": self.conflict,
                 "transcript": self.transcript, "acoustic": evidence(self.acoustic), "textual": evidence(self.textual)}
+
+
+def _evidence(wire: Mapping[str, Any] | None) -> Evidence | None:
+    return None if wire is None else Evidence(wire["source"], as_probs(wire["probs"]), dict(wire.get("cues") or {}))
 
 
 def _round(probs: Mapping[str, float]) -> dict[str, float]:

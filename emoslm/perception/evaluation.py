@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from emoslm.emotions import TAGS
 from emoslm.perception import corpus as corpus_mod
 from emoslm.perception.classifier import LinearClassifier, load_classifier
 from emoslm.perception.corpus import Clip
-from emoslm.perception.labels import TAGS
 from emoslm.perception.recognizer import fusion_input, recogniser_dir
 from emoslm.perception.training import TrainConfig, acoustic_matrix, corpus_clips, text_matrix
 

@@ -17,11 +17,11 @@ import numpy as np
 
 from emoslm.audio import SAMPLE_RATE, check_signal
 from emoslm.config import settings
+from emoslm.emotions import EMOTION2VEC_TO_TAG, TAGS, map_distribution
 from emoslm.errors import EmoslmError, MissingPackageError
 from emoslm.perception.classifier import LinearClassifier, load_classifier
 from emoslm.perception.estimate import EmotionEstimate, Evidence, as_probs
 from emoslm.perception.features import PROSODIC_NAMES, AcousticFeaturizer
-from emoslm.perception.labels import EMOTION2VEC_TO_TAG, TAGS, map_distribution
 from emoslm.perception.text_emotion import text_featurizer
 from emoslm.textnorm import tokens
 
@@ -134,9 +134,12 @@ class EmotionRecognizer:
         self.text_model = TextModel(self.directory)
         self.fusion = LinearClassifier.load(self.directory / "fusion.npz")
 
-    def estimate(self, audio: np.ndarray, transcript: str = "", lang: str = "en") -> EmotionEstimate:
+    def estimate(self, audio: np.ndarray, transcript: str = "", lang: str = "en",
+                 acoustic: Evidence | None = None) -> EmotionEstimate:
+        """Fuse voice and words; ``acoustic`` is the voice's evidence when it was already computed
+        (a live agent hears the voice while ASR runs)."""
         check_signal(audio, SAMPLE_RATE, "audio")
-        acoustic = self.acoustic_model.acoustic(audio)
+        acoustic = acoustic or self.acoustic_model.acoustic(audio)
         textual = self.text_model.textual(transcript, lang) if transcript else None
         if textual is None:
             return EmotionEstimate.from_probs(acoustic.probs, acoustic=acoustic, transcript=transcript)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from emoslm.emotions import NRC_TO_TAG, TAGS, normalise_tag
 from emoslm.errors import DataError, MissingPackageError
-from emoslm.perception.labels import NRC_TO_TAG, TAGS, normalise_tag
 from emoslm.textnorm import tokens
 
 # What each tag sounds like as a first-person statement; MiniLM compares the transcript to these.

@@ -18,12 +18,12 @@ import numpy as np
 
 from emoslm.atomic import atomic_dir, atomic_file
 from emoslm.audio import load_audio
+from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
 from emoslm.perception import corpus as corpus_mod
 from emoslm.perception.classifier import BoostedClassifier, LinearClassifier
 from emoslm.perception.corpus import VOICES, Clip
 from emoslm.perception.features import AcousticFeaturizer
-from emoslm.perception.labels import TAGS
 from emoslm.perception.recognizer import RECOGNISER_VERSION, fusion_input, recogniser_dir
 from emoslm.perception.text_emotion import text_featurizer
 from emoslm.progress import Start

@@ -1,20 +1,27 @@
 """Build the unified model from the packaged parts, lay out its prompt, and generate think and reply.
 
-The prompt is the LLM's own chat template with a marker in the user turn; the marker's place becomes
-``speech_length`` placeholder positions that ``UnifiedSLM.embed`` fills with speech embeddings. The
-assistant turn opens with ``<think>``; thinking stops at ``</think>`` or at the think budget (then the
-closing tag is appended), and the reply is generated after it until the end-of-turn token.
+The prompt is the LLM's own chat template (rendered by the same ``ChatTemplate`` the teacher uses)
+with a marker in the user turn; the marker's place becomes ``speech_length`` placeholder positions
+that ``UnifiedSLM.embed`` fills with speech embeddings. The assistant turn opens with ``<think>``;
+thinking stops at ``</think>`` or at the think budget (then the closing tag is appended as token ids),
+and the reply is generated after it until the end-of-turn token, all on one KV cache: the prompt is
+prefilled once and every later token is appended to it. ``generate_stream`` yields think and reply
+deltas as they are decoded; ``generate`` drains it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from emoslm.llm.thinking import THINK_CLOSE, THINK_OPEN, strip_think
+from emoslm.ieat.think import THINK_CLOSE, Incremental, Piece, clean_reply, open_think
+from emoslm.llm.base import ChatTemplate, Sampling, StopMatcher
+from emoslm.llm.decoding import Detokenizer, TokenLoop, end_ids
 from emoslm.slm.model import UnifiedSLM, UnifiedSLMConfig
+from emoslm.streams import drain
 
 SPEECH_MARK = "<|emoslm-speech|>"
 SYSTEM = "You are a warm, emotionally attentive voice assistant. Think about how the user feels and why, then reply."
@@ -51,9 +58,9 @@ def layout(tokenizer: Any, speech_length: int, history: list[dict[str, str]] | N
            system: str = SYSTEM, think: bool = True) -> Prompt:
     """Token ids of the chat template with ``speech_length`` placeholders where the user's speech goes."""
     messages = [{"role": "system", "content": system}, *(history or []), {"role": "user", "content": SPEECH_MARK}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = ChatTemplate.from_tokenizer(tokenizer).render(messages, add_generation_prompt=True)
     if think:
-        text += f"{THINK_OPEN}\n"
+        text = open_think(text)
     before, _, after = text.partition(SPEECH_MARK)
     head = tokenizer(before, add_special_tokens=False)["input_ids"]
     tail = tokenizer(after, add_special_tokens=False)["input_ids"]
@@ -71,38 +78,58 @@ class Generated:
     think_closed_by_budget: bool
 
 
-@torch.no_grad()
+def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
+                    think_budget: int = 64, max_new_tokens: int = 128,
+                    sampling: Sampling | None = None) -> Generator[Piece, None, Generated]:
+    """Think then reply for one clip (mel: (n_mels, frames)), delta by delta, on one KV cache."""
+    s = sampling or Sampling(temperature=0.0, repeat_penalty=1.0)
+    device = next(model.parameters()).device
+    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
+    with torch.inference_mode():
+        embeds = model.embed(torch.tensor([prompt.input_ids], device=device),
+                             torch.tensor([prompt.speech_mask], device=device), mel[None].to(device),
+                             torch.tensor([mel.shape[-1]], device=device))
+    loop, ends = TokenLoop(model.llm, s, device), end_ids(tokenizer)
+    loop.feed(embeds=embeds)
+
+    think, stops, shown = Detokenizer(tokenizer), StopMatcher([THINK_CLOSE]), Incremental(str.strip)
+    think_tokens, closed = 0, False
+    while think_tokens < think_budget and not closed:
+        token = loop.sample()
+        if token in ends:
+            break
+        think_tokens += 1
+        loop.feed([token])
+        safe, closed = stops.feed(think.add(token))
+        yield Piece("think", shown.update(safe))
+    yield Piece("think", shown.update("" if closed else stops.flush()) + shown.finish())
+    after = think.text.split(THINK_CLOSE, 1)[1] if closed else ""
+    loop.feed(tokenizer(_bridge(closed, after), add_special_tokens=False)["input_ids"])
+
+    reply, said, reply_tokens = Detokenizer(tokenizer), Incremental(clean_reply), 0
+    while reply_tokens < max_new_tokens:
+        token = loop.sample()
+        if token in ends:
+            break
+        reply_tokens += 1
+        loop.feed([token])
+        yield Piece("reply", said.update(reply.add(token)))
+    yield Piece("reply", said.finish())
+    return Generated(shown.emitted, said.emitted, think_tokens, reply_tokens, not closed)
+
+
+def _bridge(closed: bool, after_close: str) -> str:
+    """What joins the think to the reply, as the training targets have it: ``think\n</think>\n\n``."""
+    if not closed:
+        return f"\n{THINK_CLOSE}\n\n"
+    if after_close.strip():  # the model already went on past the blank line
+        return ""
+    newlines = len(after_close) - len(after_close.lstrip("\n"))
+    return "\n" * max(0, 2 - newlines)
+
+
 def generate(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
              think_budget: int = 64, max_new_tokens: int = 128, temperature: float = 0.0) -> Generated:
-    """Think then reply for one clip (mel: (n_mels, frames)), with the KV cache of ``generate``."""
-    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
-    ids = torch.tensor([prompt.input_ids])
-    embeds = model.embed(ids, torch.tensor([prompt.speech_mask]), mel[None], torch.tensor([mel.shape[-1]]))
-    end = _end_ids(tokenizer)
-    think_ids = _continue(model, tokenizer, embeds, think_budget, temperature, end, stop=[THINK_CLOSE])
-    think_text = tokenizer.decode(think_ids, skip_special_tokens=True)
-    closed_by_budget = THINK_CLOSE not in think_text
-    think_text = think_text.split(THINK_CLOSE)[0].strip()
-    bridge = tokenizer(f"{think_text}\n{THINK_CLOSE}\n\n", add_special_tokens=False)["input_ids"]
-    embeds = torch.cat([embeds, model.llm.get_input_embeddings()(torch.tensor([bridge]))], dim=1)
-    reply_ids = _continue(model, tokenizer, embeds, max_new_tokens, temperature, end)
-    reply = strip_think(tokenizer.decode(reply_ids, skip_special_tokens=True)).strip()
-    return Generated(think_text, reply, len(think_ids), len(reply_ids), closed_by_budget)
-
-
-def _end_ids(tokenizer: Any) -> list[int]:
-    ends = {tokenizer.eos_token_id}
-    for token in ("<|im_end|>", "<|endoftext|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ends.add(token_id)
-    return sorted(i for i in ends if i is not None)
-
-
-def _continue(model: UnifiedSLM, tokenizer: Any, embeds: torch.Tensor, budget: int, temperature: float,
-              end: list[int], stop: list[str] | None = None) -> list[int]:
-    out = model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-                             max_new_tokens=budget, do_sample=temperature > 0, temperature=temperature or None,
-                             top_p=None, top_k=None, eos_token_id=end, pad_token_id=end[0], stop_strings=stop,
-                             tokenizer=tokenizer if stop else None)
-    return [int(t) for t in out[0] if int(t) not in end]
+    """``generate_stream``, drained."""
+    sampling = Sampling(temperature=temperature, repeat_penalty=1.0)
+    return drain(generate_stream(model, tokenizer, mel, history, think_budget, max_new_tokens, sampling))

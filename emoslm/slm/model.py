@@ -7,7 +7,7 @@ and the encoder's configs inside, ``model.safetensors``, the tokenizer), loadabl
 ``UnifiedSLM.from_pretrained``.
 
 Think markers: models with think tokens (Qwen3) use them; models without (SmolLM2) get ``<think>`` /
-``</think>`` as plain text, the same choice as the IEAT teacher (``emoslm.llm.thinking``). Adding new
+``</think>`` as plain text, the same choice as the IEAT teacher (``emoslm.ieat.think``). Adding new
 tokens would give them untrained embeddings that the small data here cannot teach well; as text they
 are a few ordinary tokens the model already reads.
 """

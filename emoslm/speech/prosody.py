@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from emoslm.perception.labels import normalise_tag
+from emoslm.emotions import normalise_tag
 
 
 @dataclass(frozen=True)

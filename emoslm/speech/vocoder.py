@@ -12,7 +12,6 @@ from functools import lru_cache
 import numpy as np
 
 from emoslm.audio import SAMPLE_RATE
-from emoslm.config import settings
 from emoslm.errors import MissingPackageError
 from emoslm.store import resolve
 
@@ -56,12 +55,11 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
 
 
 class HifiGanVocoder:
-    def __init__(self, model: str = "hifigan-16k", threads: int | None = None) -> None:
+    def __init__(self, model: str = "hifigan-16k") -> None:
         try:
             import torch
         except ImportError:
             raise MissingPackageError("torch", "the HiFi-GAN vocoder", "torch==2.13.0") from None
-        torch.set_num_threads(threads or settings().threads)
         # Load the TorchScript file directly: the package's own vocoder.py calls .cuda() at import.
         self.model = torch.jit.load(str(resolve(model).require_path()), map_location="cpu").eval()
 

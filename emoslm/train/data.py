@@ -19,8 +19,9 @@ import torch
 
 from emoslm.audio import load_audio
 from emoslm.errors import DataError
-from emoslm.llm.thinking import THINK_CLOSE
+from emoslm.ieat.think import THINK_CLOSE
 from emoslm.slm.generate import layout
+from emoslm.slm.processor import MelFrontEnd
 
 STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.jsonl"]}
 
@@ -79,20 +80,17 @@ def split(examples: list[Example], held_out: float, seed: int) -> tuple[list[Exa
 class Collator:
     """Log-mel features, prompt + target ids with speech placeholders, and assistant-only labels."""
 
-    def __init__(self, tokenizer: Any, speech_length: Any, max_target_tokens: int = 160,
+    def __init__(self, tokenizer: Any, speech_length: Any, front_end: MelFrontEnd, max_target_tokens: int = 160,
                  max_seconds: float = 30.0) -> None:
-        from faster_whisper.feature_extractor import FeatureExtractor
-
         self.tokenizer, self.speech_length = tokenizer, speech_length
-        self.mels = FeatureExtractor(feature_size=80)
+        self.mels = front_end  # the model's own (saved with its checkpoint)
         self.max_target_tokens, self.max_samples = max_target_tokens, int(max_seconds * 16_000)
         self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if not isinstance(self.end, int) or self.end == tokenizer.unk_token_id:
             self.end = tokenizer.eos_token_id
 
     def features(self, example: Example) -> np.ndarray:
-        mel = self.mels(load_audio(example.audio)[: self.max_samples])
-        return mel[:, : mel.shape[1] - mel.shape[1] % 2]
+        return self.mels(load_audio(example.audio)[: self.max_samples])
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         mels = [self.features(e) for e in examples]

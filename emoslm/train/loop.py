@@ -23,6 +23,7 @@ from emoslm.atomic import atomic_dir, atomic_file
 from emoslm.errors import EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
+from emoslm.slm.processor import MelFrontEnd
 from emoslm.train.data import Collator, Example, load_examples, split
 from emoslm.train.stages import apply_stage, merge_lora
 
@@ -113,7 +114,9 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                               project_dir=str(out), mixed_precision=_mixed_precision(config.mixed_precision))
     model, optimiser = accelerator.prepare(model, optimiser)
     accelerator.init_trackers("tb", config=asdict(config))
-    collate = Collator(tokenizer, UnifiedSLM.speech_length, config.max_target_tokens)
+    n_mels = accelerator.unwrap_model(model).config.encoder().num_mel_bins
+    front_end = MelFrontEnd.from_pretrained(config.init or "", n_mels=n_mels)
+    collate = Collator(tokenizer, UnifiedSLM.speech_length, front_end, config.max_target_tokens)
     per_epoch = math.ceil(len(train_set) / config.batch_size)
     total = config.max_steps or per_epoch * config.epochs // config.grad_accum
     step, position = _resume(accelerator, out, config)
@@ -154,6 +157,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     with atomic_dir(out / "final") as tmp:
         final.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        front_end.save_pretrained(tmp)
     summary = {"stage": config.stage, "steps": step, "train_examples": len(train_set), "held_out_examples": len(held),
                "held_out_loss": loss_held, "seconds": round(time.perf_counter() - started, 1)}
     _write(out / "summary.json", summary)

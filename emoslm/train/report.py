@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
-from emoslm.llm.thinking import tag_in_think
-from emoslm.perception.labels import TAGS
+from emoslm.ieat.think import tag_in_think
+from emoslm.slm.processor import MelFrontEnd
 from emoslm.train.data import Collator, Example, load_examples
 from emoslm.train.loop import held_out_loss
 
@@ -30,7 +31,7 @@ def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: 
                    think_budget: int = 48, max_new_tokens: int = 64) -> dict[str, Any]:
     from emoslm.slm.generate import generate
 
-    collate = Collator(tokenizer, model.speech_length)
+    collate = Collator(tokenizer, model.speech_length, MelFrontEnd.for_mels(model.config.encoder().num_mel_bins))
     result: dict[str, Any] = {"loss_1_1": held_out_loss(model, collate, held_11) if held_11 else None,
                               "loss_1_2": held_out_loss(model, collate, held_12) if held_12 else None}
     similarities, hits, samples = [], [], []

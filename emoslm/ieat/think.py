@@ -10,14 +10,21 @@ text; models with them (Qwen3) tokenise the same strings as their special tokens
 a thinking model simply continues with its answer. Small models without think tokens lose the
 thread there (they write about "the response" instead of answering), so for them the finished
 think is handed to a fresh chat turn as private notes and the answer is generated from that.
+
+``think_stream`` is the primitive: it yields the think and then the reply delta by delta (what a
+live agent shows and speaks while the model is still writing); ``think_then_answer`` drains it. The
+system prompts of the IEAT tasks live here too, so the data builder and the agents share them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
+from emoslm.emotions import TAGS, ZH_NAMES
 from emoslm.llm.base import LLM, Message, Sampling
+from emoslm.streams import drain
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -36,8 +43,14 @@ VOICE_EVIDENCE = {
     },
 }
 
-ZH_NAMES = {"happy": "开心", "sad": "难过", "anger": "愤怒", "fear": "害怕", "neutral": "平静", "surprise": "惊讶",
-            "disgust": "厌恶"}
+# The empathetic-response task's system prompt: the teacher agent answers live under it, and the
+# IEAT builder uses it for the empathy samples, so what the model is trained on is what it runs with.
+EMPATHY_SYSTEM = {
+    "en": "You are a warm, emotionally attentive voice assistant. Reply to the user in English in one to three "
+          "short spoken sentences: name how they feel and why, then support them. No lists.",
+    "zh": "你是一个温暖、善解人意的语音助手。请用中文口语回复一到三句话："
+          "先说出用户的感受和原因，再给予支持。不要列清单。",
+}
 
 OPENING = {
     "en": "The user speaks with {evidence}{agreement}, so the emotion I hear is {tag}. "
@@ -76,32 +89,96 @@ NOTES = {
 }
 
 
-def think_then_answer(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
-                      reply_budget: int = 160, sampling: Sampling | None = None, lang: str = "en") -> ThoughtReply:
-    """Continue ``<think>`` + ``opening`` within the budget, close it, then answer.
+@dataclass
+class Piece:
+    """One delta of a thought-then-reply stream: ``part`` is "think" or "reply"."""
 
-    Thinking models continue after ``</think>``; others answer in a fresh turn given the think as notes.
+    part: str
+    text: str
+
+
+def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
+                 reply_budget: int = 160, sampling: Sampling | None = None,
+                 lang: str = "en") -> Generator[Piece, None, ThoughtReply]:
+    """Continue ``<think>`` + ``opening`` within the budget, close it, then answer, delta by delta.
+
+    The think pieces joined equal the returned think and the reply pieces the returned reply: a
+    budget-closed think is cut back to its last full sentence, so think text is only let out up to
+    a sentence end until the think is over. Thinking models continue after ``</think>``; others
+    answer in a fresh turn given the think as notes.
     """
     base = sampling or Sampling(temperature=0.6, top_p=0.9, repeat_penalty=1.15)
-    prompt = llm.render(messages) + f"{THINK_OPEN}\n{opening}"
+    prompt = open_think(llm.render(messages), opening)
     # Without think tokens a model runs on from its reasoning into the answer after a blank line: stop there.
     stops = [THINK_CLOSE, "<|im_end|>", "<|im_start|>"] + ([] if llm.native_think() else ["\n\n"])
-    think_part = llm.complete(prompt, _with(base, think_budget, stops))
-    continuation = think_part.text.split(THINK_CLOSE)[0]
-    closed_by_budget = think_part.finish_reason == "length"
-    if closed_by_budget:
-        continuation = _last_sentence_end(continuation)
-    continuation = continuation.rstrip()
+    yield Piece("think", opening)
+    think_part = llm.stream(prompt, _with(base, think_budget, stops))
+    think_text = Incremental(lambda raw: _last_sentence_end(raw, always=True).rstrip())
+    for delta in think_part:
+        yield Piece("think", think_text.update(delta))
+    closed_by_budget = think_part.completion.finish_reason == "length"
+    continuation = think_part.completion.text.split(THINK_CLOSE)[0]
+    continuation = (_last_sentence_end(continuation) if closed_by_budget else continuation).rstrip()
+    yield Piece("think", think_text.finish(continuation))
     think = (opening + continuation).strip()
     stops = ["<|im_end|>", "<|im_start|>", THINK_OPEN]
     if llm.native_think():
-        answer = llm.complete(f"{prompt}{continuation}\n{THINK_CLOSE}\n\n", _with(base, reply_budget, stops))
+        answer = llm.stream(f"{prompt}{continuation}\n{THINK_CLOSE}\n\n", _with(base, reply_budget, stops))
     else:
         noted = _with_notes(messages, NOTES["zh" if lang == "zh" else "en"].format(think=think))
-        answer = llm.complete(llm.render(noted), _with(base, reply_budget, stops + ["\n\n"]))
-    reply = re.sub(r"</?answer>", "", answer.text).strip()
-    return ThoughtReply(think, reply, think_part.completion_tokens, answer.completion_tokens, closed_by_budget,
-                        think_part.seconds + answer.seconds)
+        answer = llm.stream(llm.render(noted), _with(base, reply_budget, stops + ["\n\n"]))
+    reply_text = Incremental(clean_reply)
+    for delta in answer:
+        yield Piece("reply", reply_text.update(delta))
+    yield Piece("reply", reply_text.finish())
+    think_done, answer_done = think_part.completion, answer.completion
+    return ThoughtReply(think, reply_text.emitted, think_done.completion_tokens, answer_done.completion_tokens,
+                        closed_by_budget, think_done.seconds + answer_done.seconds)
+
+
+def think_then_answer(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
+                      reply_budget: int = 160, sampling: Sampling | None = None, lang: str = "en") -> ThoughtReply:
+    """``think_stream``, drained: the think and the reply in one go (the IEAT builder's call)."""
+    return drain(think_stream(llm, messages, opening, think_budget, reply_budget, sampling, lang))
+
+
+def open_think(rendered: str, opening: str = "") -> str:
+    """A rendered chat prompt with the assistant's think opened (and the injected opening written in)."""
+    return f"{rendered}{THINK_OPEN}\n{opening}"
+
+
+def clean_reply(raw: str) -> str:
+    """The reply as shown and spoken: answer tags some models write dropped, outer blanks trimmed."""
+    return re.sub(r"</?answer>", "", raw).strip()
+
+
+class Incremental:
+    """Let a cleaned text out delta by delta while the raw text grows.
+
+    ``clean`` maps the raw text so far to what may be shown; only text that extends what was already
+    let out is emitted, and a tail that might still change (trailing blanks, a half-written tag) is
+    held until more arrives or ``finish`` gives the final form.
+    """
+
+    def __init__(self, clean: Callable[[str], str]) -> None:
+        self.clean, self.raw, self.emitted = clean, "", ""
+
+    def update(self, delta: str) -> str:
+        self.raw += delta
+        visible = self.raw[: self.raw.rfind("<")] if "<" in self.raw[-12:] else self.raw
+        return self._extend(self.clean(visible))
+
+    def finish(self, final: str | None = None) -> str:
+        text = self.clean(self.raw) if final is None else final
+        if not text.startswith(self.emitted):
+            raise AssertionError(f"streamed text {self.emitted!r} is not a prefix of the final {text!r}")
+        return self._extend(text)
+
+    def _extend(self, text: str) -> str:
+        if not text.startswith(self.emitted) or len(text) <= len(self.emitted):
+            return ""
+        delta, self.emitted = text[len(self.emitted):], text
+        return delta
 
 
 def _with_notes(messages: list[Message], notes: str) -> list[Message]:
@@ -115,10 +192,13 @@ def _with(base: Sampling, max_tokens: int, stop: list[str]) -> Sampling:
                     repeat_penalty=base.repeat_penalty, seed=base.seed, stop=list(base.stop) + stop)
 
 
-def _last_sentence_end(text: str) -> str:
-    """Cut a budget-truncated think back to its last full sentence (keeps the cause sentence whole)."""
+def _last_sentence_end(text: str, always: bool = False) -> str:
+    """Cut a budget-truncated think back to its last full sentence (keeps the cause sentence whole).
+
+    ``always`` cuts even when the last sentence end is early (for the part of a think safe to stream).
+    """
     cut = max(text.rfind(p) for p in (".", "!", "?", "。", "！", "？"))
-    return text[: cut + 1] if cut > len(text) // 3 else text
+    return text[: cut + 1] if cut > len(text) // 3 or always else text
 
 
 def strip_think(text: str) -> str:
@@ -153,7 +233,5 @@ def validate(think: str, reply: str, tag: str, lang: str) -> list[str]:
 
 def tag_in_think(think: str) -> str | None:
     """The first of the seven tags a think names (how a model's think is read back as an emotion)."""
-    from emoslm.perception.labels import TAGS
-
     found = [(m.start(), t) for t in TAGS for m in re.finditer(rf"\b{t}\b", think.lower())]
     return min(found)[1] if found else None

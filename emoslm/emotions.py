@@ -1,4 +1,8 @@
-"""HumDial's emotion tags: the canonical label set everywhere in emoslm, and maps onto it."""
+"""HumDial's emotion tags: the canonical label set everywhere in emoslm, and maps onto it.
+
+A leaf module: every layer (perception, speech prosody, IEAT thinking, agents, eval) imports it and it
+imports nothing of emoslm but the error types, so no import cycle can run through the labels.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ from emoslm.errors import DataError
 
 # Exact strings of HumDial Track 1 (note `anger`, `fear`, `surprise`, not adjectives).
 TAGS: tuple[str, ...] = ("happy", "sad", "anger", "fear", "neutral", "surprise", "disgust")
+
+# The tags' names in Mandarin, for Chinese think openings and replies.
+ZH_NAMES: dict[str, str] = {"happy": "开心", "sad": "难过", "anger": "愤怒", "fear": "害怕", "neutral": "平静",
+                            "surprise": "惊讶", "disgust": "厌恶"}
 
 # Adjective / noun forms people and other models use, mapped onto the tags.
 ALIASES: dict[str, str] = {

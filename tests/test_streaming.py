@@ -1,0 +1,416 @@
+"""The streaming contract: backends stream what they return, agents stream what they reply, live input, barge-in."""
+
+from __future__ import annotations
+
+import ast
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emoslm.agents.events import (
+    AudioChunk,
+    Cancelled,
+    Done,
+    Emotion,
+    Error,
+    Reply,
+    SpeechStarted,
+    SpeechStopped,
+    TextDelta,
+    ThinkDelta,
+    Timing,
+    Transcript,
+    from_wire,
+)
+from emoslm.ieat.think import Incremental, clean_reply
+from emoslm.llm import Sampling
+from emoslm.llm.base import StopMatcher
+from emoslm.perception.estimate import EmotionEstimate, Evidence, as_probs
+from emoslm.speech.voice import Clauses
+from tests.conftest import free_port
+
+GREEDY = Sampling(max_tokens=32, temperature=0.0, seed=0)
+PROMPT = "<|im_start|>user\nTell me about a calm morning by the sea.<|im_end|>\n<|im_start|>assistant\n"
+
+
+# --- small parts --------------------------------------------------------------------------------------
+
+def test_stop_matcher_holds_a_possible_stop_and_cuts_at_it():
+    stops = StopMatcher(["</think>"])
+    assert stops.feed("I hear sadness.</th") == ("I hear sadness.", False)
+    assert stops.feed("ink> and more") == ("", True)
+    other = StopMatcher(["</think>"])
+    assert other.feed("a <b") == ("a <b", False) and other.feed("") == ("", False)
+    assert other.feed("</") == ("", False) and other.flush() == "</"
+
+
+def test_clauses_cut_at_sentence_ends_and_long_pauses_only():
+    cutter = Clauses()
+    assert cutter.feed("It costs 3.5 dollars") == []  # a decimal point is no sentence end
+    assert cutter.feed(". I am sorry") == ["It costs 3.5 dollars."]
+    assert cutter.feed(", truly,") == []  # a short clause waits for more
+    assert cutter.feed(" and I know how much this meant to you, so") == [
+        "I am sorry, truly, and I know how much this meant to you,"]
+    assert cutter.flush() == ["so"]
+    assert Clauses().feed("我很难过。你还好吗？") == ["我很难过。", "你还好吗？"]
+
+
+def test_incremental_emits_only_a_stable_prefix():
+    said = Incremental(clean_reply)
+    pieces = [said.update(d) for d in (" <ans", "wer>Hello", " there ", "friend.</answer>")]
+    pieces.append(said.finish())
+    assert "".join(pieces) == "Hello there friend." == said.emitted
+    assert "<" not in "".join(pieces)
+
+
+def test_every_event_round_trips_through_its_wire_form():
+    estimate = EmotionEstimate.from_probs({"sad": 0.7, "neutral": 0.3},
+                                          acoustic=Evidence("acoustic:builtin", as_probs({"sad": 1.0}), {"f0_hz": 110.0}),
+                                          transcript="hi")
+    audio = (np.sin(np.arange(1600) / 5) * 0.5).astype(np.float32)
+    reply = Reply("Hello.", think="sad because", transcript="hi", emotion=estimate, think_emotion="sad",
+                  timings={"first_audio": 0.4}, problems=["x"])
+    events = [SpeechStarted(at=1.0), SpeechStopped(at=2.0, seconds=1.0), Transcript("hi", "en", partial=True),
+              Emotion(estimate), ThinkDelta("sad because"), TextDelta("Hello."), AudioChunk(audio, 16_000, "Hello."),
+              Timing("asr", 0.2), Cancelled(), Error("boom"), Done(reply)]
+    for event in events:
+        event.t = 0.25
+        wire = json.loads(json.dumps(event.to_wire()))
+        back = from_wire(wire)
+        assert type(back) is type(event) and back.t == 0.25 and back.to_wire() == wire
+    chunk = from_wire(json.loads(json.dumps(events[6].to_wire())))
+    assert np.abs(chunk.audio - audio).max() < 1e-4
+    done = from_wire(events[-1].to_wire())
+    assert done.reply.emotion.tag == "sad" and done.reply.think_emotion == "sad" and done.reply.audio is None
+    with pytest.raises(ValueError, match="unknown event"):
+        from_wire({"type": "nope"})
+
+
+def test_no_import_cycles_between_the_packages():
+    """Dependencies point down: no package of emoslm imports one that imports it back (at any distance)."""
+    root = Path(__file__).resolve().parent.parent / "emoslm"
+    edges: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        unit = parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("emoslm."):
+                target = node.module.split(".")[1]
+                if target != unit:
+                    edges.setdefault(unit, set()).add(target)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in edges.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = sorted(f"{a} -> {b}" for a in edges for b in edges[a] if reaches(b, a, {b}))
+    assert not cycles, cycles
+
+
+# --- backends: streamed deltas join to exactly what blocking returns, and what the library makes ------
+
+@pytest.fixture(scope="module")
+def llama_exact():
+    """SmolLM2 evaluating every prompt whole, so the same prompt always gives the same text."""
+    from emoslm.llm.llama_cpp import LlamaCppLLM
+
+    model = LlamaCppLLM("smollm2-135m-instruct", n_ctx=2048, reuse_prefix=False)
+    yield model
+    model.close()
+
+
+def test_llama_cpp_stream_equals_blocking_and_the_library(llama_exact):
+    llama = llama_exact
+    stream = llama.stream(PROMPT, GREEDY)
+    deltas = list(stream)
+    assert len(deltas) > 5 and stream.completion.text == "".join(deltas)
+    assert llama.complete(PROMPT, GREEDY).text == "".join(deltas)
+    llama.llm.reset()
+    direct = llama.llm.create_completion(PROMPT, max_tokens=32, temperature=0.0, top_p=GREEDY.top_p,
+                                         top_k=GREEDY.top_k, repeat_penalty=GREEDY.repeat_penalty, seed=0)
+    assert direct["choices"][0]["text"] == "".join(deltas)
+
+
+def test_llama_cpp_stream_stops_when_closed_early(llama):
+    stream = llama.stream(PROMPT, Sampling(max_tokens=200, temperature=0.0))
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    assert llama.complete(PROMPT, GREEDY).text  # the context is free again
+
+
+@pytest.mark.slow
+def test_transformers_stream_equals_generate():
+    import torch
+
+    from emoslm.llm import load_llm
+
+    hf = load_llm("transformers:smollm2-135m-instruct")
+    settings = Sampling(max_tokens=24, temperature=0.0, repeat_penalty=1.1)
+    deltas = list(hf.stream(PROMPT, settings))
+    assert len(deltas) > 5 and "".join(deltas) == hf.complete(PROMPT, settings).text
+    ids = hf.tokenizer(PROMPT, return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        out = hf.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                                repetition_penalty=1.1, pad_token_id=hf.tokenizer.eos_token_id)
+    assert "".join(deltas) == hf.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    sampled = Sampling(max_tokens=16, temperature=0.8, seed=3)
+    assert hf.complete(PROMPT, sampled).text == hf.complete(PROMPT, sampled).text  # seeded, not global RNG
+
+
+# --- the unified model: one KV cache from the think to the reply -------------------------------------
+
+@pytest.mark.slow
+def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_checkpoint, spoken_sentence):
+    import torch
+    from transformers import AutoTokenizer
+
+    from emoslm.slm.generate import _bridge, generate, layout
+    from emoslm.slm.model import UnifiedSLM
+    from emoslm.slm.processor import MelFrontEnd
+
+    model = UnifiedSLM.from_pretrained(slm_checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(slm_checkpoint)
+    mel = MelFrontEnd.from_pretrained(slm_checkpoint).tensor(spoken_sentence)
+    widths: list[int] = []
+    hook = model.llm.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append((kw.get("inputs_embeds") if kw.get("inputs_embeds") is not None
+                                          else kw["input_ids"]).shape[1]), with_kwargs=True)
+    out = generate(model, tokenizer, mel, think_budget=10, max_new_tokens=10)
+    hook.remove()
+    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]))
+    assert widths[0] == len(prompt.input_ids)  # the prompt is prefilled once ...
+    assert sum(1 for w in widths if w > 1) <= 2  # ... and later only the closing tags are appended as a block
+    # the same reply as re-reading the whole prompt + think + closing from scratch with generate()
+    with torch.inference_mode():
+        embeds = model.embed(torch.tensor([prompt.input_ids]), torch.tensor([prompt.speech_mask]), mel[None],
+                             torch.tensor([mel.shape[-1]]))
+        think_ids = tokenizer(out.think, add_special_tokens=False).input_ids
+        bridge = tokenizer(_bridge(not out.think_closed_by_budget, ""), add_special_tokens=False).input_ids
+        rest = model.llm.get_input_embeddings()(torch.tensor([think_ids + bridge]))
+        full = torch.cat([embeds, rest], dim=1)
+        ref = model.llm.generate(inputs_embeds=full, attention_mask=torch.ones(full.shape[:2], dtype=torch.long),
+                                 max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    expected = tokenizer.decode(ref[0], skip_special_tokens=True).strip()
+    assert out.reply and (expected.startswith(out.reply) or out.reply.startswith(expected[:20]))
+
+
+# --- agents ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def teacher(small_recogniser):
+    from emoslm.agents import load_agent
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOSLM_HOME", str(small_recogniser[0]))
+        agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper")
+    yield agent
+    agent.close()
+
+
+@pytest.fixture(scope="module")
+def sad_clip(piper):
+    from emoslm.speech.prosody import acted
+
+    return piper.synthesize("My cat has been sick all week and the vet says there is not much left to do.",
+                            acted("sad")).at()
+
+
+@pytest.mark.slow
+def test_teacher_streams_in_order_and_speaks_before_it_finishes_writing(teacher, sad_clip):
+    events = list(teacher.stream([], sad_clip, "en"))
+    kinds = [type(e) for e in events]
+    assert kinds[-1] is Done and Error not in kinds
+    first = {k: kinds.index(k) for k in (Transcript, Emotion, ThinkDelta, TextDelta, AudioChunk)}
+    assert first[Transcript] < first[Emotion] < first[ThinkDelta] < first[TextDelta] < first[AudioChunk]
+    reply = events[-1].reply
+    texts = [e for e in events if isinstance(e, TextDelta)]
+    chunks = [e for e in events if isinstance(e, AudioChunk)]
+    assert len(chunks) >= 2, f"a multi-clause reply is wanted here, got {reply.text!r}"
+    assert events.index(chunks[0]) < events.index(texts[-1])  # first clause spoken while writing the rest
+    assert "".join(e.text for e in texts) == reply.text
+    assert "".join(e.text for e in events if isinstance(e, ThinkDelta)) == reply.think
+    assert np.array_equal(np.concatenate([c.audio for c in chunks]), reply.audio)
+    assert reply.emotion.tag in reply.think and reply.think_emotion == reply.emotion.tag
+    assert all(a.t <= b.t for a, b in zip(events, events[1:]))  # stamped from the end of speech, in order
+    assert {"vad", "asr", "emotion", "think", "write", "tts", "first_text", "first_audio", "total"} <= set(
+        reply.timings)
+    assert reply.timings["first_audio"] < reply.timings["total"]
+
+
+@pytest.mark.slow
+def test_teacher_respond_equals_its_stream_and_the_conversation_keeps_emotions(teacher, sad_clip, piper):
+    from emoslm.agents import Conversation
+
+    streamed = [e for e in teacher.stream([], sad_clip, "en") if isinstance(e, Done)][0].reply
+    blocking = teacher.respond([], sad_clip, "en")
+    assert (blocking.text, blocking.think, blocking.transcript) == (streamed.text, streamed.think, streamed.transcript)
+    assert abs(len(blocking.audio) - len(streamed.audio)) < 0.25 * len(streamed.audio)  # Piper's noise is unseeded
+    talk = Conversation(teacher, "en")
+    talk.respond(sad_clip)
+    talk.respond(piper.synthesize("I just sat with her for an hour.").at())
+    assert talk.user_emotions == [t.emotion for t in talk.history if t.role == "user"] and len(talk.user_emotions) == 2
+    assert all(e is not None for e in talk.user_emotions)
+    assert all(blocking.think not in t.text for t in talk.history)  # the think is never history
+
+
+@pytest.fixture(scope="module")
+def plain():
+    from emoslm.agents import load_agent
+
+    with load_agent("plain", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper") as agent:
+        yield agent
+
+
+def _padded(clip: np.ndarray, before: float = 0.5, after: float = 1.0) -> np.ndarray:
+    return np.concatenate([np.zeros(int(before * 16_000), np.float32), clip, np.zeros(int(after * 16_000), np.float32)])
+
+
+def _feed(session, audio: np.ndarray, chunk: int = 320) -> None:
+    for start in range(0, len(audio), chunk):
+        session.feed(audio[start:start + chunk])
+
+
+def test_live_input_in_chunks_gives_the_whole_clip_transcript(plain, spoken_sentence):
+    from emoslm.agents import Conversation
+    from emoslm.agents.live import LiveSession
+
+    whole = plain.respond([], spoken_sentence, "en")
+    session = LiveSession(Conversation(plain, "en"), "en")
+    _feed(session, _padded(spoken_sentence))
+    session.wait()
+    events = list(session.events())
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted and SpeechStopped in kinds and kinds[-1] is Done
+    assert any(isinstance(e, Transcript) and e.partial for e in events)  # heard while the user was talking
+    assert kinds.index(SpeechStopped) > max(i for i, e in enumerate(events) if isinstance(e, Transcript) and e.partial)
+    final = [e for e in events if isinstance(e, Transcript) and not e.partial]
+    assert final[0].text == whole.transcript
+    assert events[-1].reply.audio is not None and events[-1].reply.timings["first_audio"] > 0
+
+
+def test_barge_in_cancels_the_reply_and_the_next_turn_goes_on(plain, spoken_sentence, piper):
+    from emoslm.agents import Conversation
+    from emoslm.agents.live import LiveSession
+
+    talk = Conversation(plain, "en")
+    session = LiveSession(talk, "en")
+    _feed(session, _padded(spoken_sentence, after=0.6))
+    got = []
+    for event in session.events(timeout=60):  # wait for the reply to start
+        got.append(event)
+        if isinstance(event, (TextDelta, AudioChunk)):
+            break
+    assert session.replying
+    _feed(session, _padded(piper.synthesize("Wait, actually, stop.").at(), before=0.1))
+    session.wait()
+    later = list(session.events())
+    kinds = [type(e) for e in later]
+    assert Cancelled in kinds and SpeechStarted in kinds
+    assert kinds.index(Cancelled) > kinds.index(SpeechStarted)
+    assert Done not in kinds[: kinds.index(Cancelled)]  # the first reply never finished
+    assert kinds[-1] is Done  # the barge-in became the next turn
+    users = [t for t in talk.history if t.role == "user"]
+    assert len(users) == 2 and "stop" in users[1].text.lower()
+
+
+def test_chat_events_prints_one_wire_event_per_line(tmp_path, spoken_sentence):
+    import subprocess
+    import sys
+
+    from emoslm.audio import save_audio
+
+    wav = save_audio(tmp_path / "turn.wav", spoken_sentence)
+    result = subprocess.run([sys.executable, "-m", "emoslm.cli", "chat", str(wav), "--agent", "plain", "--lang",
+                             "en", "--llm", "llama-cpp:smollm2-135m-instruct", "--voice", "piper", "--events"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    events = [from_wire(json.loads(line)) for line in result.stdout.splitlines()]
+    assert isinstance(events[0], Transcript) and isinstance(events[-1], Done)
+    assert any(isinstance(e, AudioChunk) for e in events)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == events[-1].reply.text
+
+
+def test_unknown_agent_spec_is_one_clear_line():
+    from emoslm.agents import load_agent
+    from emoslm.errors import EmoslmError
+
+    with pytest.raises(EmoslmError, match="unknown agent 'robot'; use teacher, plain"):
+        load_agent("robot")
+    with pytest.raises(EmoslmError, match="not a UnifiedSLM checkpoint"):
+        load_agent("slm:/nonexistent")
+
+
+# --- a remote emoslm server (a GPU machine cannot exist here: a named fake replays one) ---------------
+
+class FakeEmoslmServer:
+    """Stands in for a remote emoslm server: answers /v1/chat/completions with canned SSE chunks."""
+
+    def __init__(self, events: list[dict]) -> None:
+        outer = self
+        self.requests: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                outer.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for wire in events:
+                    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}],
+                             "emoslm": {"event": wire}}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_remote_agent_reads_the_wire_events_of_an_emoslm_server(spoken_sentence):
+    from emoslm.agents import Conversation, load_agent
+
+    audio = np.full(800, 0.25, np.float32)
+    canned = [Transcript("hello", "en"), ThinkDelta("calm"), TextDelta("Hi "), AudioChunk(audio, 16_000, "Hi"),
+              TextDelta("there."), Done(Reply("Hi there.", think="calm", transcript="hello", think_emotion="neutral"))]
+    fake = FakeEmoslmServer([e.to_wire() for e in canned])
+    try:
+        with load_agent(fake.url) as agent:
+            talk = Conversation(agent, "en")
+            events = list(talk.stream(spoken_sentence))
+            again = talk.respond(spoken_sentence)
+    finally:
+        fake.close()
+    assert [type(e) for e in events] == [type(e) for e in canned]
+    reply = events[-1].reply
+    assert reply.text == "Hi there." and np.allclose(reply.audio, audio, atol=1e-4)
+    assert again.text == "Hi there."
+    body = fake.requests[1]
+    assert body["stream"] is True and body["modalities"] == ["text", "audio"]
+    assert body["messages"][0] == {"role": "user", "content": "hello"}  # the first turn is history now
+    assert body["messages"][-1]["content"][0]["type"] == "input_audio"
+    assert body["emoslm"]["user_emotions"] == ["neutral"]
+
+
+def test_remote_agent_unreachable_is_an_error_event():
+    from emoslm.agents import load_agent
+    from emoslm.errors import EmoslmError
+
+    with load_agent(f"http://127.0.0.1:{free_port()}") as agent:
+        events = list(agent.stream([], np.full(1600, 0.1, np.float32), "en"))
+        assert isinstance(events[-1], Error) and "cannot reach the emoslm server" in events[-1].message
+        with pytest.raises(EmoslmError, match="cannot reach"):
+            agent.respond([], np.full(1600, 0.1, np.float32), "en")
