@@ -61,3 +61,12 @@ def test_think_stream_pieces_join_to_the_blocking_result(llama):
     again = drain(think_stream(llama, MESSAGES, think_opening("sad"), think_budget=24, reply_budget=30))
     blocking = think_then_answer(llama, MESSAGES, think_opening("sad"), think_budget=24, reply_budget=30)
     assert (again.think, again.reply) == (blocking.think, blocking.reply) == (result.think, result.reply)
+
+
+def test_the_think_is_read_back_as_the_emotion_it_states():
+    from emoslm.ieat.think import tag_in_think
+
+    assert tag_in_think(think_opening("sad", "en", "anger") + " a loss.") == "sad"  # not the words' "anger"
+    assert tag_in_think(think_opening("fear", "zh", "happy")) == "fear"
+    assert tag_in_think("They sound happy, maybe a little surprise too.") == "happy"
+    assert tag_in_think("No emotion words here.") is None

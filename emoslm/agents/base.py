@@ -121,12 +121,14 @@ class Spoken:
 
 
 def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody: Prosody | Any,
-                spoken: Spoken) -> Iterator[Event]:
+                spoken: Spoken, by_clause: bool = True) -> Iterator[Event]:
     """Think and reply deltas as events, the reply spoken clause by clause as soon as each clause is written.
 
     ``pieces`` yields objects with ``part`` ("think" or "reply") and ``text``; it runs ahead in a worker
     thread, so the LLM writes the next clause while ``voice`` synthesises this one. ``prosody`` may be a
     callable, asked when the first clause is spoken (the unified model's prosody follows its own think).
+    ``by_clause=False`` is the blocking pipeline, kept for comparison: the whole reply is spoken in one
+    synthesis call after the LLM has finished.
     """
     clauses = Clauses()
     started = time.perf_counter()
@@ -162,11 +164,12 @@ def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody:
             marks.setdefault("think", time.perf_counter() - started)
             spoken.text += piece.text
             yield TextDelta(piece.text)
-            for clause in clauses.feed(piece.text):
+            for clause in clauses.feed(piece.text) if by_clause else []:
                 yield from say(clause)
         marks.setdefault("think", time.perf_counter() - started)
         marks["write"] = time.perf_counter() - started - marks["think"]
-        for clause in clauses.flush():
+        rest = clauses.flush() if by_clause else [t for t in [spoken.text.strip()] if t]  # blocking: all at once
+        for clause in rest:
             yield from say(clause)
     except GeneratorExit:
         stream.close()

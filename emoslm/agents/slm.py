@@ -32,6 +32,7 @@ class SLMAgent(Agent):
                  max_new_tokens: int = 128, asr: ASRPool | None = None, voices: VoicePool | None = None,
                  voice: str = "auto") -> None:
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from emoslm.slm.model import UnifiedSLM
         from emoslm.slm.processor import MelFrontEnd
@@ -40,6 +41,7 @@ class SLMAgent(Agent):
         if not (checkpoint / "config.json").exists():
             raise EmoslmError(f"{checkpoint}: not a UnifiedSLM checkpoint (no config.json); "
                               "use a training run's final/ folder")
+        hf_logging.disable_progress_bar()
         self.model = UnifiedSLM.from_pretrained(checkpoint).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.mels = MelFrontEnd.from_pretrained(checkpoint, n_mels=self.model.config.encoder().num_mel_bins)

@@ -33,13 +33,14 @@ class TeacherAgent(Agent):
 
     def __init__(self, llm: str = "auto", recognizer: EmotionRecognizer | None = None, asr: ASRPool | None = None,
                  voices: VoicePool | None = None, voice: str = "auto", speak: bool = True, think_budget: int = 64,
-                 reply_budget: int = 96) -> None:
+                 reply_budget: int = 96, by_clause: bool = True) -> None:
         self.llms = LLMPool(llm)
         self.recognizer = recognizer or EmotionRecognizer()
         self.asr = asr or ASRPool()
         self.voices, self.voice_spec = voices or voice_pool(), voice
         self.speak = speak
         self.think_budget, self.reply_budget = think_budget, reply_budget
+        self.by_clause = by_clause  # False: the whole reply synthesised after it is written (the old pipeline)
         self._side = ThreadPoolExecutor(1, thread_name_prefix="emoslm-acoustic")
 
     def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
@@ -68,7 +69,7 @@ class TeacherAgent(Agent):
                               self.think_budget, self.reply_budget, lang=lang)
         voice = self.voices.voice(self.voice_spec, lang) if self.speak else None
         spoken = Spoken()
-        yield from speak_along(pieces, voice, reply_prosody(emotion.tag), spoken)
+        yield from speak_along(pieces, voice, reply_prosody(emotion.tag), spoken, self.by_clause)
         reply = Reply(text=spoken.text, think=spoken.think, transcript=heard.text, lang=lang, emotion=emotion,
                       think_emotion=tag_in_think(spoken.think), audio=spoken.audio,
                       problems=validate(spoken.think, spoken.text, emotion.tag, lang))

@@ -231,7 +231,19 @@ def validate(think: str, reply: str, tag: str, lang: str) -> list[str]:
     return problems
 
 
+_NAMED = re.compile(r"emotion i hear is (\w+)|我听到的情绪是[^（(]*[（(](\w+)[）)]")
+
+
 def tag_in_think(think: str) -> str | None:
-    """The first of the seven tags a think names (how a model's think is read back as an emotion)."""
-    found = [(m.start(), t) for t in TAGS for m in re.finditer(rf"\b{t}\b", think.lower())]
+    """The emotion a think names (how a model's think is read back as an emotion).
+
+    The opening's own statement ("the emotion I hear is sad") wins over a tag mentioned earlier in
+    passing ("although their words sound anger"); without it, the first tag named.
+    """
+    low = think.lower()
+    for match in _NAMED.finditer(low):
+        named = match.group(1) or match.group(2)
+        if named in TAGS:
+            return named
+    found = [(m.start(), t) for t in TAGS for m in re.finditer(rf"\b{t}\b", low)]
     return min(found)[1] if found else None
