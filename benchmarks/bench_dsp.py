@@ -80,7 +80,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "dsp.json").write_text(json.dumps(rows, indent=1))
     lines = ["# Hand-written DSP vs librosa (benchmarks/bench_dsp.py)", "",
-             "| clip s | shift st | ours s | librosa s | librosa ÷ ours | measured shift ours | measured shift librosa |",
+             "| clip s | shift st | ours s | librosa s | librosa ÷ ours | shift measured: ours | librosa |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['seconds']} | {r['semitones']} | {r['ours_s']} | {r['librosa_s']} | "
               f"{r['librosa_s'] / r['ours_s']:.2f}× | {r['ours_shift_st']} | {r['librosa_shift_st']} |"
