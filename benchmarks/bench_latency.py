@@ -10,6 +10,9 @@ agent twice, alternately in the same process (same models, same warm caches):
   synthesis call, and ``respond`` returns it. Its caller has nothing before the turn ends, so first
   text = first audio = whole turn.
 
+Before each turn the benchmark waits as long as the user's clip lasts: the user is talking, as in a
+live conversation, and the agent may use that time (the teacher prefills its next prompt's head).
+
 Writes ``benchmarks/results/latency.{json,md}``: p50/p90 per language and mode, the ratio, and the
 mean seconds per stage of the streaming turns.
 """
@@ -28,7 +31,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from emoslm.agents import Conversation, load_agent  # noqa: E402
-from emoslm.audio import load_audio  # noqa: E402
+from emoslm.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from emoslm.config import configure_threads  # noqa: E402
 from emoslm.demo import pick_dialogues  # noqa: E402
 from emoslm.dialogues import examples_dir, read_dialogues  # noqa: E402
@@ -53,6 +56,7 @@ def play(lang: str, dialogues_per_lang: int, voices: Path) -> dict[str, list[dic
                 conversation = Conversation(agent, lang)
                 for turn in dialogue.turns:
                     audio = load_audio(voices / turn.split_audio_file)
+                    time.sleep(len(audio) / SAMPLE_RATE)  # the user speaks the turn
                     start = time.perf_counter()
                     reply = conversation.respond(audio)
                     waited = time.perf_counter() - start

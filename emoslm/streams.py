@@ -1,10 +1,10 @@
-"""Run a generator ahead of its consumer, in a thread, so that producing and consuming overlap.
+"""Generators as streams: drain one (the blocking call), or run one on another thread.
 
-The teacher's LLM keeps writing the reply while the voice synthesises the clause already written:
-``ahead(generator)`` runs the generator in a worker thread and hands its items over a queue. The
-generator's return value comes back as the return value of ``ahead`` (``yield from`` keeps it), an
-exception in the worker is raised in the consumer, and closing the consumer (barge-in, a caller that
-stops listening) makes the worker close the generator at its next item.
+``on_thread(generator, executor)`` runs the generator on the executor's thread and hands its items
+over a queue: llama.cpp runs all its work on one thread of its own this way (see
+``emoslm.llm.llama_cpp``). The generator's return value comes back as the return value (``yield from``
+keeps it), an exception in the worker is raised in the consumer, and closing the consumer (barge-in,
+a caller that stops listening) makes the worker close the generator at its next item.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Generator
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -29,8 +30,8 @@ def drain(generator: Generator[Any, Any, R]) -> R:
             return end.value
 
 
-def ahead(generator: Generator[T, Any, R]) -> Generator[T, None, R]:
-    """Items of ``generator``, produced in a worker thread while the consumer works on earlier ones."""
+def on_thread(generator: Generator[T, Any, R], executor: Executor) -> Generator[T, None, R]:
+    """Items of ``generator``, produced on ``executor``'s thread while the consumer works on earlier ones."""
     box: queue.Queue[tuple[int, Any]] = queue.Queue()
     stop = threading.Event()
 
@@ -46,8 +47,7 @@ def ahead(generator: Generator[T, Any, R]) -> Generator[T, None, R]:
             return
         generator.close()
 
-    worker = threading.Thread(target=work, name="emoslm-ahead", daemon=True)
-    worker.start()
+    worker = executor.submit(work)
     try:
         while True:
             kind, value = box.get()
@@ -59,4 +59,4 @@ def ahead(generator: Generator[T, Any, R]) -> Generator[T, None, R]:
                 raise value
     finally:
         stop.set()
-        worker.join()
+        worker.result()

@@ -13,6 +13,7 @@ import numpy as np
 from emoslm.agents.base import Agent, Spoken, speak_along
 from emoslm.agents.events import Done, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
+from emoslm.config import configure_threads
 from emoslm.ieat.think import Incremental, Piece, clean_reply
 from emoslm.llm import LLM, LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
@@ -32,6 +33,7 @@ class PlainAgent(Agent):
 
     def __init__(self, llm: str = "auto", asr: ASRPool | None = None, voices: VoicePool | None = None,
                  voice: str = "auto", speak: bool = True) -> None:
+        configure_threads(torch_threads=1)  # torch's OpenMP team would throttle llama.cpp's (config.py)
         self.llms, self.asr = LLMPool(llm), asr or ASRPool()
         self.voices, self.voice_spec, self.speak = voices or voice_pool(), voice, speak
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from emoslm.agents.base import Agent, Spoken, speak_along
 from emoslm.agents.events import Done, Emotion, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
+from emoslm.config import configure_threads
 from emoslm.ieat.think import EMPATHY_SYSTEM, tag_in_think, think_opening, think_stream, validate
-from emoslm.llm import LLMPool
+from emoslm.llm import LLM, LLMPool, Message
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer
 from emoslm.speech.prosody import reply as reply_prosody
@@ -34,14 +35,17 @@ class TeacherAgent(Agent):
     def __init__(self, llm: str = "auto", recognizer: EmotionRecognizer | None = None, asr: ASRPool | None = None,
                  voices: VoicePool | None = None, voice: str = "auto", speak: bool = True, think_budget: int = 64,
                  reply_budget: int = 96, by_clause: bool = True) -> None:
-        self.llms = LLMPool(llm)
+        configure_threads(torch_threads=1)  # torch's OpenMP team would throttle llama.cpp's (config.py)
+        self.llms = LLMPool(llm)  # thinks: its cached prompt grows by one exchange per turn
+        self.writers = LLMPool(llm)  # writes the reply from the think as notes (a second context, own cache)
         self.recognizer = recognizer or EmotionRecognizer()
         self.asr = asr or ASRPool()
         self.voices, self.voice_spec = voices or voice_pool(), voice
         self.speak = speak
         self.think_budget, self.reply_budget = think_budget, reply_budget
         self.by_clause = by_clause  # False: the whole reply synthesised after it is written (the old pipeline)
-        self._side = ThreadPoolExecutor(1, thread_name_prefix="emoslm-acoustic")
+        self._side = ThreadPoolExecutor(2, thread_name_prefix="emoslm-teacher")  # acoustic model; next-turn prefill
+        self._warming: Future | None = None  # the next turn's prompt head, prefilled while the user speaks
 
     def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
         clock = time.perf_counter()
@@ -61,23 +65,38 @@ class TeacherAgent(Agent):
         yield Emotion(emotion)
         yield Timing("emotion", _lap(clock))
 
-        messages = [{"role": "system", "content": SYSTEM[lang]}]
-        messages += [{"role": t.role, "content": t.text} for t in history]
-        messages.append({"role": "user", "content": heard.text or "…"})
+        head = [{"role": "system", "content": SYSTEM[lang]}, *({"role": t.role, "content": t.text} for t in history)]
+        messages = [*head, {"role": "user", "content": heard.text or "…"}]
         words = emotion.textual.tag if emotion.textual else None
-        pieces = think_stream(self.llms.for_lang(lang), messages, think_opening(emotion.tag, lang, words),
-                              self.think_budget, self.reply_budget, lang=lang)
+        if self._warming is not None:
+            self._warming.result()  # both contexts are free again
+        llm = self.llms.for_lang(lang)
+        writer = llm if llm.native_think() else self.writers.for_lang(lang)  # thinking models write on
+        if self.speak and self.by_clause:
+            writer.share_cpu()  # the voice speaks beside it
+        pieces = think_stream(llm, messages, think_opening(emotion.tag, lang, words), self.think_budget,
+                              self.reply_budget, lang=lang, writer=writer)
         voice = self.voices.voice(self.voice_spec, lang) if self.speak else None
         spoken = Spoken()
         yield from speak_along(pieces, voice, reply_prosody(emotion.tag), spoken, self.by_clause)
         reply = Reply(text=spoken.text, think=spoken.think, transcript=heard.text, lang=lang, emotion=emotion,
                       think_emotion=tag_in_think(spoken.think), audio=spoken.audio,
                       problems=validate(spoken.think, spoken.text, emotion.tag, lang))
+        if not llm.native_think():
+            following = [*messages, {"role": "assistant", "content": reply.text}]
+            self._warming = self._side.submit(_prefill, [llm, writer], following)
         yield Done(reply)
 
     def close(self) -> None:
         self.llms.close()
+        self.writers.close()
         self._side.shutdown(wait=False)
+
+
+def _prefill(llms: list[LLM], head: list[Message]) -> None:
+    """Evaluate the next turn's prompt head (system prompt + history) into each context's KV cache."""
+    for llm in llms:
+        llm.prefill(llm.render(head, add_generation_prompt=False))
 
 
 def _lap(start: float) -> float:

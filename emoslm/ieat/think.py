@@ -98,14 +98,16 @@ class Piece:
 
 
 def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
-                 reply_budget: int = 160, sampling: Sampling | None = None,
-                 lang: str = "en") -> Generator[Piece, None, ThoughtReply]:
+                 reply_budget: int = 160, sampling: Sampling | None = None, lang: str = "en",
+                 writer: LLM | None = None) -> Generator[Piece, None, ThoughtReply]:
     """Continue ``<think>`` + ``opening`` within the budget, close it, then answer, delta by delta.
 
     The think pieces joined equal the returned think and the reply pieces the returned reply: a
     budget-closed think is cut back to its last full sentence, so think text is only let out up to
     a sentence end until the think is over. Thinking models continue after ``</think>``; others
-    answer in a fresh turn given the think as notes.
+    answer in a fresh turn given the think as notes, written by ``writer`` when given: a second
+    context of the same model, so that each context's cached prompt prefix stays valid from turn to
+    turn (the think prompt grows by one exchange per turn; the notes prompt differs early).
     """
     base = sampling or Sampling(temperature=0.6, top_p=0.9, repeat_penalty=1.15)
     prompt = open_think(llm.render(messages), opening)
@@ -126,7 +128,8 @@ def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: 
         answer = llm.stream(f"{prompt}{continuation}\n{THINK_CLOSE}\n\n", _with(base, reply_budget, stops))
     else:
         noted = _with_notes(messages, NOTES["zh" if lang == "zh" else "en"].format(think=think))
-        answer = llm.stream(llm.render(noted), _with(base, reply_budget, stops + ["\n\n"]))
+        writer = writer or llm
+        answer = writer.stream(writer.render(noted), _with(base, reply_budget, stops + ["\n\n"]))
     reply_text = Incremental(clean_reply)
     for delta in answer:
         yield Piece("reply", reply_text.update(delta))
@@ -182,9 +185,13 @@ class Incremental:
 
 
 def _with_notes(messages: list[Message], notes: str) -> list[Message]:
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": messages[0]["content"] + notes}, *messages[1:]]
-    return [{"role": "system", "content": notes.strip()}, *messages]
+    """The notes as a system message just before the newest user turn.
+
+    There (not appended to the first system prompt) the prompt's head — system prompt and history — is
+    the same text as the think prompt's and the next turn's, so a backend that keeps its KV cache only
+    evaluates the notes and the newest turn (llama.cpp on 2 cores: ~0.4 s per 130 tokens saved).
+    """
+    return [*messages[:-1], {"role": "system", "content": notes.strip()}, messages[-1]]
 
 
 def _with(base: Sampling, max_tokens: int, stop: list[str]) -> Sampling:

@@ -198,6 +198,14 @@ class LLM(abc.ABC):
         """Answer the last user message: ``chat_stream``, drained."""
         return self.chat_stream(messages, sampling).drain()
 
+    def prefill(self, text: str) -> None:
+        """Evaluate ``text`` into the KV cache ahead of a prompt that starts with it (where the backend
+        keeps one; elsewhere a no-op). Live agents call it while the user is still talking."""
+
+    def share_cpu(self, threads: int = 1) -> None:
+        """Generate with ``threads`` threads from now on, leaving the other cores to a voice that speaks
+        beside it (prompt prefill keeps every core). A no-op where the model runs elsewhere."""
+
     def close(self) -> None:
         """Release the model (servers, file handles); safe to call twice."""
 

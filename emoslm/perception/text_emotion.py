@@ -50,14 +50,14 @@ def load_sentence_model(name: str = "minilm-l6-v2") -> Any:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise MissingPackageError("sentence-transformers", "MiniLM text emotion", "emoslm[emotion]") from None
+    import torch
+    import transformers
+
+    from emoslm.config import torch_threads
     from emoslm.store import resolve
 
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(torch_threads())  # the job's choice (one thread beside llama.cpp), set as torch loads
     resolved = resolve(name)
     return SentenceTransformer(str(resolved.path or resolved.hub_id), device="cpu")
 

@@ -100,8 +100,9 @@ class PiperTTS(TTS):
     languages = ("en",)
     deterministic = False
 
-    def __init__(self, model: str = "piper-en-joe") -> None:
+    def __init__(self, model: str = "piper-en-joe", threads: int = 1) -> None:
         try:
+            import onnxruntime
             from piper import PiperVoice
         except ImportError:
             raise MissingPackageError("piper-tts", "the Piper TTS backend (GPL-3.0)", "emoslm[piper]") from None
@@ -110,6 +111,13 @@ class PiperTTS(TTS):
         path = resolve(model).require_path()
         config = path.with_name(path.name + ".json")
         self.voice = PiperVoice.load(str(path), config_path=str(config) if config.exists() else None)
+        # One thread that does not spin: a live agent speaks while its LLM writes the next clause, and on
+        # 2 cores two spinning thread pools starve each other (see LlamaCppLLM.share_cpu).
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.voice.session = onnxruntime.InferenceSession(str(path), sess_options=options,
+                                                          providers=["CPUExecutionProvider"])
         self.name = f"piper:{model}"
 
     def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
