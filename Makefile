@@ -28,6 +28,8 @@ bench: setup
 	$(PY) benchmarks/bench_perception.py
 	$(PY) benchmarks/bench_ieat.py
 	$(PY) benchmarks/bench_slm.py
+	$(PY) benchmarks/bench_latency.py
+	$(PY) benchmarks/bench_dsp.py
 
 setup: system-deps $(STAMP)
 

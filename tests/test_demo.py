@@ -31,7 +31,8 @@ def test_demo_runs_the_teacher_per_language_end_to_end(tmp_path, small_recognise
     assert answered[0].turns[-1].response_text == en[-1].reply
     assert answered[0].turns[-1].response_audio == en[-1].reply_audio
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["en"]["turns"] == len(en) and summary["zh"]["mean_seconds"]["llm"] > 0
+    assert summary["en"]["turns"] == len(en) and summary["zh"]["mean_seconds"]["think"] > 0
+    assert 0 < summary["en"]["mean_seconds"]["first_audio"] < summary["en"]["mean_seconds"]["total"]
     assert 0 <= summary["en"]["emotion_accuracy"] <= 1
     assert (tmp_path / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
     log = (tmp_path / "log.txt").read_text()
