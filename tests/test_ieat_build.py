@@ -62,7 +62,7 @@ def write_recipe(folder: Path, recogniser: Path, **data_overrides) -> Path:
 @pytest.fixture(scope="module")
 def recogniser(small_recogniser) -> Path:
     home, _, _ = small_recogniser
-    return home / "perception" / "recogniser-v2"
+    return home / "perception" / "recogniser-v3"
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def test_training_is_reproducible(trained, tmp_path):
         mp.setenv("EMOSLM_HOME", str(home))
         again = train(config, silent, out=tmp_path / "again")
     assert again["out_of_fold_accuracy"] == meta["out_of_fold_accuracy"]
-    first = json.loads((home / "perception" / "recogniser-v2" / "meta.json").read_text())
+    first = json.loads((home / "perception" / "recogniser-v3" / "meta.json").read_text())
     assert first["n_train_clips"] == again["n_train_clips"]
 
 

@@ -38,7 +38,7 @@ from emoslm.speech.voice import voice_pool
 
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
 EMOTIONAL = tuple(t for t in TAGS if t != "neutral")
-CORPUS_VERSION = "v2"
+CORPUS_VERSION = "v3"  # v3: pitch shift by librosa
 
 
 @dataclass(frozen=True)

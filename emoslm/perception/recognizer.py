@@ -25,7 +25,7 @@ from emoslm.perception.features import PROSODIC_NAMES, AcousticFeaturizer
 from emoslm.perception.text_emotion import text_featurizer
 from emoslm.textnorm import tokens
 
-RECOGNISER_VERSION = "v2"
+RECOGNISER_VERSION = "v3"  # v3: Piper clips pitch-shifted by librosa
 
 
 def recogniser_dir() -> Path:
