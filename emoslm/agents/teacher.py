@@ -88,9 +88,9 @@ class TeacherAgent(Agent):
         yield Done(reply)
 
     def close(self) -> None:
+        self._side.shutdown(wait=True)  # a next-turn prefill still running must end before its model is freed
         self.llms.close()
         self.writers.close()
-        self._side.shutdown(wait=False)
 
 
 def _prefill(llms: list[LLM], head: list[Message]) -> None:

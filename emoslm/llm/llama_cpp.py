@@ -64,6 +64,8 @@ class LlamaCppLLM(LLM):
         return self.count_tokens("<think>") == 1
 
     def count_tokens(self, text: str) -> int:
+        if self.llm is None:
+            raise BackendError(f"{self.name}: the model was closed")
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def _stream(self, prompt: str, s: Sampling) -> Generator[str, None, StreamEnd]:
