@@ -213,6 +213,7 @@ def chat(
     """A spoken multi-turn dialogue from audio files, one file per user turn. The teacher agent hears the
     user's emotion, thinks about its cause, answers and speaks with fitting prosody (think is never spoken)."""
     from emoslm.agents import Conversation, load_agent
+    from emoslm.agents.events import Error
     from emoslm.audio import load_audio, save_audio
     from emoslm.chat_view import print_event, print_turn
 
@@ -223,6 +224,8 @@ def chat(
             if events:
                 for event in conversation.stream(audio):
                     print_event(event)
+                    if isinstance(event, Error):  # printed as an event, and the exit says it failed
+                        raise EmoslmError(event.message)
                 continue
             reply = conversation.respond(audio)
             print_turn(console, path, reply, show_think)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import abc
+import json
 import re
 import shutil
 import subprocess
@@ -103,21 +104,21 @@ class PiperTTS(TTS):
     def __init__(self, model: str = "piper-en-joe", threads: int = 1) -> None:
         try:
             import onnxruntime
-            from piper import PiperVoice
+            from piper import PiperConfig, PiperVoice
         except ImportError:
             raise MissingPackageError("piper-tts", "the Piper TTS backend (GPL-3.0)", "emoslm[piper]") from None
         from emoslm.store import resolve
 
         path = resolve(model).require_path()
-        config = path.with_name(path.name + ".json")
-        self.voice = PiperVoice.load(str(path), config_path=str(config) if config.exists() else None)
+        config = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
         # One thread that does not spin: a live agent speaks while its LLM writes the next clause, and on
-        # 2 cores two spinning thread pools starve each other (see LlamaCppLLM.share_cpu).
+        # 2 cores two spinning thread pools starve each other (see LlamaCppLLM.share_cpu). The session is
+        # built here (``PiperVoice.load`` would build one with default options, so the model loaded twice).
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.voice.session = onnxruntime.InferenceSession(str(path), sess_options=options,
-                                                          providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.voice = PiperVoice(config=PiperConfig.from_dict(config), session=session)
         self.name = f"piper:{model}"
 
     def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
@@ -236,6 +237,34 @@ class OpenAISpeechTTS(TTS):
         return apply_gain(audio, prosody.energy), SAMPLE_RATE
 
 
+DEFAULT_ARGS = {"piper": "piper-en-joe", "espeak": "en-us", "flite": "slt"}
+
+
+def canonical_spec(spec: str | None, lang: str = "en") -> str:
+    """One spelling per engine (``auto`` → the language's default, ``piper`` → ``piper:piper-en-joe``),
+    so a pool keyed by it loads each engine once."""
+    if not spec or spec == "auto":
+        spec = default_spec(lang)
+    if spec.startswith(("http://", "https://")):
+        return spec
+    backend, _, arg = spec.partition(":")
+    arg = arg or DEFAULT_ARGS.get(backend, "")
+    if backend == "espeak":
+        arg = EspeakTTS.LANG_VOICES.get(arg, arg)
+    return f"{backend}:{arg}"
+
+
+def default_spec(lang: str) -> str:
+    """Piper for English when installed (better voice), espeak-ng otherwise and for Mandarin."""
+    if lang == "en":
+        try:
+            import piper  # noqa: F401
+        except ImportError:
+            return "espeak:en-us"
+        return "piper:piper-en-joe"
+    return f"espeak:{EspeakTTS.LANG_VOICES.get(lang, lang)}"
+
+
 def load_tts(spec: str) -> TTS:
     """``piper[:MODEL]``, ``espeak[:VOICE]`` or ``http(s)://host/v1?model=M&voice=V``."""
     if spec.startswith(("http://", "https://")):
@@ -254,13 +283,3 @@ def load_tts(spec: str) -> TTS:
     raise EmoslmError(
         f"unknown TTS spec '{spec}'; use piper[:MODEL], espeak[:VOICE], flite[:VOICE] or an http(s):// URL"
     )
-
-
-def default_tts(lang: str) -> TTS:
-    """Piper for English when installed (better voice), espeak-ng otherwise and for Mandarin."""
-    if lang == "en":
-        try:
-            return PiperTTS()
-        except MissingPackageError:
-            return EspeakTTS("en-us")
-    return EspeakTTS(EspeakTTS.LANG_VOICES.get(lang, lang))

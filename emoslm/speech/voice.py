@@ -24,7 +24,7 @@ import numpy as np
 
 from emoslm.audio import SAMPLE_RATE
 from emoslm.speech.prosody import Prosody
-from emoslm.speech.tts import TTS, default_tts, load_tts, speakable
+from emoslm.speech.tts import TTS, canonical_spec, load_tts, speakable
 
 
 @dataclass
@@ -127,25 +127,25 @@ class VoicePool:
     """
 
     def __init__(self) -> None:
-        self._engines: dict[str, TTS] = {}
-        self._voices: dict[str, Voice] = {}  # by engine name
+        self._engines: dict[str, TTS] = {}  # by canonical spec
+        self._voices: dict[str, Voice] = {}
         self._lock = threading.Lock()
 
     def tts(self, spec: str | None, lang: str = "en") -> TTS:
         """The engine a spec names (``None``/``auto``: the language's default)."""
-        key = spec if spec and spec != "auto" else f"auto:{lang}"
+        key = canonical_spec(spec, lang)
         with self._lock:
             if key not in self._engines:
-                self._engines[key] = default_tts(lang) if key.startswith("auto:") else load_tts(key)
+                self._engines[key] = load_tts(key)
             return self._engines[key]
 
     def voice(self, spec: str | None, lang: str = "en") -> Voice:
         """The Voice for a spec and language."""
-        engine = self.tts(spec, lang)
+        engine, key = self.tts(spec, lang), canonical_spec(spec, lang)
         with self._lock:
-            if engine.name not in self._voices:
-                self._voices[engine.name] = TTSVoice(engine)
-            return self._voices[engine.name]
+            if key not in self._voices:
+                self._voices[key] = TTSVoice(engine)
+            return self._voices[key]
 
 
 _POOL = VoicePool()
