@@ -10,12 +10,12 @@ APT_PKGS := espeak-ng sox flite
 # pip warns about every configured-but-absent local index; keep the real messages only
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: demo test test-quick setup system-deps bench lint clean
+.PHONY: demo test test-quick setup system-deps browser bench lint clean
 
 demo: setup
 	$(VENV)/bin/emoslm demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 test-quick: setup
@@ -30,8 +30,16 @@ bench: setup
 	$(PY) benchmarks/bench_slm.py
 	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_dsp.py
+	$(PY) benchmarks/bench_serve.py
 
 setup: system-deps $(STAMP)
+
+# Debian's chromium for the web-page test (Playwright drives it; a browser download fails offline).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium (browser tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # Debian tools used for speech (espeak-ng voices, sox, flite). Installed only when missing.
 system-deps:

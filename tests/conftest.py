@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -81,3 +86,25 @@ def slm_checkpoint(tmp_path_factory):
     tokenizer.save_pretrained(folder)
     MelFrontEnd.for_mels(model.config.encoder().num_mel_bins).save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def serving(app, port: int | None = None) -> Iterator[str]:  # noqa: ANN001 - an ASGI app
+    """Run ``app`` under uvicorn on a loopback port in a thread; yield its base URL; stop it cleanly."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)

@@ -1,5 +1,3 @@
-import threading
-import time
 
 import httpx
 import numpy as np
@@ -10,7 +8,7 @@ from emoslm.speech.dsp import apply_gain, estimate_f0, pitch_shift
 from emoslm.speech.prosody import Prosody, acted, reply
 from emoslm.speech.tts import EspeakTTS, OpenAISpeechTTS, load_tts, speakable, to_pinyin
 from emoslm.textnorm import error_rate
-from tests.conftest import SENTENCE, free_port
+from tests.conftest import SENTENCE, free_port, serving
 
 
 def rms(x: np.ndarray) -> float:
@@ -79,36 +77,20 @@ def test_espeak_mandarin_reads_pinyin():
     assert 0.8 < speech.duration < 5
 
 
-def _serve(app, port):
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            return server
-        time.sleep(0.05)
-    raise RuntimeError("server did not start")
-
-
-def test_openai_speech_backend_against_a_real_server(piper, asr_en):
+def test_openai_speech_backend_against_a_real_server(asr_en):
     """emoslm's own /v1/audio/speech (Piper behind it) is a real OpenAI-compatible TTS server."""
-    from emoslm.serve.speech_api import create_app
+    from emoslm.serve.app import create_app
+    from emoslm.serve.runtime import Runtime
 
-    port = free_port()
-    server = _serve(create_app(piper), port)
-    try:
-        tts = load_tts(f"http://127.0.0.1:{port}/v1?model=emoslm&voice=joe")
+    with serving(create_app(Runtime(None, voice="piper"))) as url:
+        tts = load_tts(f"{url}/v1?model=emoslm&voice=alloy")
         assert isinstance(tts, OpenAISpeechTTS)
         slow = tts.synthesize(SENTENCE, Prosody(rate=0.7))
         fast = tts.synthesize(SENTENCE, Prosody(rate=1.4))
         assert slow.duration > 1.4 * fast.duration  # speed travels to the server (2x asked)
         assert error_rate(SENTENCE, asr_en.transcribe(slow.at()).text) <= 0.15
-        bad = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json={"input": "hi", "emotion": "bored"})
-        assert bad.status_code == 400 and "unknown emotion" in bad.text
-    finally:
-        server.should_exit = True
+        bad = httpx.post(f"{url}/v1/audio/speech", json={"input": "hi", "emotion": "bored"})
+        assert bad.status_code == 400 and "unknown emotion" in bad.json()["error"]["message"]
 
 
 def test_unreachable_tts_server_is_a_clear_error():

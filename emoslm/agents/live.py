@@ -10,6 +10,10 @@ what was said, and the new speech becomes the next turn.
 
 The latency clock starts when the VAD decides the user has stopped, which is ``min_silence_ms`` after
 the last voiced frame; ``SpeechStopped`` reports both moments so that wait stays visible.
+
+A server shares one agent between many sessions: it passes ``run`` (how a reply job is started: its
+bounded turn queue) and ``offer`` (how a partial-transcript job is started when a worker is idle, or
+skipped); alone, a session starts a thread per reply and transcribes partials in ``feed``'s thread.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -58,18 +63,27 @@ class LiveSession:
     """One live conversation: push microphone audio in, read the agent's events out."""
 
     def __init__(self, conversation: Conversation, lang: str | None = None, vad: StreamingVAD | None = None,
-                 partial_every: float = 1.0, pre_roll: float = 0.3) -> None:
+                 partial_every: float | None = 1.0, pre_roll: float = 0.3,
+                 run: Callable[[Callable[[], None]], Future] | None = None,
+                 offer: Callable[[Callable[[], None]], Future | None] | None = None,
+                 sink: Callable[[Event], None] | None = None) -> None:
         self.conversation, self.lang = conversation, lang
         self.vad = vad or StreamingVAD()
         self.partial_every, self.pre_roll = partial_every, int(pre_roll * SAMPLE_RATE)
         self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._emit = sink or self._queue.put  # a server passes its own (events go straight to its loop)
         self._pending = np.zeros(0, np.float32)  # less than a frame, waiting for the rest
         self._recent = np.zeros(0, np.float32)  # the last moments before speech (the VAD starts late)
         self._speech: list[np.ndarray] | None = None  # frames of the current utterance, None when silent
         self._samples = 0
         self._since_partial = 0
-        self._reply: threading.Thread | None = None
+        self._reply: Future | None = None
         self._cancel = threading.Event()
+        self._reason = "barge-in"
+        self._run = run or _in_thread
+        self._offer = offer
+        self._listening: Future | None = None  # a partial transcript being made (with ``offer``)
+        self._utterance = 0  # counts utterances, so a late partial of an ended one is dropped
 
     # --- input --------------------------------------------------------------------------------------
     def feed(self, chunk: np.ndarray) -> None:
@@ -98,44 +112,83 @@ class LiveSession:
             self._start_of_speech(found[1])
         elif found and found[0] == "end" and self._speech is not None:
             self._end_of_speech(found[1])
-        elif self._speech is not None and self._since_partial >= self.partial_every * SAMPLE_RATE:
+        elif (self._speech is not None and self.partial_every is not None
+              and self._since_partial >= self.partial_every * SAMPLE_RATE):
             self._since_partial = 0
-            for event in self.conversation.agent.listen(np.concatenate(self._speech), self.lang):
-                self._queue.put(event)
+            self._partial(np.concatenate(self._speech))
+
+    def _partial(self, speech: np.ndarray) -> None:
+        utterance = self._utterance
+
+        def listen() -> None:
+            for event in self.conversation.agent.listen(speech, self.lang):
+                if utterance == self._utterance:  # still talking: the partial is news
+                    self._emit(event)
+
+        if self._offer is None:
+            listen()
+        elif self._listening is None or self._listening.done():
+            self._listening = self._offer(listen)
+
+    def clear(self) -> None:
+        """Forget the speech heard so far in the current utterance (the input buffer is cleared)."""
+        self._pending = np.zeros(0, np.float32)
+        if self._speech is not None:
+            self._speech, self._utterance = None, self._utterance + 1
+        self._recent = np.zeros(0, np.float32)
+        self.vad.reset()
 
     def _start_of_speech(self, sample: int) -> None:
         if self.replying:
-            self._cancel.set()  # barge-in: the reply thread stops at its next event and says so
+            self.stop("barge-in")  # the reply stops at its next event and says so
         self._speech, self._since_partial = [self._recent], 0
-        self._queue.put(SpeechStarted(at=round(sample / SAMPLE_RATE, 3)))
+        self._emit(SpeechStarted(at=round(sample / SAMPLE_RATE, 3)))
 
     def _end_of_speech(self, sample: int) -> None:
         heard_at = time.perf_counter()
         audio, self._speech, self._recent = np.concatenate(self._speech), None, np.zeros(0, np.float32)
-        self._queue.put(SpeechStopped(at=round(sample / SAMPLE_RATE, 3), seconds=round(len(audio) / SAMPLE_RATE, 3)))
-        if self._reply is not None:
-            self._reply.join()
-        self._cancel.clear()
-        self._reply = threading.Thread(target=self._answer, args=(audio, heard_at), daemon=True,
-                                       name="emoslm-live-reply")
-        self._reply.start()
+        self._utterance += 1
+        self._emit(SpeechStopped(at=round(sample / SAMPLE_RATE, 3), seconds=round(len(audio) / SAMPLE_RATE, 3)))
+        self.answer(audio, heard_at)
+
+    def answer(self, audio: np.ndarray, heard_at: float | None = None) -> None:
+        """Start the reply to ``audio`` (a turn the caller ended itself, e.g. a committed input buffer)."""
+        heard_at = time.perf_counter() if heard_at is None else heard_at
+        previous, cancel = self._reply, threading.Event()
+        self._cancel = cancel
+        self._reply = self._run(lambda: self._answer(audio, heard_at, previous, cancel))
 
     # --- output -------------------------------------------------------------------------------------
-    def _answer(self, audio: np.ndarray, heard_at: float) -> None:
+    def _answer(self, audio: np.ndarray, heard_at: float, previous: Future | None, cancel: threading.Event) -> None:
+        if previous is not None:
+            previous.exception()  # the earlier reply (cancelled by barge-in) has ended: the history is whole
+        if cancel.is_set():  # cancelled while it waited for a worker
+            self._emit(Cancelled(self._reason, t=time.perf_counter() - heard_at))
+            return
         events = self.conversation.stream(audio, self.lang, heard_at=heard_at)
         try:
             for event in events:
-                if self._cancel.is_set():
+                if cancel.is_set():
                     events.close()
-                    self._queue.put(Cancelled("barge-in", t=time.perf_counter() - heard_at))
+                    self._emit(Cancelled(self._reason, t=time.perf_counter() - heard_at))
                     return
-                self._queue.put(event)
+                self._emit(event)
         except Exception as exc:  # noqa: BLE001 - a live session reports, it does not die
-            self._queue.put(Error(f"{type(exc).__name__}: {exc}", t=time.perf_counter() - heard_at))
+            self._emit(Error(f"{type(exc).__name__}: {exc}", t=time.perf_counter() - heard_at))
+
+    @property
+    def speaking(self) -> bool:
+        """The user is talking now (the VAD heard speech start and not yet its end)."""
+        return self._speech is not None
+
+    @property
+    def speech_seconds(self) -> float:
+        """How long the current utterance has lasted so far (0 when nobody is talking)."""
+        return sum(len(f) for f in self._speech) / SAMPLE_RATE if self._speech is not None else 0.0
 
     @property
     def replying(self) -> bool:
-        return self._reply is not None and self._reply.is_alive()
+        return self._reply is not None and not self._reply.done()
 
     def events(self, timeout: float = 0.0) -> Iterator[Event]:
         """Events produced so far; with ``timeout``, wait up to that long for each next one."""
@@ -150,12 +203,32 @@ class LiveSession:
     def wait(self) -> None:
         """Block until the reply in progress (if any) has finished or been cancelled."""
         if self._reply is not None:
-            self._reply.join()
+            self._reply.exception()
 
-    def cancel(self) -> None:
-        """Stop the reply in progress (as barge-in would) and wait for it to end."""
+    def stop(self, reason: str = "cancelled") -> None:
+        """Ask the reply in progress (or still waiting for a worker) to stop, without waiting."""
         if self.replying:
+            self._reason = reason
             self._cancel.set()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop the reply in progress and wait for it to end."""
+        self.stop(reason)
         self.wait()
 
     close = cancel
+
+
+def _in_thread(job: Callable[[], None]) -> Future:
+    """Run ``job`` in a thread of its own; the future ends with it."""
+    done: Future = Future()
+
+    def work() -> None:
+        try:
+            job()
+            done.set_result(None)
+        except BaseException as exc:  # noqa: BLE001 - kept on the future
+            done.set_exception(exc)
+
+    threading.Thread(target=work, daemon=True, name="emoslm-live-reply").start()
+    return done

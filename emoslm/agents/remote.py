@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 
 from emoslm.agents.base import Agent
-from emoslm.agents.events import AudioChunk, Done, Event, Reply, TextDelta, Turn, decode_pcm16, from_wire
+from emoslm.agents.events import AudioChunk, Done, Error, Event, Reply, TextDelta, Turn, decode_pcm16, from_wire
 from emoslm.audio import to_wav_bytes
 from emoslm.errors import BackendError
 
@@ -61,6 +61,8 @@ class RemoteAgent(Agent):
                     done = event
                     continue
                 yield event
+                if isinstance(event, Error):
+                    return
         joined = np.concatenate([c.audio for c in chunks]) if chunks else None
         rate = chunks[0].sample_rate if chunks else 16_000
         if done is None:  # a plain OpenAI server: the reply is what streamed
@@ -73,8 +75,7 @@ class RemoteAgent(Agent):
         try:
             with self.client.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code >= 400:
-                    raise BackendError(f"{url} answered {response.status_code}: "
-                                       f"{response.read().decode(errors='replace')[:200]}")
+                    raise BackendError(f"{url} answered {response.status_code}: {_message(response.read())}")
                 for line in response.iter_lines():
                     if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
@@ -91,8 +92,14 @@ class RemoteAgent(Agent):
 def _chunk_events(chunk: dict[str, Any]) -> list[Event]:
     """The events one ``chat.completion.chunk`` carries."""
     extra = chunk.get("emoslm") or {}
-    if "event" in extra:
-        return [from_wire(extra["event"])]
+    if extra.get("event"):
+        wire = extra["event"]
+        if wire.get("type") == "audio" and wire.get("audio") == "delta":  # the samples travel once, in the delta
+            pieces = [(c.get("delta") or {}).get("audio") or {} for c in chunk.get("choices") or []]
+            wire = {**wire, "audio": next((p["data"] for p in pieces if p.get("data")), "")}
+        return [from_wire(wire)]
+    if isinstance(chunk.get("error"), dict):
+        return [Error(str(chunk["error"].get("message", "the server reported an error")))]
     events: list[Event] = []
     for choice in chunk.get("choices") or []:
         delta = choice.get("delta") or {}
@@ -104,3 +111,11 @@ def _chunk_events(chunk: dict[str, Any]) -> list[Event]:
         if piece.get("data"):
             events.append(AudioChunk(decode_pcm16(piece["data"]), OPENAI_PCM_RATE))
     return events
+
+
+def _message(body: bytes) -> str:
+    """The message of an OpenAI-shaped error body (or the start of whatever came back)."""
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace")[:200]

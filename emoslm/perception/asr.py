@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ class Transcript:
     language: str
     language_probability: float
     segments: list[Segment] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)  # the text of each segment (subtitles)
     seconds: float = 0.0  # processing time
     duration: float = 0.0  # audio length
 
@@ -100,6 +102,7 @@ class FasterWhisperASR(ASR):
             language=info.language,
             language_probability=float(info.language_probability),
             segments=[Segment(s.start, s.end) for s in segments],
+            pieces=[s.text.strip() for s in segments],
             seconds=time.perf_counter() - start,
             duration=len(audio) / SAMPLE_RATE,
         )
@@ -120,10 +123,12 @@ class ASRPool:
 
     def __init__(self, override: str | None = None, deterministic: bool = False) -> None:
         self.override, self.loaded, self.deterministic = override, {}, deterministic
+        self._lock = threading.Lock()  # a server's workers ask from several threads
 
     def for_lang(self, lang: str | None) -> ASR:
         """The model for ``lang`` (None: the multilingual one, which detects the language)."""
         name = self.override or asr_for_language(lang)
-        if name not in self.loaded:
-            self.loaded[name] = FasterWhisperASR(name, languages=("en", "zh"), deterministic=self.deterministic)
-        return self.loaded[name]
+        with self._lock:
+            if name not in self.loaded:
+                self.loaded[name] = FasterWhisperASR(name, languages=("en", "zh"), deterministic=self.deterministic)
+            return self.loaded[name]

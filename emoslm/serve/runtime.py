@@ -1,0 +1,262 @@
+"""What one ``emoslm serve`` process shares between all its sessions: the agent, the workers, the limits.
+
+The models are loaded once (one agent, the process-wide voice pool, the agent's ASR) and every piece of
+CPU work runs on a bounded set of worker threads, never on the event loop:
+
+- the **turn lane** (one thread): agent turns, one at a time, because an agent holds one LLM context
+  whose cache follows the conversation it is serving. Turns from all sessions queue here in order;
+  at most ``max_queued_turns`` wait, more get 429.
+- the **job lane** (``jobs`` threads): stateless work — transcriptions, speech, earlier turns given
+  as audio, live partial transcripts (those only when a job thread is idle; they are skipped otherwise).
+
+``turn`` bridges a turn's event generator (running in the turn lane) to an async iterator; when the
+caller stops listening (client gone, response.cancel, shutdown) the generator is closed at its next
+event, so the agent stops writing and speaking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from emoslm.agents.base import Agent
+from emoslm.agents.events import Cancelled, Error, Event
+from emoslm.errors import EmoslmError
+
+log = logging.getLogger("uvicorn.error")  # the server's own log, in uvicorn's format
+T = TypeVar("T")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class Limits:
+    """Safe defaults; ``emoslm serve`` options change them."""
+
+    max_body_mb: float = 25.0  # OpenAI's own upload limit for audio
+    max_audio_seconds: float = 120.0  # one user turn, one transcription, one realtime buffer
+    max_speech_chars: int = 4096  # /v1/audio/speech input (OpenAI's limit)
+    max_sessions: int = 32  # realtime sessions and streaming chats open at once, all clients
+    max_sessions_per_client: int = 4
+    max_queued_turns: int = 64
+
+
+class Busy(EmoslmError):
+    """The server is at a limit (429)."""
+
+
+class Lane:
+    """A fixed number of worker threads with a count of the jobs they hold."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def submit(self, job: Callable[[], T]) -> Future:
+        with self._lock:
+            self._held += 1
+        future = self.pool.submit(job)
+        future.add_done_callback(self._release)
+        return future
+
+    def offer(self, job: Callable[[], Any]) -> Future | None:
+        """Run ``job`` only if a worker is idle now; None when it was skipped."""
+        with self._lock:
+            if self._held >= self.threads:
+                return None
+        return self.submit(job)
+
+    def _release(self, _: Future) -> None:
+        with self._lock:
+            self._held -= 1
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class StoredAudio:
+    """A reply's audio kept for ``{"role": "assistant", "audio": {"id": …}}`` in a later request."""
+
+    transcript: str
+    audio: np.ndarray | None
+    expires_at: int
+
+
+class AudioStore:
+    """Replies by audio id: bounded (oldest dropped), each kept an hour, as OpenAI's ``expires_at`` says."""
+
+    def __init__(self, capacity: int = 256, ttl: int = 3600) -> None:
+        self.capacity, self.ttl = capacity, ttl
+        self._items: OrderedDict[str, StoredAudio] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, transcript: str, audio: np.ndarray | None, audio_id: str | None = None) -> tuple[str, int]:
+        audio_id, expires_at = audio_id or f"audio_{uuid.uuid4().hex}", int(time.time()) + self.ttl
+        with self._lock:
+            self._items[audio_id] = StoredAudio(transcript, audio, expires_at)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return audio_id, expires_at
+
+    def get(self, audio_id: str) -> StoredAudio | None:
+        with self._lock:
+            item = self._items.get(audio_id)
+        return item if item is not None and item.expires_at > time.time() else None
+
+
+@dataclass
+class Runtime:
+    """The shared state of one server: agent (None: speech and transcription only), lanes, limits, sessions."""
+
+    agent: Agent | None
+    limits: Limits = field(default_factory=Limits)
+    api_key: str | None = None
+    voice: str = "auto"
+    jobs: int = 1
+    agent_spec: str = "teacher"
+
+    model_id = "emoslm"
+
+    def __post_init__(self) -> None:
+        self._asr: Any = None
+        self.turns = Lane(1, "emoslm-turn")
+        self.job_lane = Lane(self.jobs, "emoslm-job")
+        self.ears = ThreadPoolExecutor(4, thread_name_prefix="emoslm-vad")  # realtime input: VAD, resampling
+        self.audio = AudioStore()
+        self.sessions: dict[str, int] = {}
+        self.closing = False
+        self._cancels: set[threading.Event] = set()
+        self._live: set[Any] = set()  # LiveSessions, stopped at shutdown
+        self._lock = threading.Lock()
+
+    def asr(self) -> Any:
+        """The agent's Whisper pool (loaded once), or a pool of the server's own when the agent has none."""
+        pool = getattr(self.agent, "asr", None)
+        if pool is None:
+            from emoslm.perception.asr import ASRPool
+
+            with self._lock:
+                self._asr = self._asr or ASRPool()
+            pool = self._asr
+        return pool
+
+    def warm_up(self, lang: str = "en") -> float:
+        """Answer one spoken line before the first client does, so every model is loaded; the seconds it took."""
+        if self.agent is None:
+            return 0.0
+        from emoslm.agents.base import reply_of
+        from emoslm.speech.voice import voice_pool
+
+        clock = time.perf_counter()
+        line = {"en": "Hello, I had a long day today.", "zh": "你好，我今天很累。"}[lang]
+        clip = voice_pool().voice(self.voice, lang).speak(line)
+        reply_of(self.agent.stream([], clip, lang))
+        return time.perf_counter() - clock
+
+    # --- sessions ------------------------------------------------------------------------------------
+    def open_session(self, client: str) -> None:
+        """Count a session for ``client``; ``Busy`` when a limit is reached."""
+        with self._lock:
+            if self.closing:
+                raise Busy("the server is shutting down; try again later")
+            if sum(self.sessions.values()) >= self.limits.max_sessions:
+                raise Busy(f"the server has {self.limits.max_sessions} sessions open, its limit; try again later")
+            if self.sessions.get(client, 0) >= self.limits.max_sessions_per_client:
+                raise Busy(f"this client has {self.limits.max_sessions_per_client} sessions open, the limit "
+                           "per client; close one first")
+            self.sessions[client] = self.sessions.get(client, 0) + 1
+
+    def close_session(self, client: str) -> None:
+        with self._lock:
+            left = self.sessions.get(client, 0) - 1
+            if left > 0:
+                self.sessions[client] = left
+            else:
+                self.sessions.pop(client, None)
+
+    def track_live(self, session: Any, keep: bool = True) -> None:
+        with self._lock:
+            (self._live.add if keep else self._live.discard)(session)
+
+    # --- work ----------------------------------------------------------------------------------------
+    async def run(self, job: Callable[[], T]) -> T:
+        """A stateless job on the job lane, awaited."""
+        return await asyncio.wrap_future(self.job_lane.submit(job))
+
+    def submit_turn(self, job: Callable[[], None]) -> Future:
+        """Queue ``job`` on the turn lane (``Busy`` when too many wait)."""
+        if self.turns.held > self.limits.max_queued_turns:
+            raise Busy(f"{self.turns.held} turns are waiting for the model; try again later")
+        return self.turns.submit(job)
+
+    async def turn(self, events: Callable[[], Iterator[Event]]) -> AsyncIterator[Event]:
+        """The events of one turn, produced on the turn lane and read here as they come."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        cancel = threading.Event()
+        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+
+        def work() -> None:
+            try:
+                if cancel.is_set():
+                    put(Cancelled("cancelled"))
+                    return
+                stream = events()
+                try:
+                    for event in stream:
+                        put(event)
+                        if cancel.is_set():
+                            put(Cancelled("cancelled", t=event.t))
+                            return
+                finally:
+                    stream.close()
+            except Exception as exc:  # noqa: BLE001 - reported to the client as an error, logged here
+                log.exception("turn failed")
+                put(Error(f"internal error: {type(exc).__name__}"))
+            finally:
+                put(None)
+
+        with self._lock:
+            self._cancels.add(cancel)
+        try:
+            future = self.submit_turn(work)
+            while (event := await queue.get()) is not None:
+                yield event
+            await asyncio.wrap_future(future)
+        finally:
+            cancel.set()  # the caller stopped listening: the turn ends at its next event
+            with self._lock:
+                self._cancels.discard(cancel)
+
+    # --- shutdown ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Refuse new work, cancel turns in progress, let the workers finish, free the models."""
+        with self._lock:
+            self.closing = True
+            cancels, live = list(self._cancels), list(self._live)
+        for cancel in cancels:
+            cancel.set()
+        for session in live:
+            session.stop("shutdown")
+        self.ears.shutdown(wait=True, cancel_futures=True)
+        self.turns.shutdown()
+        self.job_lane.shutdown()
+        if self.agent is not None:
+            self.agent.close()
+        log.info("emoslm server stopped: turns ended, models freed")
