@@ -94,6 +94,7 @@ async def turn(ws, chunks: list[str], timeout: float) -> dict:  # noqa: ANN001
                 row["failed"] = event["error"]["message"]
             elif kind == "response.done":
                 status = event["response"]["status"]
+                row["stages"] = event["response"].get("emoslm", {}).get("timings", {})
                 if status != "completed":
                     row["failed"] = f"response {status}"
                 if stopped is not None:
@@ -104,6 +105,9 @@ async def turn(ws, chunks: list[str], timeout: float) -> dict:  # noqa: ANN001
         return {"failed": "timeout"}
     finally:
         await sender
+
+
+STAGES = ("vad", "asr", "emotion", "think", "write", "tts", "first_text", "first_audio", "total")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -118,6 +122,8 @@ def summarise(rows: list[dict]) -> dict:
         values = [r[key] for r in ok]
         out[key] = {"p50": round(pct(values, 50), 3), "p90": round(pct(values, 90), 3),
                     "mean": round(statistics.fmean(values), 3) if values else None}
+    out["stage_means"] = {stage: round(statistics.fmean([r["stages"][stage] for r in ok if stage in r["stages"]]), 3)
+                          for stage in STAGES if any(stage in r["stages"] for r in ok)}
     return out
 
 
@@ -136,13 +142,16 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=5.0, help="seconds over which the sessions start")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one turn may take")
     parser.add_argument("--agent", default="teacher")
+    parser.add_argument("--lang", default="en", help="the server's --lang (auto: detected per turn)")
+    parser.add_argument("--partial-every", type=float, default=0.0, help="the server's partial transcripts (0: off)")
     args = parser.parse_args()
 
     voice = voice_pool().voice("piper", "en")
     clips = [pcm_chunks(voice.speak(line)) for line in LINES]
     port = free_port()
     command = [sys.executable, "-m", "emoslm.cli", "serve", "--agent", args.agent, "--port", str(port),
-               "--max-sessions", str(args.sessions + 4), "--max-sessions-per-client", str(args.sessions + 4)]
+               "--max-sessions", str(args.sessions + 4), "--max-sessions-per-client", str(args.sessions + 4),
+               "--partial-every", str(args.partial_every), "--lang", args.lang]
     log = open(ROOT / "results" / "serve-server.log.tmp", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     try:
@@ -169,13 +178,15 @@ def main() -> None:
 def report(args: argparse.Namespace, alone: dict, crowd: dict, alone_wall: float, crowd_wall: float) -> None:
     ratio = crowd["first_audio"]["p50"] / alone["first_audio"]["p50"] if alone["first_audio"]["p50"] else None
     result = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "agent": args.agent, "sessions": args.sessions,
+              "partial_every": args.partial_every, "lang": args.lang,
               "turns_per_session": 2, "alone": alone, "under_load": crowd,
               "wall_seconds": {"alone": round(alone_wall, 1), "under_load": round(crowd_wall, 1)},
               "first_audio_p50_ratio_load_vs_alone": round(ratio, 2) if ratio else None}
     out = ROOT / "results"
     (out / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Server under load ({result['machine']}, agent {args.agent})", "",
-             f"`python benchmarks/bench_serve.py --sessions {args.sessions}`: realtime sessions on loopback, two "
+             f"`python benchmarks/bench_serve.py --sessions {args.sessions} --lang {args.lang} --partial-every "
+             f"{args.partial_every}`: realtime sessions on loopback, two "
              "spoken turns each, 20 ms PCM16 appends at real-time pace; first audio = end of the user's speech → "
              "first audio delta.", "",
              "| run | turns | failures | first audio p50 / p90 (client) | first audio p50 (server) | "
@@ -184,6 +195,12 @@ def report(args: argparse.Namespace, alone: dict, crowd: dict, alone_wall: float
         lines.append(f"| {name} | {row['turns']} | {row['failures']} | {row['first_audio']['p50']:.2f} / "
                      f"{row['first_audio']['p90']:.2f} s | {row['server_first_audio']['p50']:.2f} s | "
                      f"{row['total']['p50']:.2f} / {row['total']['p90']:.2f} s | {wall:.0f} s |")
+    lines += ["", "Mean seconds per stage on the server (asr … tts: stage lengths; first_text, first_audio, total: "
+              "since the end of speech):", "", "| run | " + " | ".join(alone["stage_means"]) + " |",
+              "|---|" + "---|" * len(alone["stage_means"])]
+    for name, row in (("1 session", alone), (f"{args.sessions} sessions", crowd)):
+        lines.append(f"| {name} | " + " | ".join(f"{row['stage_means'].get(k, float('nan')):.2f}"
+                                                for k in alone["stage_means"]) + " |")
     lines += ["", f"First audio p50 under load / alone: **{result['first_audio_p50_ratio_load_vs_alone']}×**. "
               "The agent answers one turn at a time (one LLM context), so a turn waits for those queued before it.",
               ""]

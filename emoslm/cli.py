@@ -251,6 +251,11 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 25.0,
     jobs: Annotated[int, typer.Option(help="Worker threads for transcription, speech and partial transcripts "
                                            "(agent turns take one lane of their own).")] = 1,
+    lang: Annotated[str, typer.Option(help="The users' language: en, zh, or auto (detected per turn; costs a "
+                                           "language-identification pass of Whisper base).")] = "auto",
+    partial_every: Annotated[float, typer.Option(help="Realtime: a partial transcript per this many seconds of "
+                                                     "speech, when a job worker is idle (0: none; on 2 cores "
+                                                     "they add ~0.3 s to the next turn's ASR).")] = 0.0,
     warm: Annotated[bool, typer.Option(help="Answer one spoken line at start, so the first client waits for no "
                                             "model loading.")] = True,
 ) -> None:
@@ -264,6 +269,8 @@ def serve(
     from emoslm.serve.runtime import Limits, Runtime
 
     check_binding(host, api_key)  # before minutes of model loading
+    if lang not in ("auto", "en", "zh"):
+        raise EmoslmError(f"--lang must be en, zh or auto, not {lang!r}")
     limits = Limits(max_body_mb=max_body_mb, max_audio_seconds=max_audio_seconds, max_sessions=max_sessions,
                     max_sessions_per_client=max_sessions_per_client)
     if agent == "none":
@@ -273,7 +280,8 @@ def serve(
 
         err.print(f"loading the {agent} agent …")
         loaded = load_agent(agent, llm=llm, voice=voice)
-    runtime = Runtime(loaded, limits, api_key=api_key, voice=voice, jobs=jobs, agent_spec=agent)
+    runtime = Runtime(loaded, limits, api_key=api_key, voice=voice, jobs=jobs, agent_spec=agent,
+                      partial_every=partial_every or None, lang=None if lang == "auto" else lang)
     if warm and loaded is not None:
         err.print(f"models loaded and warm in {runtime.warm_up():.1f} s")
     err.print(f"emoslm serving {agent} at http://{host}:{port}  (web page /, API /v1, realtime ws /v1/realtime)")
@@ -321,7 +329,7 @@ def perception_classify(
     for path, audio in zip(files, clips, strict=True):
         text, turn_lang = "", lang or "en"
         if asr is not None:
-            heard = asr.for_lang(lang).transcribe(audio, language=lang)
+            heard = asr.transcribe(audio, lang)
             text, turn_lang = heard.text, lang or heard.language
         estimate = recognizer.estimate(audio, text, turn_lang)
         if as_json:

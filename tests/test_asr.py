@@ -23,6 +23,16 @@ def test_base_detects_english(asr_base, spoken_sentence):
     assert error_rate(SENTENCE, result.text) <= 0.2
 
 
+def test_pool_detects_the_language_then_hears_english_with_the_english_model(spoken_sentence):
+    from emoslm.perception.asr import ASRPool
+
+    pool = ASRPool()
+    result = pool.transcribe(spoken_sentence)
+    assert result.language == "en" and error_rate(SENTENCE, result.text) <= 0.10, result.text
+    assert set(pool.loaded) == {"whisper-base", "whisper-tiny.en"}  # base only identified the language
+    assert len(result.pieces) == len(result.segments) >= 1  # the text of each segment too
+
+
 def test_base_hears_mandarin():
     from emoslm.perception.asr import FasterWhisperASR
     from emoslm.speech.tts import EspeakTTS

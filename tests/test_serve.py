@@ -52,11 +52,14 @@ def padded(clip: np.ndarray, before: float = 0.4, after: float = 1.0) -> np.ndar
     return np.concatenate([np.zeros(int(before * 16_000), np.float32), clip, np.zeros(int(after * 16_000), np.float32)])
 
 
-def append(ws, clip: np.ndarray, chunk_ms: int = 20) -> None:
-    """Send 16 kHz audio as 24 kHz PCM16 appends of ``chunk_ms`` each (as fast as the socket takes them)."""
+def append(ws, clip: np.ndarray, chunk_ms: int = 20, live: bool = False) -> None:
+    """Send 16 kHz audio as 24 kHz PCM16 appends of ``chunk_ms`` each: as fast as the socket takes them, or
+    ``live``, at the pace a microphone delivers them."""
     step = 16 * chunk_ms
     for start in range(0, len(clip), step):
         ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm24_b64(clip[start:start + step])}))
+        if live:
+            time.sleep(chunk_ms / 1000)
 
 
 def read_until(ws, done, timeout: float = 180.0) -> list[dict]:
@@ -84,7 +87,7 @@ def served(small_recogniser):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EMOSLM_HOME", str(small_recogniser[0]))
         agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper")
-    runtime = Runtime(agent, Limits(max_sessions_per_client=8), voice="piper")
+    runtime = Runtime(agent, Limits(max_sessions_per_client=8), voice="piper", partial_every=1.0)
     runtime.warm_up()  # every model loaded before the first request, as `emoslm serve` does
     with serving(create_app(runtime)) as url:
         yield url, runtime
@@ -197,9 +200,12 @@ def test_realtime_voice_turn_then_barge_in_then_the_next_turn(served, sad_clip, 
     with websockets_sync.connect(url, subprotocols=["realtime"], max_size=None) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
         ws.send(json.dumps({"type": "session.update", "session": {"emoslm": {"think": True}}}))
-        append(ws, padded(sad_clip))
+        append(ws, padded(sad_clip), live=True)
         turn = read_until(ws, lambda e: e["type"] == "response.done")
         order = kinds(turn)
+        partial = [e for e in turn if e["type"] == "emoslm.transcript.partial"]
+        assert partial and order.index("emoslm.transcript.partial") < order.index("input_audio_buffer.speech_stopped")
+        assert partial[0]["text"].split()[0].lower().startswith("my")  # heard while the user was still talking
         for a, b in [("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"),
                      ("input_audio_buffer.speech_stopped", "conversation.item.input_audio_transcription.completed"),
                      ("conversation.item.input_audio_transcription.completed", "emoslm.emotion"),

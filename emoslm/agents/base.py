@@ -81,7 +81,7 @@ class Agent(abc.ABC):
         """Work done while the user is still talking (live input): a partial transcript of the speech so far."""
         if self.asr is None or len(speech_so_far) < SAMPLE_RATE // 2:
             return
-        heard = self.asr.for_lang(lang).transcribe(speech_so_far, language=lang)
+        heard = self.asr.transcribe(speech_so_far, lang)
         if heard.text:
             yield Transcript(heard.text, lang or heard.language, partial=True)
 

@@ -29,7 +29,7 @@ import numpy as np
 from emoslm.agents.conversation import Conversation
 from emoslm.agents.events import Cancelled, Error, Event, SpeechStarted, SpeechStopped
 from emoslm.audio import SAMPLE_RATE
-from emoslm.errors import MissingPackageError
+from emoslm.errors import EmoslmError, MissingPackageError
 
 FRAME = 512  # Silero's window at 16 kHz (32 ms)
 
@@ -156,7 +156,10 @@ class LiveSession:
         heard_at = time.perf_counter() if heard_at is None else heard_at
         previous, cancel = self._reply, threading.Event()
         self._cancel = cancel
-        self._reply = self._run(lambda: self._answer(audio, heard_at, previous, cancel))
+        try:
+            self._reply = self._run(lambda: self._answer(audio, heard_at, previous, cancel))
+        except EmoslmError as exc:  # a server's queue is full: this turn gets no reply, and says so
+            self._emit(Error(str(exc), t=time.perf_counter() - heard_at))
 
     # --- output -------------------------------------------------------------------------------------
     def _answer(self, audio: np.ndarray, heard_at: float, previous: Future | None, cancel: threading.Event) -> None:

@@ -41,7 +41,7 @@ class PlainAgent(Agent):
         check_signal(audio, SAMPLE_RATE, "user audio")
         clock = time.perf_counter()
         speech = trim_to_speech(audio, pad=0.3)
-        heard = self.asr.for_lang(lang).transcribe(speech, language=lang)
+        heard = self.asr.transcribe(speech, lang)
         lang = lang or ("zh" if heard.language == "zh" else "en")
         yield Transcript(heard.text, lang)
         yield Timing("asr", round(time.perf_counter() - clock, 4))

@@ -64,7 +64,7 @@ class SLMAgent(Agent):
         yield from speak_along(pieces, voice, lambda: reply_prosody(tag_in_think(spoken.think) or "neutral"), spoken)
         yield Timing("slm", round(time.perf_counter() - clock, 4))
         clock = time.perf_counter()
-        heard = self.asr.for_lang(lang).transcribe(speech, language=lang).text  # for the history only
+        heard = self.asr.transcribe(speech, lang).text  # for the history only
         yield Transcript(heard, lang)
         yield Timing("history_asr", round(time.perf_counter() - clock, 4))
         yield Done(Reply(text=spoken.text, think=spoken.think, transcript=heard, lang=lang,

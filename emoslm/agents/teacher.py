@@ -55,7 +55,7 @@ class TeacherAgent(Agent):
 
         clock = time.perf_counter()
         acoustic = self._side.submit(self.recognizer.acoustic_model.acoustic, speech)  # voice, heard meanwhile
-        heard = self.asr.for_lang(lang).transcribe(speech, language=lang)
+        heard = self.asr.transcribe(speech, lang)
         lang = lang or ("zh" if heard.language == "zh" else "en")
         yield Transcript(heard.text, lang)
         yield Timing("asr", _lap(clock))

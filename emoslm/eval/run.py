@@ -48,7 +48,7 @@ def measure(entry: Entry, played: list[PlayedTurn], lang_dir: Path, listeners: d
                                              entry.lang)
     if entry.task == "T3" and target.response_audio:
         audio = load_audio(lang_dir / target.response_audio)
-        heard = listeners["asr"].for_lang(entry.lang).transcribe(audio, language=entry.lang)
+        heard = listeners["asr"].transcribe(audio, entry.lang)
         voice = listeners["recognizer"].estimate(audio).tag  # acoustic only: how the reply *sounds*
         user_tag = entry.dialogue.turns[index].emotion
         row.update(speech_error_rate=round(error_rate(target.response_text, heard.text), 4), reply_voice=voice,

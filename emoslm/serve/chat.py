@@ -91,12 +91,16 @@ async def chat_completions(body: ChatRequest, request: Request):  # noqa: ANN201
     check_request(body)
     parsed = parse_messages(body.messages, runtime, body.emoslm.user_emotions)
     clip = decode_clip(parsed.clip, parsed.clip_param, runtime.limits.max_audio_seconds)
-    await transcribe_earlier(parsed, runtime)
+    await transcribe_earlier(parsed, runtime, body.emoslm.lang or runtime.lang)
     client = request.client.host if request.client else "unknown"
     runtime.open_session(client)
     heard_at = time.perf_counter()
-    agent, history, lang = runtime.agent, parsed.history, body.emoslm.lang
-    events = runtime.turn(lambda: agent.stream(history, clip, lang, heard_at))
+    agent, history, lang = runtime.agent, parsed.history, body.emoslm.lang or runtime.lang
+    try:
+        events = runtime.turn(lambda: agent.stream(history, clip, lang, heard_at))
+    except BaseException:
+        runtime.close_session(client)
+        raise
     if body.stream:
         return StreamingResponse(_closing(sse(body, events, runtime), runtime, client),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -194,7 +198,7 @@ def _assistant_text(message: dict[str, Any], where: str, runtime: Runtime) -> st
     return str(content or "")
 
 
-async def transcribe_earlier(parsed: Parsed, runtime: Runtime) -> None:
+async def transcribe_earlier(parsed: Parsed, runtime: Runtime, lang: str | None) -> None:
     """Earlier user turns given as audio enter the history as their transcripts."""
     asr = getattr(runtime.agent, "asr", None)
     for turn, data, param in parsed.spoken:
@@ -202,8 +206,7 @@ async def transcribe_earlier(parsed: Parsed, runtime: Runtime) -> None:
         if asr is None:
             raise APIError(400, f"{param}: this agent cannot transcribe earlier turns; send them as text",
                            "unsupported", param)
-        lang = None
-        heard = await runtime.run(lambda clip=clip: asr.for_lang(lang).transcribe(clip, language=lang))
+        heard = await runtime.run(lambda clip=clip: asr.transcribe(clip, lang))
         before = parsed.history[turn].text
         parsed.history[turn].text = f"{before} {heard.text}".strip()
 

@@ -116,10 +116,10 @@ class RealtimeSession:
     def __init__(self, ws: WebSocket, runtime: Runtime) -> None:
         self.ws, self.runtime = ws, runtime
         self.id = new_id("sess")
-        self.settings = Settings()
+        self.settings = Settings(lang=runtime.lang)
         self.loop = asyncio.get_running_loop()
         self.outbox: asyncio.Queue[dict[str, Any] | Event | None] = asyncio.Queue()
-        self.conversation = Conversation(runtime.agent)
+        self.conversation = Conversation(runtime.agent, runtime.lang)
         self.live = self._live()
         self.resampler = soxr.ResampleStream(self.settings.rate, SAMPLE_RATE, 1, dtype="float32")
         self.manual: list[np.ndarray] = []  # the input buffer when the client decides turns
@@ -130,7 +130,8 @@ class RealtimeSession:
 
     def _live(self) -> LiveSession:
         vad = StreamingVAD(threshold=self.settings.threshold, min_silence_ms=self.settings.silence_ms)
-        live = LiveSession(self.conversation, self.settings.lang, vad=vad, run=self.runtime.submit_turn,
+        live = LiveSession(self.conversation, self.conversation.lang, vad=vad, partial_every=self.runtime.partial_every,
+                           run=self.runtime.submit_turn,
                            offer=self.runtime.job_lane.offer,
                            sink=lambda e: self.loop.call_soon_threadsafe(self.outbox.put_nowait, e))
         self.runtime.track_live(live)
@@ -155,6 +156,9 @@ class RealtimeSession:
                     await self.fail(exc.message, exc.code or "invalid_request_error", exc.param)
                 except Busy as exc:
                     await self.fail(str(exc), "rate_limit_exceeded")
+                except RuntimeError:  # the workers are gone: the server is shutting down
+                    await self.fail("the server is shutting down", "server_shutdown")
+                    return
         except WebSocketDisconnect:
             return
         finally:
@@ -219,9 +223,9 @@ class RealtimeSession:
             new.audio_out = "audio" in modalities
         ours = s.get("emoslm") or {}
         new.think = bool(ours.get("think", new.think))
-        if ours.get("lang", new.lang) not in (None, "en", "zh"):
-            raise APIError(400, "emoslm.lang must be en or zh", "invalid_value", "session.emoslm.lang")
-        new.lang = ours.get("lang", new.lang)
+        if ours.get("lang", new.lang) not in (None, "auto", "en", "zh"):
+            raise APIError(400, "emoslm.lang must be en, zh or auto", "invalid_value", "session.emoslm.lang")
+        new.lang = None if ours.get("lang", new.lang) == "auto" else ours.get("lang", new.lang)
         if (new.silence_ms, new.threshold) != (self.settings.silence_ms, self.settings.threshold) and not \
                 self.live.speaking:
             self.live.vad = StreamingVAD(threshold=new.threshold, min_silence_ms=new.silence_ms)

@@ -130,6 +130,8 @@ class Runtime:
     voice: str = "auto"
     jobs: int = 1
     agent_spec: str = "teacher"
+    partial_every: float | None = None  # realtime: a partial transcript per this many seconds of speech
+    lang: str | None = None  # the users' language when known (en, zh); None: detected per turn
 
     model_id = "emoslm"
 
@@ -205,8 +207,12 @@ class Runtime:
             raise Busy(f"{self.turns.held} turns are waiting for the model; try again later")
         return self.turns.submit(job)
 
-    async def turn(self, events: Callable[[], Iterator[Event]]) -> AsyncIterator[Event]:
-        """The events of one turn, produced on the turn lane and read here as they come."""
+    def turn(self, events: Callable[[], Iterator[Event]]) -> AsyncIterator[Event]:
+        """Queue one turn now (``Busy`` at once when the queue is full); read its events as they come.
+
+        The events are produced on the turn lane; when the reader stops (client gone, shutdown) the
+        turn's generator is closed at its next event, so the agent stops writing and speaking.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         cancel = threading.Event()
@@ -232,15 +238,18 @@ class Runtime:
             finally:
                 put(None)
 
+        future = self.submit_turn(work)
         with self._lock:
             self._cancels.add(cancel)
+        return self._read(queue, future, cancel)
+
+    async def _read(self, queue: asyncio.Queue, future: Future, cancel: threading.Event) -> AsyncIterator[Event]:
         try:
-            future = self.submit_turn(work)
             while (event := await queue.get()) is not None:
                 yield event
             await asyncio.wrap_future(future)
         finally:
-            cancel.set()  # the caller stopped listening: the turn ends at its next event
+            cancel.set()  # the reader stopped: the turn ends at its next event
             with self._lock:
                 self._cancels.discard(cancel)
 

@@ -123,7 +123,7 @@ async def transcriptions(request: Request, file: UploadFile = File(...), model: 
     clip = decode_clip(await file.read(), "file", runtime.limits.max_audio_seconds)
     asr = runtime.asr()
     lang = language or None
-    heard = await runtime.run(lambda: asr.for_lang(lang).transcribe(clip, language=lang))
+    heard = await runtime.run(lambda: asr.transcribe(clip, lang))
     if stream:
         events = [{"type": "transcript.text.delta", "delta": heard.text},
                   {"type": "transcript.text.done", "text": heard.text}]

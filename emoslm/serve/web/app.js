@@ -37,7 +37,7 @@ function connect() {
       setStatus("connected", true);
       send({ type: "session.update", session: {
         audio: { input: { format: { type: "audio/pcm", rate: audioContext().sampleRate } } },
-        emoslm: { think: true } } });
+        emoslm: Object.assign({ think: true }, $("lang").value === "auto" ? {} : { lang: $("lang").value }) } });
       resolve(ws);
     };
     ws.onerror = () => { setStatus("cannot connect (is the API key right?)", false); reject(new Error("ws")); };
@@ -268,6 +268,7 @@ function drawTable() {
 
 $("mic").addEventListener("click", () => toggleMic().catch((err) => setStatus("microphone: " + err.message, false)));
 $("upload").addEventListener("change", (e) => { if (e.target.files[0]) sendFile(e.target.files[0]).catch((err) => setStatus(err.message, false)); });
+$("lang").addEventListener("change", (e) => send({ type: "session.update", session: { emoslm: { lang: e.target.value } } }));
 $("show-think").addEventListener("change", (e) => document.querySelectorAll("details.think").forEach((d) => { d.hidden = !e.target.checked; }));
 $("key").value = localStorage.getItem("emoslm-key") || "";
 $("key").addEventListener("change", (e) => { localStorage.setItem("emoslm-key", e.target.value); if (state.ws) state.ws.close(); });
