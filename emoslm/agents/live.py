@@ -18,11 +18,12 @@ skipped); alone, a session starts a thread per reply and transcribes partials in
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 import numpy as np
 
@@ -164,7 +165,8 @@ class LiveSession:
     # --- output -------------------------------------------------------------------------------------
     def _answer(self, audio: np.ndarray, heard_at: float, previous: Future | None, cancel: threading.Event) -> None:
         if previous is not None:
-            previous.exception()  # the earlier reply (cancelled by barge-in) has ended: the history is whole
+            with contextlib.suppress(CancelledError):  # a server dropped it unstarted at shutdown
+                previous.exception()  # the earlier reply (cancelled by barge-in) has ended: the history is whole
         if cancel.is_set():  # cancelled while it waited for a worker
             self._emit(Cancelled(self._reason, t=time.perf_counter() - heard_at))
             return
@@ -206,7 +208,8 @@ class LiveSession:
     def wait(self) -> None:
         """Block until the reply in progress (if any) has finished or been cancelled."""
         if self._reply is not None:
-            self._reply.exception()
+            with contextlib.suppress(CancelledError):
+                self._reply.exception()
 
     def stop(self, reason: str = "cancelled") -> None:
         """Ask the reply in progress (or still waiting for a worker) to stop, without waiting."""

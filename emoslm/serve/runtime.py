@@ -239,6 +239,7 @@ class Runtime:
                 put(None)
 
         future = self.submit_turn(work)
+        future.add_done_callback(lambda f: put(None) if f.cancelled() else None)  # dropped at shutdown, unstarted
         with self._lock:
             self._cancels.add(cancel)
         return self._read(queue, future, cancel)
@@ -247,7 +248,8 @@ class Runtime:
         try:
             while (event := await queue.get()) is not None:
                 yield event
-            await asyncio.wrap_future(future)
+            if not future.cancelled():
+                await asyncio.wrap_future(future)
         finally:
             cancel.set()  # the reader stopped: the turn ends at its next event
             with self._lock:
