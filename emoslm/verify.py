@@ -50,11 +50,16 @@ def _asr(name: str) -> tuple[object, Callable[[object], str]]:
     return model, lambda m: f"{m.transcribe(test_tone(), language='en').rtf:.2f} RTF"
 
 
-def _tts(name: str) -> tuple[object, Callable[[object], str]]:
-    from emoslm.speech.tts import PiperTTS
+# registry name → the TTS spec that loads it (Kokoro's weights and its voices load together)
+TTS_SPECS = {"kokoro-82m": "kokoro:jm_kumo", "kokoro-voices": "kokoro:jf_alpha", "hibari": "hibari"}
 
-    model = PiperTTS(name)
-    return model, lambda m: f"{m.synthesize('Hello there, how are you?').duration:.1f} s of speech"
+
+def _tts(name: str) -> tuple[object, Callable[[object], str]]:
+    from emoslm.speech.tts import load_tts
+
+    model = load_tts(TTS_SPECS.get(name, f"piper:{name}"))
+    line = "你好，今天过得怎么样？" if name.startswith("kokoro") else "Hello there, how are you?"
+    return model, lambda m: f"{m.synthesize(line).duration:.1f} s of speech"
 
 
 def _vocoder(name: str) -> tuple[object, Callable[[object], str]]:

@@ -102,3 +102,48 @@ def test_unreachable_tts_server_is_a_clear_error():
 def test_unknown_tts_spec():
     with pytest.raises(EmoslmError, match="unknown TTS spec"):
         load_tts("festival")
+
+
+# --- packaged neural voices: Kokoro-82M (zh, en) and hibari (en) ----------------------------------------
+
+ZH_LINE = "明天早上我要去做检查，我现在很紧张。"
+
+
+def _cer_zh(reference: str, heard: str) -> float:
+    import zhconv
+
+    return error_rate(reference, zhconv.convert(heard, "zh-cn"))
+
+
+@pytest.mark.parametrize("voice", ["jm_kumo", "jf_alpha"])
+def test_kokoro_speaks_mandarin_that_whisper_hears(voice, asr_base):
+    tts = load_tts(f"kokoro:{voice}")
+    speech = tts.synthesize(ZH_LINE)
+    assert speech.sample_rate == 24_000 and 1.5 < speech.duration < 8
+    assert _cer_zh(ZH_LINE, asr_base.transcribe(speech.at(), language="zh").text) <= 0.2
+
+
+def test_kokoro_and_hibari_speak_english(asr_en):
+    for spec in ("kokoro:jm_kumo", "hibari"):
+        speech = load_tts(spec).synthesize(SENTENCE)
+        assert error_rate(SENTENCE, asr_en.transcribe(speech.at()).text) <= 0.15, spec
+
+
+def test_neural_voices_take_the_emotion_prosody():
+    for spec in ("kokoro:jf_nezumi", "hibari"):
+        tts = load_tts(spec)
+        slow, fast = tts.synthesize(SENTENCE, Prosody(rate=0.7)), tts.synthesize(SENTENCE, Prosody(rate=1.4))
+        assert slow.duration > 1.5 * fast.duration, spec  # rate natively
+        quiet = tts.synthesize("Hello there.", Prosody(energy=0.5))
+        loud = tts.synthesize("Hello there.", Prosody(energy=1.2))
+        assert np.abs(loud.audio).max() > 1.8 * np.abs(quiet.audio).max(), spec
+        low = tts.synthesize("Hello there.", Prosody(pitch=-3.0))
+        plain = tts.synthesize("Hello there.")
+        assert estimate_f0(low.at(), 16_000) < estimate_f0(plain.at(), 16_000) * 0.92, spec
+    assert np.array_equal(load_tts("hibari").synthesize("Same again.").audio,
+                          load_tts("hibari").synthesize("Same again.").audio)  # seeded: reproducible
+
+
+def test_unknown_kokoro_voice_is_one_clear_line():
+    with pytest.raises(EmoslmError, match="unknown Kokoro voice 'af_sky'; use one of jm_kumo"):
+        load_tts("kokoro:af_sky")

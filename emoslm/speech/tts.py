@@ -4,6 +4,7 @@
   pitch by a phase-vocoder shift.
 - ``EspeakTTS``: espeak-ng through SSML; many languages including Mandarin (``cmn``).
 - ``FliteTTS``: CMU Flite's English voices (more distinct speakers for generated data).
+- ``KokoroTTS`` / ``HibariTTS`` (``emoslm.speech.kokoro``): packaged neural voices, Mandarin and English.
 - ``OpenAISpeechTTS``: any OpenAI-compatible ``/v1/audio/speech`` server (a CosyVoice-class model
   on a GPU, or ``emoslm serve tts``).
 """
@@ -237,7 +238,7 @@ class OpenAISpeechTTS(TTS):
         return apply_gain(audio, prosody.energy), SAMPLE_RATE
 
 
-DEFAULT_ARGS = {"piper": "piper-en-joe", "espeak": "en-us", "flite": "slt"}
+DEFAULT_ARGS = {"piper": "piper-en-joe", "espeak": "en-us", "flite": "slt", "kokoro": "jm_kumo", "hibari": "heart"}
 
 
 def canonical_spec(spec: str | None, lang: str = "en") -> str:
@@ -266,7 +267,8 @@ def default_spec(lang: str) -> str:
 
 
 def load_tts(spec: str) -> TTS:
-    """``piper[:MODEL]``, ``espeak[:VOICE]`` or ``http(s)://host/v1?model=M&voice=V``."""
+    """``piper[:MODEL]``, ``espeak[:VOICE]``, ``flite[:VOICE]``, ``kokoro[:VOICE]``, ``hibari`` or
+    ``http(s)://host/v1?model=M&voice=V``."""
     if spec.startswith(("http://", "https://")):
         parts = urlsplit(spec)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -280,6 +282,15 @@ def load_tts(spec: str) -> TTS:
         return EspeakTTS(arg or "en-us")
     if backend == "flite":
         return FliteTTS(arg or "slt")
+    if backend in ("kokoro", "hibari"):
+        from emoslm.speech.kokoro import HibariTTS, KokoroTTS
+
+        if backend == "hibari":
+            if arg not in ("", "heart"):
+                raise EmoslmError(f"hibari has one packaged voice, 'heart', not '{arg}'")
+            return HibariTTS()
+        return KokoroTTS(arg or "jm_kumo")
     raise EmoslmError(
-        f"unknown TTS spec '{spec}'; use piper[:MODEL], espeak[:VOICE], flite[:VOICE] or an http(s):// URL"
+        f"unknown TTS spec '{spec}'; use piper[:MODEL], espeak[:VOICE], flite[:VOICE], kokoro[:VOICE], hibari "
+        "or an http(s):// URL"
     )
