@@ -205,8 +205,8 @@ def chat(
     lang: Annotated[Optional[str], typer.Option(help="en or zh; omit to detect.")] = None,
     speak: Annotated[Optional[Path], typer.Option(help="Folder to write spoken replies to.")] = None,
     agent: AgentOpt = "teacher",
-    voice: Annotated[str, typer.Option(help="Voice spec: auto, piper, espeak:VOICE, flite:VOICE or an "
-                                            "http(s)://…/v1 speech server.")] = "auto",
+    voice: Annotated[str, typer.Option(help="Voice spec: auto, piper, hibari, kokoro:VOICE, espeak:VOICE, "
+                                            "flite:VOICE or an http(s)://…/v1 speech server.")] = "auto",
     show_think: Annotated[bool, typer.Option(help="Print the agent's hidden think.")] = True,
     events: Annotated[bool, typer.Option("--events", help="Print every streamed event as one JSON line "
                                                           "(the wire form the server speaks).")] = False,
@@ -239,8 +239,8 @@ def serve(
     ctx: typer.Context,
     agent: AgentOpt = "teacher",
     llm: LLMOpt = "auto",
-    voice: Annotated[str, typer.Option(help="Voice spec for replies and /v1/audio/speech: auto, piper, "
-                                            "espeak:VOICE or flite:VOICE.")] = "auto",
+    voice: Annotated[str, typer.Option(help="Voice spec for replies and /v1/audio/speech: auto, piper, hibari, "
+                                            "kokoro:VOICE, espeak:VOICE or flite:VOICE.")] = "auto",
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --api-key.")] = "127.0.0.1",
     port: int = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="EMOSLM_API_KEY",

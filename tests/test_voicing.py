@@ -21,3 +21,11 @@ def test_voice_examples_writes_audio_and_resumes(tmp_path, piper):
     before = [p.stat().st_mtime_ns for p in paths]
     voice_dialogues(dialogues, tmp_path, tts_for=engines.__getitem__)
     assert [p.stat().st_mtime_ns for p in paths] == before  # nothing re-synthesised
+    from emoslm.speech.tts import FliteTTS
+
+    engines["en"] = FliteTTS("kal16")  # another voice: its clips are spoken again, the other language's kept
+    zh_before = [p.stat().st_mtime_ns for p in paths if "/zh/" in str(p)]
+    voice_dialogues(dialogues, tmp_path, tts_for=engines.__getitem__)
+    assert [p.stat().st_mtime_ns for p in paths if "/zh/" in str(p)] == zh_before
+    assert all(p.stat().st_mtime_ns != b for p, b in zip(paths, before, strict=True) if "/en/" in str(p))
+    assert (tmp_path / "en" / "VOICE").read_text().strip() == "flite:kal16"

@@ -38,14 +38,14 @@ from emoslm.speech.voice import voice_pool
 
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
 EMOTIONAL = tuple(t for t in TAGS if t != "neutral")
-CORPUS_VERSION = "v3"  # v3: pitch shift by librosa
+CORPUS_VERSION = "v4"  # v4: the neural voices (hibari, Kokoro) on both sides of the split
 
 
 @dataclass(frozen=True)
 class Voice:
     name: str
     lang: str
-    engine: str  # piper | espeak | flite
+    engine: str  # piper | hibari | kokoro | espeak | flite
     voice: str
     split: str  # train | test
     pitch: float = 0.0  # speaker offset in semitones on top of the emotion's prosody
@@ -53,22 +53,22 @@ class Voice:
 
 VOICES: tuple[Voice, ...] = (
     Voice("piper-joe", "en", "piper", "piper-en-joe", "train"),
+    Voice("hibari", "en", "hibari", "heart", "train"),
     Voice("flite-kal16", "en", "flite", "kal16", "train"),
     Voice("flite-rms", "en", "flite", "rms", "train"),
     Voice("espeak-en-us-m1", "en", "espeak", "en-us+m1", "train"),
     Voice("espeak-en-us-f2", "en", "espeak", "en-us+f2", "train"),
     Voice("espeak-en-gb-m3", "en", "espeak", "en-gb+m3", "train"),
-    Voice("espeak-en-us-f4", "en", "espeak", "en-us+f4", "train"),
     Voice("flite-slt", "en", "flite", "slt", "test"),
     Voice("flite-awb", "en", "flite", "awb", "test"),
     Voice("espeak-en-us-f3", "en", "espeak", "en-us+f3", "test"),
-    Voice("espeak-en-029-m2", "en", "espeak", "en-029+m2", "test"),
+    Voice("kokoro-en-jf-nezumi", "en", "kokoro", "jf_nezumi", "test"),
+    Voice("kokoro-zh-jm-kumo", "zh", "kokoro", "jm_kumo", "train"),
+    Voice("kokoro-zh-jf-alpha", "zh", "kokoro", "jf_alpha", "train"),
     Voice("espeak-cmn-m1", "zh", "espeak", "cmn-latn-pinyin+m1", "train"),
     Voice("espeak-cmn-f2", "zh", "espeak", "cmn-latn-pinyin+f2", "train"),
-    Voice("espeak-cmn-m3", "zh", "espeak", "cmn-latn-pinyin+m3", "train"),
-    Voice("espeak-cmn-f4", "zh", "espeak", "cmn-latn-pinyin+f4", "train"),
     Voice("espeak-cmn-f3", "zh", "espeak", "cmn-latn-pinyin+f3", "test"),
-    Voice("espeak-cmn-m5", "zh", "espeak", "cmn-latn-pinyin+m5", "test"),
+    Voice("kokoro-zh-jf-gongitsune", "zh", "kokoro", "jf_gongitsune", "test"),
 )
 
 

@@ -6,7 +6,8 @@ the first clause while the rest is synthesised. emoslm extension: ``emotion`` pi
 reply to a user who feels that way. Transcription is the agent's Whisper (or the default ASR).
 
 A ``voice`` is one of OpenAI's names (spoken by the server's default voice) or an emoslm voice spec
-from a fixed set (``piper``, ``espeak:VOICE``, ``flite:VOICE``, a packaged Piper model by name): nothing
+from a fixed set (``piper``, ``hibari``, ``kokoro:VOICE``, ``espeak:VOICE``, ``flite:VOICE``, a packaged
+Piper model by name): nothing
 a request sends becomes a file path or a URL the server would fetch.
 """
 
@@ -53,11 +54,11 @@ def voice_spec(voice: str, default: str) -> str:
     if voice in ("", "auto", *OPENAI_VOICES):
         return default
     backend, _, arg = voice.partition(":")
-    if backend in ("piper", "espeak", "flite") and (not arg or SAFE_ARG.match(arg)):
+    if backend in ("piper", "espeak", "flite", "kokoro", "hibari") and (not arg or SAFE_ARG.match(arg)):
         if backend != "piper" or not arg or REGISTRY.get(arg) is not None and arg.startswith("piper-"):
             return voice
-    raise APIError(400, f"unknown voice {voice!r}; use one of OpenAI's names, auto, piper, espeak[:VOICE] or "
-                        "flite[:VOICE]", "invalid_voice", "voice")
+    raise APIError(400, f"unknown voice {voice!r}; use one of OpenAI's names, auto, piper, hibari, kokoro[:VOICE], "
+                        "espeak[:VOICE] or flite[:VOICE]", "invalid_voice", "voice")
 
 
 def _lang_of(text: str) -> str:
