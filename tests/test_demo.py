@@ -27,6 +27,8 @@ def test_demo_runs_the_teacher_per_language_end_to_end(tmp_path, small_recognise
     assert all((tmp_path / "replies").exists() and r.reply_audio for r in results)
     en = [r for r in results if r.lang == "en"]
     assert sum(r.error_rate for r in en) / len(en) <= 0.15
+    zh = [r for r in results if r.lang == "zh"]
+    assert sum(r.error_rate for r in zh) / len(zh) <= 0.25  # Kokoro's Mandarin (espeak-ng's gave ~70 %)
     answered = read_dialogues(tmp_path / "responses_en.jsonl")
     assert answered[0].turns[-1].response_text == en[-1].reply
     assert answered[0].turns[-1].response_audio == en[-1].reply_audio
