@@ -31,6 +31,7 @@ bench: setup
 	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_dsp.py
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/bench_voices.py
 
 setup: system-deps $(STAMP)
 

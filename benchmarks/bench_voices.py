@@ -85,7 +85,7 @@ def emotion_accuracy(specs: list[str], lang: str, lines: int) -> dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--turns", type=int, default=24, help="user turns per language (0: all)")
+    parser.add_argument("--turns", type=int, default=16, help="user turns per language (0: all)")
     parser.add_argument("--emotion-lines", type=int, default=3, help="plain script lines acted per emotion")
     args = parser.parse_args()
     configure_threads(torch_threads=1)

@@ -20,6 +20,7 @@ from emoslm.errors import BackendError
 from emoslm.ieat.dialogues import regroup
 from emoslm.ieat.recipe import load_recipe
 from emoslm.ieat.runner import build
+from emoslm.perception.recognizer import RECOGNISER_VERSION
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ieat"
 OUTPUTS = ["stage1_1.jsonl", "stage1_2.jsonl", "multiturn.jsonl", "stage2.jsonl", "errors.jsonl", "summary.json",
@@ -62,7 +63,7 @@ def write_recipe(folder: Path, recogniser: Path, **data_overrides) -> Path:
 @pytest.fixture(scope="module")
 def recogniser(small_recogniser) -> Path:
     home, _, _ = small_recogniser
-    return home / "perception" / "recogniser-v3"
+    return home / "perception" / f"recogniser-{RECOGNISER_VERSION}"
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from emoslm.errors import AudioError, EmoslmError
+from emoslm.perception.recognizer import RECOGNISER_VERSION
 from emoslm.progress import silent
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def test_training_is_reproducible(trained, tmp_path):
         mp.setenv("EMOSLM_HOME", str(home))
         again = train(config, silent, out=tmp_path / "again")
     assert again["out_of_fold_accuracy"] == meta["out_of_fold_accuracy"]
-    first = json.loads((home / "perception" / "recogniser-v3" / "meta.json").read_text())
+    first = json.loads((home / "perception" / f"recogniser-{RECOGNISER_VERSION}" / "meta.json").read_text())
     assert first["n_train_clips"] == again["n_train_clips"]
 
 
