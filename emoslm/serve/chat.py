@@ -14,6 +14,7 @@ contract to the chunks (``emoslm.agents.remote`` reads them).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -246,8 +247,6 @@ def completion(body: ChatRequest, reply: Reply, runtime: Runtime) -> dict[str, A
 
 
 def _b64(data: bytes) -> str:
-    import base64
-
     return base64.b64encode(data).decode("ascii")
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -202,7 +202,7 @@ class RealtimeSession:
         await handler(event)
 
     async def on_session_update(self, event: dict[str, Any]) -> None:
-        s, new = event.get("session"), Settings(**vars(self.settings))
+        s, new = event.get("session"), replace(self.settings)
         if not isinstance(s, dict):
             raise APIError(400, "session.update needs a 'session' object", "invalid_event", "session")
         audio_in = (s.get("audio") or {}).get("input") or {}
@@ -279,7 +279,7 @@ class RealtimeSession:
             raise APIError(400, "nothing to respond to: commit the user's audio first (with server_vad a "
                                 "response starts by itself when the user stops)", "no_input")
         audio, self.committed = self.committed, None
-        self._respond()
+        await self.send(self._begin())
         self.live.answer(audio)
 
     async def on_response_cancel(self, _: dict[str, Any]) -> None:
@@ -287,12 +287,12 @@ class RealtimeSession:
             raise APIError(400, "no response is in progress", "response_cancel_not_active")
         self.live.stop("cancelled")
 
-    def _respond(self) -> Answer:
+    def _begin(self) -> dict[str, Any]:
+        """Open a response (the agent's next events belong to it); its ``response.created`` event."""
         answer = Answer()
         self.answers.append(answer)
-        self.outbox.put_nowait({"type": "response.created", "response": {
-            "id": answer.id, "object": "realtime.response", "status": "in_progress", "output": []}})
-        return answer
+        return {"type": "response.created", "response": {
+            "id": answer.id, "object": "realtime.response", "status": "in_progress", "output": []}}
 
     # --- agent events → server events ------------------------------------------------------------------
     def translate(self, event: Event) -> list[dict[str, Any]]:
@@ -304,13 +304,13 @@ class RealtimeSession:
             out = [{"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(event.at * 1000),
                     "item_id": self.user_item},
                    {"type": "input_audio_buffer.committed", "item_id": self.user_item, "previous_item_id": None}]
-            answer = Answer()
-            self.answers.append(answer)
-            return [*out, {"type": "response.created", "response": {
-                "id": answer.id, "object": "realtime.response", "status": "in_progress", "output": []}}]
+            return [*out, self._begin()]
         if isinstance(event, Transcript) and event.partial:
             return [{"type": "emoslm.transcript.partial", "item_id": self.user_item, "text": event.text}]
-        answer = self.answers[0] if self.answers else self._respond()
+        opened = [] if self.answers else [self._begin()]  # an answer the server did not announce (none expected)
+        return opened + self._answer_events(event, self.answers[0])
+
+    def _answer_events(self, event: Event, answer: Answer) -> list[dict[str, Any]]:
         ids = {"response_id": answer.id, "item_id": answer.item, "output_index": 0, "content_index": 0}
         if isinstance(event, Transcript):
             return [{"type": "conversation.item.input_audio_transcription.completed", "item_id": self.user_item,

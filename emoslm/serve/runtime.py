@@ -162,13 +162,12 @@ class Runtime:
         """Answer one spoken line before the first client does, so every model is loaded; the seconds it took."""
         if self.agent is None:
             return 0.0
-        from emoslm.agents.base import reply_of
         from emoslm.speech.voice import voice_pool
 
         clock = time.perf_counter()
         line = {"en": "Hello, I had a long day today.", "zh": "你好，我今天很累。"}[lang]
         clip = voice_pool().voice(self.voice, lang).speak(line)
-        reply_of(self.agent.stream([], clip, lang))
+        self.agent.respond([], clip, lang)
         return time.perf_counter() - clock
 
     # --- sessions ------------------------------------------------------------------------------------

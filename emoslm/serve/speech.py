@@ -26,6 +26,7 @@ from emoslm.emotions import TAGS
 from emoslm.serve.runtime import Runtime
 from emoslm.serve.wire import MEDIA_TYPES, APIError, decode_clip, encode_audio, pcm16_b64
 from emoslm.speech.prosody import Prosody, reply
+from emoslm.speech.tts import CJK
 from emoslm.speech.voice import Voice, VoiceChunk, voice_pool
 from emoslm.store import REGISTRY
 
@@ -62,7 +63,7 @@ def voice_spec(voice: str, default: str) -> str:
 
 
 def _lang_of(text: str) -> str:
-    return "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
+    return "zh" if CJK.search(text) else "en"
 
 
 @router.post("/v1/audio/speech")
