@@ -105,8 +105,25 @@ def test_aqa_exact_match_on_hand_made_cases():
     assert exist_match("首都是上海", ["北京"]) == 0
     assert exist_match("Café Nero", ["cafe nero"]) == 0 and exist_match("CAFÉ nero", ["café Nero"]) == 1
     assert exist_match("Barack Obama was born in Hawaii", [("obama", "hawaii")]) == 1
-    assert exist_match("Barack Obama", [["obama", "hawaii"]]) == 0  # a nested list: all parts needed
+    assert exist_match("Barack Obama", [("obama", "hawaii")]) == 0  # a tuple: all parts needed
     assert aqa_score(["Paris", "Rome", "北京"], [["paris"], ["milan"], ["北京"]]) == pytest.approx(200 / 3)
+
+
+def test_aqa_follows_televal_tokenizer():
+    # punctuation is dropped without joining what stands on either side
+    assert exist_match("about 1,000 people", ["1 000"]) == 1 and exist_match("about 1,000 people", ["1000"]) == 0
+    assert exist_match("the U.S.A. team", ["u s a"]) == 1 and exist_match("the U.S.A. team", ["usa"]) == 0
+    assert exist_match("say hello-world now", ["hello world"]) == 1
+    assert exist_match("say hello world now", ["hello-world"]) == 1
+    # symbols stay tokens
+    assert exist_match("it costs $5", ["$5"]) == 1 and exist_match("it costs 5", ["$5"]) == 0
+    # an empty (or punctuation-only) reference matches any prediction
+    assert exist_match("anything", [""]) == 1 and exist_match("anything", ["..."]) == 1
+    # nested JSON lists are any-of at every depth
+    assert exist_match("Barack Obama", [["obama", "hawaii"]]) == 1
+    assert exist_match("Hawaii", [[["kenya"], ["hawaii"]]]) == 1 and exist_match("Ohio", [[["kenya"]]]) == 0
+    # every CJK character is a token, accents survive as combining marks
+    assert exist_match("我住在北京市", ["京市"]) == 1 and exist_match("Crème brûlée", ["creme"]) == 0
 
 
 def test_televal_prediction_file(tmp_path):
@@ -115,6 +132,8 @@ def test_televal_prediction_file(tmp_path):
     assert json.loads(path.read_text()) == {"key": "q1", "pred": "Paris", "ref": ["paris"]}
     with pytest.raises(ValueError):
         write_predictions(tmp_path / "x.jsonl", [{"key": "q1", "pred": "x"}])
+    with pytest.raises(ValueError, match="any-of"):  # JSON has no all-of: refuse rather than change the meaning
+        write_predictions(tmp_path / "x.jsonl", [{"key": "q1", "pred": "x", "ref": [("a", "b")]}])
 
 
 def test_submission_round_trip_keeps_the_exact_fields(tmp_path):

@@ -1,10 +1,13 @@
 """TELEVAL's AQA exact-match scorer and its external-evaluation prediction files.
 
-The scorer follows TELEVAL's ``ExistMatch``: normalise (Unicode NFD, lower case, punctuation removed),
-tokenise (each CJK character one token, other alphanumeric runs one token), and score a sample 1
-when any reference answer occurs as a contiguous run of tokens in the prediction. A reference may be
-a list of alternatives (any of them), each a string or a tuple of parts (all of them; a nested list in
-JSON). Dataset score: mean × 100.
+The scorer follows TELEVAL's ``SimpleTokenizer.has_answer``: text is Unicode-NFD normalised and lower
+cased, then tokenised into runs of letters, digits and combining marks, or single other non-space
+characters; every CJK character is a token of its own. Punctuation tokens are then dropped, which
+never joins what stood on either side (``1,000`` is ``1`` ``000``; ``hello-world`` matches ``hello world``),
+while symbols such as ``$`` stay tokens. A sample scores 1 when a reference occurs as a contiguous run of
+tokens in the prediction; an empty reference matches anything. A list of references means "any of
+these", nested or not; "all of these" exists only as a Python tuple, since a JSON file has no tuples.
+Dataset score: mean × 100.
 """
 
 from __future__ import annotations
@@ -18,38 +21,39 @@ from typing import Any
 
 from emoslm.atomic import atomic_file
 
-_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
 _MARKS = r"\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
-# A token: one CJK character, or a run of letters, digits and the combining marks NFD splits off them.
-_TOKEN = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[^\W_]|[{_MARKS}])+", re.UNICODE)
+# One CJK character; or a run of letters, digits and combining marks; or any other single non-space character.
+_TOKEN = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[^\W_]|[{_MARKS}])+|\S", re.UNICODE)
 
 
 def normalise(text: str) -> str:
-    """NFD, lower case, punctuation and symbols removed (accents stay, as combining marks)."""
-    text = unicodedata.normalize("NFD", text).lower()
-    return "".join(c for c in text if not unicodedata.category(c).startswith(("P", "S")))
+    """Unicode NFD (accents become combining marks) and lower case, as TELEVAL's tokenizer does."""
+    return unicodedata.normalize("NFD", text).lower()
 
 
 def aqa_tokens(text: str) -> list[str]:
-    return _TOKEN.findall(normalise(text))
+    """TELEVAL's tokens: punctuation tokens dropped (not joined across), symbol tokens kept."""
+    return [t for t in _TOKEN.findall(normalise(text)) if not unicodedata.category(t[0]).startswith("P")]
 
 
 def _contains(haystack: list[str], needle: list[str]) -> bool:
-    if not needle:
-        return False
     n = len(needle)
     return any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
 
 
+def _matches(prediction: list[str], reference: Any) -> bool:
+    """A string must occur; a list: any of its items; a tuple: all of its items."""
+    if isinstance(reference, tuple):
+        return all(_matches(prediction, part) for part in reference)
+    if isinstance(reference, list):
+        return any(_matches(prediction, item) for item in reference)
+    return _contains(prediction, aqa_tokens(str(reference)))
+
+
 def exist_match(prediction: str, references: str | Sequence[Any]) -> int:
-    """1 if any reference (a tuple: all its parts) appears as a contiguous token run in ``prediction``."""
-    pred = aqa_tokens(prediction)
-    refs = [references] if isinstance(references, str) else list(references)
-    for ref in refs:
-        parts = list(ref) if isinstance(ref, (tuple, list)) else [ref]
-        if all(_contains(pred, aqa_tokens(str(p))) for p in parts):
-            return 1
-    return 0
+    """1 if any reference appears as a contiguous token run in ``prediction`` (a tuple: all its parts)."""
+    return int(_matches(aqa_tokens(prediction), references if isinstance(references, (list, tuple)) else [references]))
 
 
 def aqa_score(predictions: Iterable[str], references: Iterable[str | Sequence[Any]]) -> float:
@@ -72,6 +76,9 @@ def write_predictions(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 
 def _jsonable(ref: Any) -> Any:
-    if isinstance(ref, (list, tuple)):
+    """Lists stay lists (any-of); a tuple (all-of) has no JSON form TELEVAL would read as all-of."""
+    if isinstance(ref, tuple):
+        raise ValueError(f"an all-of reference {ref!r} cannot be written: TELEVAL reads every JSON list as any-of")
+    if isinstance(ref, list):
         return [_jsonable(r) for r in ref]
     return ref
