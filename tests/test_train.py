@@ -47,6 +47,37 @@ def build(tmp_path_factory) -> Path:
     return root
 
 
+def frame_cache(root: Path):
+    from emoslm.slm.processor import MelFrontEnd
+    from emoslm.slm.whisper_ct2 import load_whisper_encoder
+    from emoslm.train.frames import FrameCache
+
+    return FrameCache(load_whisper_encoder("whisper-tiny.en"), MelFrontEnd.for_mels(80), root)
+
+
+def test_frame_cache_gives_the_encoder_s_own_frames_once(build, tmp_path):
+    import numpy as np
+    import torch
+
+    from emoslm.audio import load_audio
+    from emoslm.slm.whisper_ct2 import encode
+
+    cache = frame_cache(tmp_path / "frames")
+    clips = [e.audio for e in load_examples(build, "1-1")]
+    assert cache.fill(clips) == len(clips) and cache.fill(clips) == 0  # the encoder runs once per clip
+    stored = cache(clips[0])
+    with torch.no_grad():
+        direct = encode(cache.encoder, cache.front_end.tensor(load_audio(clips[0]))[None])[0].numpy()
+    assert stored.shape == direct.shape and np.allclose(stored, direct, atol=1e-5)
+    assert stored.shape[0] * 2 == cache.front_end(load_audio(clips[0])).shape[1]
+    with torch.no_grad():  # another encoder never reads these frames
+        cache.encoder.layer_norm.bias.add_(0.1)
+    from emoslm.train.frames import FrameCache
+
+    moved = FrameCache(cache.encoder, cache.front_end, tmp_path / "frames")
+    assert moved.folder != cache.folder and not moved.path(clips[0]).exists()
+
+
 def config(build: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(stage="1-1", data=str(build), out=str(out), adapter_dim=64, batch_size=2, max_steps=4,
                        save_every=2, held_out=0.2, lr=2e-3, **kw)
@@ -77,7 +108,39 @@ def test_stage_1_1_resumes_exactly_and_stage_1_2_trains_lora(build, tmp_path):
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
-def test_assistant_only_labels(build):
+def _two_ranks(*args: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).with_name("train_ranks.py")), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_ranks_see_disjoint_shards_and_resume_exactly(build, tmp_path):
+    _two_ranks("shards", str(build), str(tmp_path / "shards"))
+    ranks = [json.loads((tmp_path / "shards" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    everything = {f"c{i}" for i in range(len(LINES))}
+    for epoch in ("0", "1"):
+        a, b = ranks[0][epoch], ranks[1][epoch]
+        assert len(a) == len(b) == len(LINES) // 2 and not set(a) & set(b) and set(a) | set(b) == everything
+    assert ranks[0]["0"] != ranks[0]["1"]  # a new order each epoch
+    assert all(r["resumed_1"] == r["1"][1:] for r in ranks)  # skipping continues the same epoch's order
+
+    _two_ranks("train", str(build), str(tmp_path / "whole"))
+    _two_ranks("train", str(build), str(tmp_path / "cut"), "2")
+    assert len(losses(tmp_path / "cut")) == 2
+    _two_ranks("train", str(build), str(tmp_path / "cut"))
+    assert json.loads((tmp_path / "whole" / "run.json").read_text())["processes"] == 2
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), abs=1e-4)
+    assert len(losses(tmp_path / "whole")) == 5
+
+
+def test_assistant_only_labels(build, tmp_path):
     from transformers import AutoTokenizer
 
     from emoslm.llm.hf import hf_checkpoint
@@ -85,9 +148,7 @@ def test_assistant_only_labels(build):
     from emoslm.train.data import Collator
 
     tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint("smollm2-135m-instruct"))
-    from emoslm.slm.processor import MelFrontEnd
-
-    batch = Collator(tokenizer, UnifiedSLM.speech_length, MelFrontEnd.for_mels(80))(load_examples(build, "1-2")[:2])
+    batch = Collator(tokenizer, UnifiedSLM.speech_length, frame_cache(tmp_path))(load_examples(build, "1-2")[:2])
     labelled = batch["labels"][0][batch["labels"][0] != -100]
     text = tokenizer.decode(labelled)
     assert text.startswith("The emotion I hear is anger") and "</think>" in text and "a lot." in text

@@ -76,9 +76,16 @@ class UnifiedSLM(PreTrainedModel):
         """Embeddings one clip of ``mel_frames`` log-mel frames (100 per second) becomes (≈ 6.25 per second)."""
         return Subsampler.out_length((mel_frames + 1) // 2)
 
-    def speech_embeddings(self, mel: torch.Tensor, mel_frames: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, n_mels, frames) log-mel → (batch, speech_length, llm hidden size)."""
-        hidden = self.subsampler(encode(self.encoder, mel))
+    def speech_embeddings(self, mel: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None,
+                          frames: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, n_mels, mel frames) log-mel, or the frozen encoder's (batch, frames, d) output when it was
+        computed before (training reads it from a cache) → (batch, speech_length, llm hidden size).
+        ``mel_frames`` are the clips' own lengths in mel frames (two per encoder frame) when padded."""
+        if frames is None:
+            if mel is None:
+                raise ValueError("speech_embeddings needs mel or frames")
+            frames = encode(self.encoder, mel)
+        hidden = self.subsampler(frames)
         padding = None
         if mel_frames is not None:
             lengths = torch.tensor([self.speech_length(int(n)) for n in mel_frames], device=hidden.device)
@@ -87,12 +94,13 @@ class UnifiedSLM(PreTrainedModel):
 
     # --- think / write ------------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, speech_mask: torch.Tensor | None = None,
-              mel: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None) -> torch.Tensor:
+              mel: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None,
+              frames: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the speech embeddings written over the positions ``speech_mask`` marks."""
         embeds = self.llm.get_input_embeddings()(input_ids)
-        if mel is None or speech_mask is None:
+        if (mel is None and frames is None) or speech_mask is None:
             return embeds
-        speech = self.speech_embeddings(mel, mel_frames)
+        speech = self.speech_embeddings(mel, mel_frames, frames)
         counts = speech_mask.sum(dim=1)
         rows = [speech[b, : int(counts[b])] for b in range(speech.shape[0])]
         if any(r.shape[0] != int(c) for r, c in zip(rows, counts, strict=True)):
@@ -101,6 +109,7 @@ class UnifiedSLM(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 speech_mask: torch.Tensor | None = None, mel: torch.Tensor | None = None,
-                mel_frames: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        embeds = self.embed(input_ids, speech_mask, mel, mel_frames)
+                mel_frames: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                frames: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        embeds = self.embed(input_ids, speech_mask, mel, mel_frames, frames)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)

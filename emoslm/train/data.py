@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoslm.audio import load_audio
 from emoslm.errors import DataError
 from emoslm.ieat.think import THINK_CLOSE
 from emoslm.slm.generate import layout
-from emoslm.slm.processor import MelFrontEnd
 
 STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.jsonl"]}
 
@@ -78,37 +77,38 @@ def split(examples: list[Example], held_out: float, seed: int) -> tuple[list[Exa
 
 
 class Collator:
-    """Log-mel features, prompt + target ids with speech placeholders, and assistant-only labels."""
+    """Encoder frames (from the frame cache), prompt + target ids with speech placeholders, assistant-only labels.
 
-    def __init__(self, tokenizer: Any, speech_length: Any, front_end: MelFrontEnd, max_target_tokens: int = 160,
-                 max_seconds: float = 30.0) -> None:
-        self.tokenizer, self.speech_length = tokenizer, speech_length
-        self.mels = front_end  # the model's own (saved with its checkpoint)
-        self.max_target_tokens, self.max_samples = max_target_tokens, int(max_seconds * 16_000)
+    Frames are padded with zeros after the encoder, so a clip's embeddings do not depend on its batch;
+    ``mel_frames`` (two per encoder frame) tells the model each clip's own length.
+    """
+
+    def __init__(self, tokenizer: Any, speech_length: Any, frames: Callable[[Path], np.ndarray],
+                 max_target_tokens: int = 160) -> None:
+        self.tokenizer, self.speech_length, self.frames = tokenizer, speech_length, frames
+        self.max_target_tokens = max_target_tokens
         self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if not isinstance(self.end, int) or self.end == tokenizer.unk_token_id:
             self.end = tokenizer.eos_token_id
 
-    def features(self, example: Example) -> np.ndarray:
-        return self.mels(load_audio(example.audio)[: self.max_samples])
-
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        mels = [self.features(e) for e in examples]
+        clips = [self.frames(e.audio) for e in examples]
         rows = []
-        for example, mel in zip(examples, mels, strict=True):
-            prompt = layout(self.tokenizer, self.speech_length(mel.shape[1]), example.history, think=example.think)
+        for example, clip in zip(examples, clips, strict=True):
+            prompt = layout(self.tokenizer, self.speech_length(2 * clip.shape[0]), example.history,
+                            think=example.think)
             target = self.tokenizer(example.target, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
             target = target + [self.end]
             rows.append((prompt.input_ids + target, prompt.speech_mask + [False] * len(target),
                          [-100] * len(prompt.input_ids) + target))
         width = max(len(r[0]) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        frames = max(m.shape[1] for m in mels)
+        longest = max(c.shape[0] for c in clips)
         return {
             "input_ids": torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
             "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows]),
             "speech_mask": torch.tensor([r[1] + [False] * (width - len(r[1])) for r in rows]),
             "labels": torch.tensor([r[2] + [-100] * (width - len(r[2])) for r in rows]),
-            "mel": torch.from_numpy(np.stack([np.pad(m, ((0, 0), (0, frames - m.shape[1]))) for m in mels])).float(),
-            "mel_frames": torch.tensor([m.shape[1] for m in mels]),
+            "frames": torch.from_numpy(np.stack([np.pad(c, ((0, longest - c.shape[0]), (0, 0))) for c in clips])),
+            "mel_frames": torch.tensor([2 * c.shape[0] for c in clips]),
         }

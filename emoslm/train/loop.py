@@ -1,17 +1,20 @@
 """The training loop, on ``accelerate``: the same code on this CPU and on GPUs (DDP/FSDP/DeepSpeed by
 accelerate config), with gradient accumulation, bf16 where the device has it, and exact resumption.
 
-Exact resumption: each epoch's order comes from a generator seeded by (seed, epoch), a checkpoint
-stores model, optimiser and RNG states plus the position in the epoch, and a resumed run skips the
-batches it already took; with no dropout in the trained modules the loss curve continues as if never
-interrupted. Logs go to TensorBoard (``RUN/tb``) and ``RUN/log.jsonl``; the final model is a plain
-``save_pretrained`` folder (LoRA merged) in ``RUN/final``.
+Data goes through a ``DataLoader`` that ``accelerator.prepare`` shards (each rank its own batches, moved
+to its device) with a seedable sampler (epoch e's order is seed + e on every rank). The frozen encoder's
+frames come from a per-clip cache (``frames.py``), so no step runs the encoder or decodes audio.
+Exact resumption: a checkpoint stores model, optimiser and RNG states plus the number of batches
+taken, and a resumed run skips those batches at the sampler; with no dropout in the trained modules
+the loss curve continues as if never interrupted. Logs go to TensorBoard (``RUN/tb``) and
+``RUN/log.jsonl``; the final model is a plain ``save_pretrained`` folder (LoRA merged) in ``RUN/final``.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
 from emoslm.slm.processor import MelFrontEnd
 from emoslm.train.data import Collator, Example, load_examples, split
+from emoslm.train.frames import FrameCache
 from emoslm.train.stages import apply_stage, merge_lora
 
 
@@ -76,23 +80,37 @@ def _mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _order(n: int, seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
+def make_loader(examples: list[Example], collate: Collator, config: TrainConfig, accelerator: Any) -> Any:
+    """A shuffled DataLoader through ``accelerator.prepare``: a seeded sampler (the order of epoch e is
+    seed + e on every rank), each rank its own shard, batches moved to the accelerator's device."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(config.seed))
+    return accelerator.prepare(loader)
 
 
-def _batches(examples: list[Example], config: TrainConfig, epoch: int) -> list[list[Example]]:
-    order = _order(len(examples), config.seed, epoch)
-    return [[examples[i] for i in order[k:k + config.batch_size]] for k in range(0, len(order), config.batch_size)]
+def epoch_batches(loader: Any, accelerator: Any, epoch: int, skip: int = 0) -> Any:
+    """The batches of ``epoch``, without the first ``skip`` (taken before a checkpoint): sampler-level
+    skipping, so a resumed run neither loads nor trains them again."""
+    loader.set_epoch(epoch)
+    if not skip:
+        return loader
+    skipped = accelerator.skip_first_batches(loader, skip)
+    skipped.set_epoch(epoch)
+    return skipped
 
 
 def held_out_loss(model: Any, collate: Collator, examples: list[Example], batch_size: int = 4) -> float:
     """Mean token loss on clips never trained on."""
+    from accelerate.utils import send_to_device
+
+    device = next(model.parameters()).device
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
         for k in range(0, len(examples), batch_size):
-            batch = collate(examples[k:k + batch_size])
+            batch = send_to_device(collate(examples[k:k + batch_size]), device)
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += float(model(**batch).loss) * n
             tokens += n
@@ -100,67 +118,88 @@ def held_out_loss(model: Any, collate: Collator, examples: list[Example], batch_
     return total / max(1, tokens)
 
 
+def accelerator_for(config: TrainConfig, out: Path) -> Any:
+    """The run's Accelerator; ``accelerate launch --cpu`` (ACCELERATE_USE_CPU) gives CPU ranks over gloo."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return Accelerator(cpu=cpu, gradient_accumulation_steps=config.grad_accum, log_with="tensorboard",
+                       project_dir=str(out), mixed_precision=_mixed_precision(config.mixed_precision),
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+
+
 def train(config: TrainConfig, progress: Start = silent, stop_after: int | None = None) -> dict[str, Any]:
     """Train one stage; resumes from ``RUN/checkpoint`` when it exists. ``stop_after`` ends early (tests)."""
-    from accelerate import Accelerator
-
     out = Path(config.out)
     examples = load_examples(Path(config.data), config.stage)
     train_set, held = split(examples, config.held_out, config.seed)
+    accelerator = accelerator_for(config, out)
     model, tokenizer = load_model(config)
     trainable = apply_stage(model, config.stage, config.lora_r, config.lora_alpha)
     optimiser = torch.optim.AdamW(trainable, lr=config.lr)
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, log_with="tensorboard",
-                              project_dir=str(out), mixed_precision=_mixed_precision(config.mixed_precision))
+    model.to(accelerator.device)
+    front_end = MelFrontEnd.from_pretrained(config.init or "", n_mels=model.config.encoder().num_mel_bins)
+    frames = FrameCache(model.encoder, front_end)
+    with accelerator.main_process_first():  # rank 0 runs the encoder once per clip; the others then read
+        frames.fill([e.audio for e in train_set + held],
+                    progress("encoder frames", len(train_set) + len(held)) if accelerator.is_main_process else None)
+    collate = Collator(tokenizer, UnifiedSLM.speech_length, frames, config.max_target_tokens)
+    loader = make_loader(train_set, collate, config, accelerator)
     model, optimiser = accelerator.prepare(model, optimiser)
     accelerator.init_trackers("tb", config=asdict(config))
-    n_mels = accelerator.unwrap_model(model).config.encoder().num_mel_bins
-    front_end = MelFrontEnd.from_pretrained(config.init or "", n_mels=n_mels)
-    collate = Collator(tokenizer, UnifiedSLM.speech_length, front_end, config.max_target_tokens)
-    per_epoch = math.ceil(len(train_set) / config.batch_size)
+    per_epoch = len(loader)
     total = config.max_steps or per_epoch * config.epochs // config.grad_accum
-    step, position = _resume(accelerator, out, config)
-    _write(out / "run.json", {"config": asdict(config), "train_keys": sorted({e.key for e in train_set}),
-                              "held_out_keys": sorted({e.key for e in held})})
-    advance = progress(f"stage {config.stage}", total)
+    step, batches_done = _resume(accelerator, out, config)
+    if accelerator.is_main_process:
+        _write(out / "run.json", {"config": asdict(config), "train_keys": sorted({e.key for e in train_set}),
+                                  "held_out_keys": sorted({e.key for e in held}),
+                                  "processes": accelerator.num_processes})
+    advance = progress(f"stage {config.stage}", total) if accelerator.is_main_process else (lambda n=1: None)
     advance(step)
-    started, seen_tokens, batches_done = time.perf_counter(), 0, position
+    started, seen_tokens = time.perf_counter(), 0
     model.train()
     while step < total:
         epoch, offset = divmod(batches_done, per_epoch)
-        batch_examples = _batches(train_set, config, epoch)[offset]
-        batch = collate(batch_examples)
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            optimiser.step()
-            optimiser.zero_grad()
-        batches_done += 1
-        seen_tokens += int(batch["attention_mask"].sum())
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        advance()
-        record = {"step": step, "loss": round(float(loss.detach()), 5),
-                  "tokens_per_s": round(seen_tokens / max(1e-9, time.perf_counter() - started), 1)}
-        accelerator.log({"loss": record["loss"], "tokens_per_s": record["tokens_per_s"]}, step=step)
-        _append(out / "log.jsonl", record)
-        if step % config.save_every == 0 or step == total:
-            _checkpoint(accelerator, out, config.stage, step, batches_done)
-        if stop_after is not None and step >= stop_after:
-            accelerator.end_training()
-            return {"stopped_at": step}
+        for batch in epoch_batches(loader, accelerator, epoch, offset):
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimiser.step()
+                optimiser.zero_grad()
+            batches_done += 1
+            seen_tokens += int(batch["attention_mask"].sum())
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            advance()
+            mean_loss = float(accelerator.reduce(loss.detach(), "mean"))
+            record = {"step": step, "loss": round(mean_loss, 5),
+                      "tokens_per_s": round(seen_tokens / max(1e-9, time.perf_counter() - started), 1)}
+            accelerator.log({"loss": record["loss"], "tokens_per_s": record["tokens_per_s"]}, step=step)
+            if accelerator.is_main_process:
+                _append(out / "log.jsonl", record)
+            if step % config.save_every == 0 or step == total:
+                _checkpoint(accelerator, out, config.stage, step, batches_done)
+            if stop_after is not None and step >= stop_after:
+                accelerator.end_training()
+                return {"stopped_at": step}
+            if step >= total:
+                break
     loss_held = held_out_loss(model, collate, held) if held else None
     accelerator.log({"held_out_loss": loss_held or 0.0}, step=step)
-    accelerator.end_training()
-    final = merge_lora(accelerator.unwrap_model(model))
-    with atomic_dir(out / "final") as tmp:
-        final.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        front_end.save_pretrained(tmp)
     summary = {"stage": config.stage, "steps": step, "train_examples": len(train_set), "held_out_examples": len(held),
-               "held_out_loss": loss_held, "seconds": round(time.perf_counter() - started, 1)}
-    _write(out / "summary.json", summary)
+               "held_out_loss": loss_held, "seconds": round(time.perf_counter() - started, 1),
+               "processes": accelerator.num_processes}
+    if accelerator.is_main_process:
+        final = merge_lora(accelerator.unwrap_model(model))
+        with atomic_dir(out / "final") as tmp:
+            final.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            front_end.save_pretrained(tmp)
+        _write(out / "summary.json", summary)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it ends the process group too
     return summary
 
 
@@ -172,14 +211,30 @@ def _resume(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]
     if saved["stage"] != config.stage:
         raise EmoslmError(f"{out} holds a stage {saved['stage']} run; use another --out for stage {config.stage}")
     accelerator.load_state(str(out / "checkpoint"))
-    _truncate_log(out / "log.jsonl", saved["step"])
+    if accelerator.is_main_process:
+        _truncate_log(out / "log.jsonl", saved["step"])
+    accelerator.wait_for_everyone()
     return saved["step"], saved["batches_done"]
 
 
 def _checkpoint(accelerator: Any, out: Path, stage: str, step: int, batches_done: int) -> None:
-    with atomic_dir(out / "checkpoint") as tmp:
-        accelerator.save_state(str(tmp))
-        (tmp / "position.json").write_text(json.dumps({"step": step, "batches_done": batches_done, "stage": stage}))
+    """Every rank writes its part (model and optimiser shards, its RNG states) into one partial folder;
+    rank 0 then adds the position and swaps it in, so a crash leaves the previous checkpoint whole."""
+    partial, final, old = out / "checkpoint.partial", out / "checkpoint", out / "checkpoint.old"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / "position.json").write_text(json.dumps({"step": step, "batches_done": batches_done,
+                                                           "stage": stage}))
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        partial.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 
+from emoslm.audio import load_audio
 from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
 from emoslm.ieat.think import tag_in_think
 from emoslm.slm.processor import MelFrontEnd
 from emoslm.train.data import Collator, Example, load_examples
+from emoslm.train.frames import FrameCache
 from emoslm.train.loop import held_out_loss
 
 
@@ -31,13 +33,14 @@ def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: 
                    think_budget: int = 48, max_new_tokens: int = 64) -> dict[str, Any]:
     from emoslm.slm.generate import generate
 
-    collate = Collator(tokenizer, model.speech_length, MelFrontEnd.for_mels(model.config.encoder().num_mel_bins))
+    front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
+    collate = Collator(tokenizer, model.speech_length, FrameCache(model.encoder, front_end))
     result: dict[str, Any] = {"loss_1_1": held_out_loss(model, collate, held_11) if held_11 else None,
                               "loss_1_2": held_out_loss(model, collate, held_12) if held_12 else None}
     similarities, hits, samples = [], [], []
     model.eval()
     for example in held_12:
-        mel = torch.from_numpy(collate.features(example)).float()
+        mel = front_end.tensor(load_audio(example.audio))  # the serving path: audio → mel → encoder
         out = generate(model, tokenizer, mel, think_budget=think_budget, max_new_tokens=max_new_tokens)
         a, b = embedder.encode([out.reply or " ", example.teacher_reply], normalize_embeddings=True)
         similarities.append(float((a * b).sum()))

@@ -1,0 +1,81 @@
+"""Frozen-encoder frames per clip, computed once and kept on disk.
+
+Every stage keeps the Whisper encoder frozen, so its output for a clip never changes; running it on every
+step of every epoch (and decoding the clip each time) was most of a CPU training step. A clip's frames are
+stored under the hash of its bytes inside a folder named by the hash of the encoder's weights and the mel
+front end's settings, so a different encoder or front end can never read another's frames, and a rebuilt
+clip with new bytes gets new frames. Frames are computed on the model's device, one clip at a time and
+unpadded: the same frames the model computes for one clip when it serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emoslm.atomic import atomic_file
+from emoslm.audio import load_audio
+from emoslm.config import settings
+from emoslm.slm.processor import MelFrontEnd
+from emoslm.slm.whisper_ct2 import encode
+
+
+def encoder_digest(encoder: torch.nn.Module, front_end: MelFrontEnd) -> str:
+    """Identifies the frames an encoder + front end produce: a hash of the weights and the mel settings."""
+    digest = hashlib.sha256(json.dumps(front_end.extractor.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class FrameCache:
+    """``cache(audio_path) → (frames, d_model)`` float32: from disk, or computed once and stored."""
+
+    def __init__(self, encoder: torch.nn.Module, front_end: MelFrontEnd, root: Path | None = None,
+                 max_seconds: float = 30.0) -> None:
+        self.encoder, self.front_end = encoder, front_end
+        self.max_samples = int(max_seconds * 16_000)
+        base = root or settings().home / "cache" / "encoder-frames"
+        self.folder = base / encoder_digest(encoder, front_end)
+        self._keys: dict[Path, str] = {}
+
+    def path(self, audio: Path) -> Path:
+        if audio not in self._keys:  # clips in a build are written once (atomically), so one hash per process
+            self._keys[audio] = hashlib.sha256(Path(audio).read_bytes()).hexdigest()[:32]
+        key = self._keys[audio]
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def __call__(self, audio: Path) -> np.ndarray:
+        path = self.path(audio)
+        if path.exists():
+            return np.load(path)
+        frames = self.compute(audio)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path, suffix=".npy") as tmp:
+            np.save(tmp, frames)
+        return frames
+
+    def compute(self, audio: Path) -> np.ndarray:
+        """Decode the clip, log-mel it with the model's own front end and run the encoder on it alone."""
+        mel = self.front_end.tensor(load_audio(audio)[: self.max_samples])
+        device = next(self.encoder.parameters()).device
+        with torch.no_grad():
+            frames = encode(self.encoder, mel[None].to(device, next(self.encoder.parameters()).dtype))
+        return frames[0].float().cpu().numpy()
+
+    def fill(self, clips: Iterable[Path], progress: Callable[[int], None] | None = None) -> int:
+        """Compute every missing clip (before training, so no step waits on the encoder); returns how many."""
+        made = 0
+        for clip in dict.fromkeys(clips):
+            if not self.path(clip).exists():
+                self(clip)
+                made += 1
+            if progress:
+                progress(1)
+        return made
