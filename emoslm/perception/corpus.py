@@ -180,9 +180,17 @@ def synthesize(clips: list[Clip], root: Path, seed: int = 0,
         for _ in pool.map(render, missing):
             if progress:
                 progress(1)
-    manifest = root / "manifest.jsonl"
+    return _record(root / "manifest.jsonl", clips)
+
+
+def _record(manifest: Path, clips: list[Clip]) -> Path:
+    """Add the rendered clips to the corpus manifest (training and evaluation render different parts)."""
+    rows = {}
+    if manifest.exists():
+        rows = {json.loads(line)["id"]: line for line in manifest.read_text(encoding="utf-8").splitlines() if line}
+    rows.update({c.id: json.dumps(asdict(c), ensure_ascii=False) for c in clips})
     with atomic_file(manifest) as tmp:
-        tmp.write_text("".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in clips), encoding="utf-8")
+        tmp.write_text("".join(line + "\n" for line in rows.values()), encoding="utf-8")
     return manifest
 
 

@@ -53,8 +53,8 @@ def evaluate(out: Path, progress: Callable[[str, int], Callable[[int], None]], d
     config = TrainConfig(**{**meta["config"], "features": tuple(meta["config"]["features"]),
                             "voices": tuple(meta["config"]["voices"])})
     root = corpus_mod.corpus_root()
-    clips = corpus_clips(config)
-    corpus_mod.synthesize(clips, root, config.seed, progress("checking corpus", len(clips)))
+    clips = [c for c in corpus_clips(config) if c.split != "train"]
+    corpus_mod.synthesize(clips, root, config.seed, progress("rendering held-out clips", len(clips)))
     features = acoustic_matrix(root, clips, config.features, progress("acoustic features", len(clips)))
     report: dict = {"recogniser": str(directory), "train_voices": meta["train_voices"],
                     "test_voices": meta["test_voices"], "text_source": "script text (oracle transcript)"}

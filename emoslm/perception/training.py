@@ -104,15 +104,14 @@ def train(config: TrainConfig, progress: Start, out: Path | None = None) -> dict
     """Build (or reuse) the corpus and features, fit all three models, save them atomically."""
     started = time.perf_counter()
     root = corpus_mod.corpus_root()
-    clips = corpus_clips(config)
-    corpus_mod.synthesize(clips, root, config.seed, progress("synthesising clips", len(clips)))
-    features = acoustic_matrix(root, clips, config.features, progress("acoustic features", len(clips)))
-    train_idx = [i for i, c in enumerate(clips) if c.split == "train"]
-    if not train_idx:
+    planned = corpus_clips(config)
+    # Only the training voices are rendered here; `perception evaluate` renders the held-out ones.
+    train_clips = [c for c in planned if c.split == "train"]
+    if not train_clips:
         raise EmoslmError("no training voices selected; include at least one voice with split 'train'")
-    train_clips = [clips[i] for i in train_idx]
+    corpus_mod.synthesize(train_clips, root, config.seed, progress("synthesising clips", len(train_clips)))
+    x_a = acoustic_matrix(root, train_clips, config.features, progress("acoustic features", len(train_clips)))
     labels = [c.emotion for c in train_clips]
-    x_a = features[train_idx]
 
     # Two folds for the trees: each fit takes ~50 s here, and the fusion needs honest, not perfect, estimates.
     oof_a = out_of_fold(x_a, labels, [c.voice for c in train_clips], config.c_acoustic, config.seed,
@@ -132,7 +131,7 @@ def train(config: TrainConfig, progress: Start, out: Path | None = None) -> dict
     meta = {
         "version": RECOGNISER_VERSION, "config": asdict(config), "acoustic_features": list(config.features),
         "train_voices": sorted({c.voice for c in train_clips}),
-        "test_voices": sorted({c.voice for c in clips if c.split == "test"}),
+        "test_voices": sorted({c.voice for c in planned if c.split == "test"}),
         "n_train_clips": len(train_clips),
         "out_of_fold_accuracy": {
             "acoustic": _accuracy(oof_a, labels), "text": _accuracy(oof_t, labels),
