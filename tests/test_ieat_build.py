@@ -20,6 +20,7 @@ from emoslm.errors import BackendError
 from emoslm.ieat.dialogues import regroup
 from emoslm.ieat.recipe import load_recipe
 from emoslm.ieat.runner import build
+from emoslm.ieat.think import emotion_path, trajectory_reply
 from emoslm.perception.recognizer import RECOGNISER_VERSION
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ieat"
@@ -52,7 +53,7 @@ def write_recipe(folder: Path, recogniser: Path, **data_overrides) -> Path:
         "voices": {"en": ["espeak:en-us+m1", "espeak:en-us+f2"]},
         "tasks": {"trajectory": 1, "reasoning": 1, "empathy": 3},
         "instructions": {"per_task": 2, "candidates": 4},
-        "multiturn": {"share": 1.0, "lengths": [2]},
+        "multiturn": {"share": 1.0, "lengths": [2], "trajectory": 1.0},
         **data_overrides,
     }
     path = folder / "recipe.yaml"
@@ -99,7 +100,11 @@ def test_build_writes_every_stage_and_validates_thinks(clean) -> None:
     for sample in s12:
         if sample["task"] != "empathy":  # an instruction is spoken in front of the clip
             assert sample["turns"][0]["instruction"] and sample["turns"][0]["audio"].startswith("audio/users/")
-    for dialogue in multi:
+    for dialogue in multi:  # each ends with a spoken "which emotions did I go through?" (HumDial T1)
+        path = emotion_path(dialogue["emotions"])
+        assert dialogue["task"] == "trajectory" and " → ".join(path) in dialogue["think"]
+        assert dialogue["response"].startswith(trajectory_reply(path, "en"))
+        assert dialogue["turns"][-2]["instruction"] and dialogue["turns"][-2]["audio"].startswith("audio/users/")
         assert dialogue["emotions"][0] != dialogue["emotions"][-1]
         assert len(dialogue["turns"]) == 2 * len(dialogue["emotions"])
         assert all("think" not in t for t in dialogue["turns"][:-1])

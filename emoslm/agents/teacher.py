@@ -19,7 +19,15 @@ from emoslm.agents.base import Agent, Spoken, speak_along
 from emoslm.agents.events import Done, Emotion, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.config import configure_threads
-from emoslm.ieat.think import EMPATHY_SYSTEM, tag_in_think, think_opening, think_stream, validate
+from emoslm.ieat.think import (
+    EMPATHY_SYSTEM,
+    asks_trajectory,
+    tag_in_think,
+    think_opening,
+    think_stream,
+    trajectory_reply,
+    validate,
+)
 from emoslm.llm import LLM, LLMPool, Message
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer
@@ -34,7 +42,7 @@ class TeacherAgent(Agent):
 
     def __init__(self, llm: str = "auto", recognizer: EmotionRecognizer | None = None, asr: ASRPool | None = None,
                  voices: VoicePool | None = None, voice: str = "auto", speak: bool = True, think_budget: int = 64,
-                 reply_budget: int = 96, by_clause: bool = True) -> None:
+                 reply_budget: int = 96, by_clause: bool = True, trajectory: bool = True) -> None:
         configure_threads(torch_threads=1)  # torch's OpenMP team would throttle llama.cpp's (config.py)
         self.llms = LLMPool(llm)  # thinks: its cached prompt grows by one exchange per turn
         self.writers = LLMPool(llm)  # writes the reply from the think as notes (a second context, own cache)
@@ -44,6 +52,7 @@ class TeacherAgent(Agent):
         self.speak = speak
         self.think_budget, self.reply_budget = think_budget, reply_budget
         self.by_clause = by_clause  # False: the whole reply synthesised after it is written (the old pipeline)
+        self.trajectory = trajectory  # False: trajectory questions get no perceived path (the ablation)
         self._side = ThreadPoolExecutor(2, thread_name_prefix="emoslm-teacher")  # acoustic model; next-turn prefill
         self._warming: Future | None = None  # the next turn's prompt head, prefilled while the user speaks
 
@@ -74,8 +83,12 @@ class TeacherAgent(Agent):
         writer = llm if llm.native_think() else self.writers.for_lang(lang)  # thinking models write on
         if self.speak and self.by_clause:
             writer.share_cpu()  # the voice speaks beside it
-        pieces = think_stream(llm, messages, think_opening(emotion.tag, lang, words), self.think_budget,
-                              self.reply_budget, lang=lang, writer=writer)
+        path = [*(t.emotion for t in history if t.role == "user"), emotion.tag]
+        # HumDial T1: "how did my feelings change?" gets the perceived path in the think and the reply
+        asked = self.trajectory and len(path) > 1 and asks_trajectory(heard.text, lang)
+        pieces = think_stream(llm, messages, think_opening(emotion.tag, lang, words, path if asked else None),
+                              self.think_budget, self.reply_budget, lang=lang, writer=writer,
+                              reply_opening=trajectory_reply(path, lang) if asked else "")
         voice = self.voices.voice(self.voice_spec, lang) if self.speak else None
         spoken = Spoken()
         yield from speak_along(pieces, voice, reply_prosody(emotion.tag), spoken, self.by_clause)

@@ -30,7 +30,7 @@ from emoslm.audio import SAMPLE_RATE, load_audio, save_audio, trim_to_speech
 from emoslm.errors import BackendError, EmoslmError, MissingPackageError, ModelNotFoundError
 from emoslm.ieat.recipe import Recipe
 from emoslm.ieat.sources import SourceItem
-from emoslm.ieat.think import EMPATHY_SYSTEM, language_of, think_opening, think_then_answer, validate
+from emoslm.ieat.think import EMPATHY_SYSTEM, language_of, think_opening, think_then_answer, trajectory_reply, validate
 from emoslm.llm import LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.estimate import EmotionEstimate
@@ -40,7 +40,7 @@ from emoslm.speech.prosody import reply as reply_prosody
 from emoslm.speech.tts import TTS
 from emoslm.speech.voice import voice_pool
 
-PROMPT_VERSION = "ieat-prompts-v1"
+PROMPT_VERSION = "ieat-prompts-v2"  # v2: trajectory questions carry the perceived path
 
 ANSWER_SYSTEM = {
     "en": "You are a helpful voice assistant. Answer the user in English in one to three short spoken sentences.",
@@ -185,21 +185,26 @@ def cause_of(think: str, opening: str) -> str:
 
 
 def ieat_turn(tools: Toolkit, task: str, lang: str, history: list[Message], user_text: str,
-              emotion: dict[str, Any], seed_parts: tuple[str, ...]) -> dict[str, Any]:
+              emotion: dict[str, Any], seed_parts: tuple[str, ...], trajectory: list[str] | None = None
+              ) -> dict[str, Any]:
     """Inject the emotion into an open think and let the teacher finish it and answer; validated.
 
+    ``trajectory`` (every user turn's perceived emotion, in order) is injected when the user asks how
+    their feelings changed: into the think, and as the reply's first sentence (as the teacher agent does).
     A sample that fails validation is drawn again with a fresh seed (``teacher.retries`` times), then
     reported: a broken sample in the data set costs more than a missing one.
     """
     teacher = tools.recipe.data.teacher
-    opening = think_opening(emotion["tag"], lang, emotion["words"])
+    opening = think_opening(emotion["tag"], lang, emotion["words"], trajectory)
+    reply_opening = trajectory_reply(trajectory, lang) if trajectory else ""
     messages = [{"role": "system", "content": TASK_SYSTEM[task][lang]}, *history,
                 {"role": "user", "content": user_text}]
     problems: list[str] = []
     for attempt in range(teacher.retries + 1):
         seed = item_seed(tools.recipe.seed, *seed_parts, f"try{attempt}")
         thought = think_then_answer(tools.llms.for_lang(lang), messages, opening, teacher.think_budget,
-                                    teacher.reply_budget, tools.sampling(teacher.reply_budget, seed), lang)
+                                    teacher.reply_budget, tools.sampling(teacher.reply_budget, seed), lang,
+                                    reply_opening)
         cause = cause_of(thought.think, opening)
         problems = validate(thought.think, thought.reply, emotion["tag"], lang)
         if len(cause.split()) < 3 and len(cause) < 6:
@@ -221,11 +226,11 @@ def emotion_record(estimate: EmotionEstimate) -> dict[str, Any]:
             "words": estimate.textual.tag if estimate.textual else None}
 
 
-def user_audio(clip: Clip, instruction: dict[str, Any] | None, out: Path) -> str:
+def user_audio(clip: Clip, instruction: dict[str, Any] | None, out: Path, key: str | None = None) -> str:
     """The audio the spoken model hears: the instruction (if the task has one) in front of the clip."""
     if instruction is None:
         return clip.audio
-    rel = f"audio/users/{file_key(clip.item_id)}.wav"
+    rel = f"audio/users/{file_key(key or clip.item_id)}.wav"
     gap = np.zeros(int(0.4 * SAMPLE_RATE), np.float32)
     joined = np.concatenate([load_audio(out / instruction["audio"]), gap, load_audio(out / clip.audio)])
     save_audio(out / rel, joined)
@@ -282,21 +287,32 @@ def stage_1_2(clip: Clip, task: str, instructions: dict[str, list[dict[str, Any]
     if pool:
         instruction = pool[random.Random(item_seed(tools.recipe.seed, clip.item_id, "instr")).randrange(len(pool))]
     user_text = f"{instruction['text']} {clip.transcript}" if instruction else clip.transcript
-    turn = ieat_turn(tools, task, clip.lang, [], user_text, emotion, (clip.item_id, "1-2"))
+    trajectory = [emotion["tag"]] if task == "trajectory" else None
+    turn = ieat_turn(tools, task, clip.lang, [], user_text, emotion, (clip.item_id, "1-2"), trajectory)
     key = file_key(clip.item_id)
     return {"emotion": emotion, "instruction": instruction, "user_text": user_text,
             "user_audio": user_audio(clip, instruction, out),
             "reply_audio": speak_reply(tools, turn["response"], clip.lang, emotion["tag"], key, out), **turn}
 
 
-def multiturn_final(members: list[dict[str, Any]], dialogue_id: str, tools: Toolkit, out: Path) -> dict[str, Any]:
-    """Answer the last turn of a regrouped dialogue with the earlier turns (and their replies) as history."""
+def multiturn_final(members: list[dict[str, Any]], dialogue_id: str, tools: Toolkit, out: Path,
+                    instruction: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Answer the last turn of a regrouped dialogue with the earlier turns (and their replies) as history.
+
+    With a trajectory ``instruction`` ("which emotions did I go through?") spoken in front of the last
+    clip, the dialogue ends as HumDial's T1 does: the think carries every turn's perceived emotion in order.
+    """
     history: list[Message] = []
     for member in members[:-1]:
         history += [{"role": "user", "content": member["ieat"]["user_text"]},
                     {"role": "assistant", "content": member["ieat"]["response"]}]
     last = members[-1]
     lang, emotion = last["lang"], last["ieat"]["emotion"]
-    turn = ieat_turn(tools, "empathy", lang, history, last["ieat"]["user_text"], emotion, (dialogue_id, "mt"))
+    task, user_text, path, heard = "empathy", last["ieat"]["user_text"], None, last["ieat"]["user_audio"]
+    if instruction is not None:
+        task, path = "trajectory", [m["ieat"]["emotion"]["tag"] for m in members]
+        user_text = f"{instruction['text']} {last['clip']['transcript']}"
+        heard = user_audio(Clip(**last["clip"]), instruction, out, key=dialogue_id)
+    turn = ieat_turn(tools, task, lang, history, user_text, emotion, (dialogue_id, "mt"), path)
     turn["reply_audio"] = speak_reply(tools, turn["response"], lang, emotion["tag"], file_key(dialogue_id), out)
-    return turn
+    return {**turn, "task": task, "user_text": user_text, "user_audio": heard, "instruction": instruction}

@@ -59,6 +59,8 @@ class InstructionSpec(Strict):
 class MultiturnSpec(Strict):
     share: float = Field(default=0.4, ge=0.0, le=1.0)  # of the empathy samples
     lengths: list[int] = Field(default_factory=lambda: [2, 3, 4])
+    # of those dialogues: the last turn asks how the feelings changed (HumDial T1), when instructions exist
+    trajectory: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class Stage2Spec(Strict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -31,7 +32,7 @@ from emoslm.atomic import atomic_file
 from emoslm.dialogues import write_dialogues
 from emoslm.errors import BackendError, DataError, EmoslmError
 from emoslm.ieat import schema
-from emoslm.ieat.construct import Toolkit, assign_task, build_item, file_key, multiturn_final
+from emoslm.ieat.construct import Toolkit, assign_task, build_item, file_key, item_seed, multiturn_final
 from emoslm.ieat.dialogues import regroup
 from emoslm.ieat.recipe import Recipe
 from emoslm.ieat.sources import SourceItem, collect
@@ -268,13 +269,16 @@ def assemble(recipe: Recipe, out: Path, items: list[SourceItem], tools_factory: 
     spec = recipe.data.multiturn
     groups = regroup(empathy, spec.share, spec.lengths, recipe.seed)
     multi, grouped = [], set()
+    index = out / "instructions" / "index.json"
+    pools = _read_json(index) if index.exists() else {}
     advance = progress(f"multi-turn dialogues ({len(groups)})", len(groups))
     for n, members in enumerate(groups):
         dialogue_id = f"mt{len(members)}-{n:05d}-{members[0]['id']}"
         part = out / ".parts" / "multiturn" / f"{file_key(dialogue_id)}.json"
         if not part.exists():
+            asked = trajectory_question(recipe, dialogue_id, pools.get(f"{members[-1]['lang']}/trajectory"))
             try:
-                final: dict[str, Any] = {"turn": multiturn_final(members, dialogue_id, tools_factory(), out)}
+                final: dict[str, Any] = {"turn": multiturn_final(members, dialogue_id, tools_factory(), out, asked)}
             except EmoslmError as exc:
                 final = {"error": str(exc)}
             _write_json(part, final)
@@ -287,6 +291,15 @@ def assemble(recipe: Recipe, out: Path, items: list[SourceItem], tools_factory: 
         multi.append(schema.multiturn_sample(dialogue_id, members, final["turn"], extra))
         grouped.update(m["id"] for m in members)
     return write_outputs(recipe, out, records, multi, grouped, errors)
+
+
+def trajectory_question(recipe: Recipe, dialogue_id: str, pool: list[dict[str, Any]] | None
+                        ) -> dict[str, Any] | None:
+    """The spoken trajectory instruction a dialogue ends with (a seeded ``multiturn.trajectory`` share), or None."""
+    if not pool:
+        return None
+    rng = random.Random(item_seed(recipe.seed, dialogue_id, "trajectory"))
+    return pool[rng.randrange(len(pool))] if rng.random() < recipe.data.multiturn.trajectory else None
 
 
 def tools_provenance(recipe: Recipe, lang: str) -> dict[str, str]:

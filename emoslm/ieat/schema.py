@@ -65,8 +65,12 @@ def multiturn_sample(dialogue_id: str, members: list[dict[str, Any]], final: dic
     turns: list[dict[str, Any]] = []
     for member in members[:-1]:
         turns += [user_turn(member), {"role": "assistant", "text": member["ieat"]["response"]}]
-    turns += [user_turn(members[-1]), final_turn(final)]
-    return {"id": dialogue_id, "task": "empathy", "lang": members[-1]["lang"], "turns": turns,
+    last = user_turn(members[-1])
+    if final.get("user_audio"):  # a trajectory question spoken in front of the last clip
+        last.update(audio=final["user_audio"], text=final["user_text"],
+                    instruction=(final.get("instruction") or {}).get("text"))
+    turns += [last, final_turn(final)]
+    return {"id": dialogue_id, "task": final.get("task", "empathy"), "lang": members[-1]["lang"], "turns": turns,
             "emotion": members[-1]["ieat"]["emotion"]["tag"],
             "emotions": [m["ieat"]["emotion"]["tag"] for m in members],
             "think": final["think"], "response": final["response"],

@@ -52,10 +52,30 @@ EMPATHY_SYSTEM = {
           "先说出用户的感受和原因，再给予支持。不要列清单。",
 }
 
-OPENING = {
-    "en": "The user speaks with {evidence}{agreement}, so the emotion I hear is {tag}. "
-          "The most likely reason they feel {tag} is",
-    "zh": "用户说话时{evidence}{agreement}，我听到的情绪是{name}（{tag}）。用户感到{name}最可能的原因是",
+HEARD = {
+    "en": "The user speaks with {evidence}{agreement}, so the emotion I hear is {tag}.",
+    "zh": "用户说话时{evidence}{agreement}，我听到的情绪是{name}（{tag}）。",
+}
+CAUSE = {"en": " The most likely reason they feel {tag} is", "zh": "用户感到{name}最可能的原因是"}
+# When the user asks how their feelings changed: every user turn's perceived emotion, in order.
+TRAJECTORY = {
+    "en": " They ask how their feelings changed. Turn by turn I heard {path}, so I name exactly {arrow}, in that "
+          "order, with no other emotion word. What moved them from one to the next is",
+    "zh": "用户问自己的情绪是怎么变化的。我逐轮听到的是{path}，所以我按顺序说出{arrow}，不用别的情绪词。"
+          "情绪变化的原因是",
+}
+TRAJECTORY_REPLY = {
+    "en": {1: "You have sounded {0} all along.", 2: "Your emotions went from {0} to {1}.",
+           "many": "Your emotions went from {first} to {middle}, and now {last}."},
+    "zh": {1: "你一直听起来很{0}。", 2: "你的情绪从{0}变成了{1}。",
+           "many": "你的情绪先是{first}，后来是{middle}，现在是{last}。"},
+}
+# "How did my feelings change?" in the words HumDial's T1 questions and the IEAT instructions use.
+ASKS_TRAJECTORY = {
+    "en": re.compile(r"\b(emotion|emotions|emotional|feeling|feelings|mood|moods)\b.*\b(chang\w*|shift\w*|went|go|"
+                     r"gone|path|journey|evolv\w*|over|during|through)\b|\bhow\b.*\b(i|my)\b.*\b(felt|feel|feeling)\b"
+                     r".*\b(chang\w*|over|during|through|since)\b", re.IGNORECASE),
+    "zh": re.compile(r"(情绪|心情|感受|情感).*(变化|转变|变了|经历|历程|起伏)|(变化|经历).*(情绪|心情|感受)"),
 }
 AGREEMENT = {
     "en": {"same": ", and their words say the same", "conflict": ", although their words sound {words}", "none": ""},
@@ -63,14 +83,56 @@ AGREEMENT = {
 }
 
 
-def think_opening(tag: str, lang: str = "en", words_tag: str | None = None) -> str:
-    """The injected start of the think: the emotion tag and what in the audio shows it, ending open."""
+def think_opening(tag: str, lang: str = "en", words_tag: str | None = None,
+                  trajectory: list[str] | None = None) -> str:
+    """The injected start of the think: the emotion tag and what in the audio shows it, ending open.
+
+    ``trajectory`` (every user turn's perceived emotion, this one last) is given when the user asks how
+    their feelings changed: the think then carries the whole path, as perceived, in order.
+    """
     lang = "zh" if lang == "zh" else "en"
     kind = "none" if words_tag is None else ("same" if words_tag == tag else "conflict")
     agreement = AGREEMENT[lang][kind].format(words=ZH_NAMES.get(words_tag or "", words_tag) if lang == "zh"
                                              else words_tag)
-    return OPENING[lang].format(evidence=VOICE_EVIDENCE[lang][tag], agreement=agreement, tag=tag,
-                                name=ZH_NAMES[tag])
+    heard = HEARD[lang].format(evidence=VOICE_EVIDENCE[lang][tag], agreement=agreement, tag=tag, name=ZH_NAMES[tag])
+    if trajectory:
+        path = emotion_path(trajectory)
+        return heard + TRAJECTORY[lang].format(path=_path_words(path, lang), arrow=" → ".join(path))
+    return heard + CAUSE[lang].format(tag=tag, name=ZH_NAMES[tag])
+
+
+def asks_trajectory(text: str, lang: str) -> bool:
+    """Does the user ask how their feelings changed over the conversation (HumDial's T1 question)?"""
+    return bool(ASKS_TRAJECTORY["zh" if lang == "zh" else "en"].search(text))
+
+
+def emotion_path(tags: list[str | None]) -> list[str]:
+    """The perceived tags in order, a repeat of the previous one counted once (as T1 is scored)."""
+    known = [t for t in tags if t]
+    return [t for i, t in enumerate(known) if i == 0 or t != known[i - 1]]
+
+
+def _path_words(path: list[str], lang: str) -> str:
+    if lang == "zh":
+        return "，然后是".join(f"{ZH_NAMES[t]}（{t}）" for t in path)
+    return ", then ".join(path)
+
+
+def trajectory_reply(tags: list[str | None], lang: str) -> str:
+    """The reply's first sentence for a trajectory question: the perceived path in the tag words.
+
+    A small teacher paraphrases ("excited" for happy) or drops the transitional neutral, which HumDial's
+    judge punishes; starting the reply with the path it perceived keeps the answer (and the IEAT target
+    the student learns) faithful, and the teacher goes on with the causes.
+    """
+    lang = "zh" if lang == "zh" else "en"
+    path = emotion_path(tags)
+    words = [ZH_NAMES[t] if lang == "zh" else t for t in path]
+    forms = TRAJECTORY_REPLY[lang]
+    if len(words) <= 2:
+        return forms[len(words)].format(*words) if words else ""
+    middle = ("、" if lang == "zh" else " to ").join(words[1:-1])
+    return forms["many"].format(first=words[0], middle=middle, last=words[-1])
 
 
 @dataclass
@@ -99,7 +161,7 @@ class Piece:
 
 def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
                  reply_budget: int = 160, sampling: Sampling | None = None, lang: str = "en",
-                 writer: LLM | None = None) -> Generator[Piece, None, ThoughtReply]:
+                 writer: LLM | None = None, reply_opening: str = "") -> Generator[Piece, None, ThoughtReply]:
     """Continue ``<think>`` + ``opening`` within the budget, close it, then answer, delta by delta.
 
     The think pieces joined equal the returned think and the reply pieces the returned reply: a
@@ -124,13 +186,15 @@ def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: 
     yield Piece("think", think_text.finish(continuation))
     think = (opening + continuation).strip()
     stops = ["<|im_end|>", "<|im_start|>", THINK_OPEN]
+    start = f"{reply_opening} " if reply_opening and lang != "zh" else reply_opening
     if llm.native_think():
-        answer = llm.stream(f"{prompt}{continuation}\n{THINK_CLOSE}\n\n", _with(base, reply_budget, stops))
+        answer = llm.stream(f"{prompt}{continuation}\n{THINK_CLOSE}\n\n{start}", _with(base, reply_budget, stops))
     else:
         noted = _with_notes(messages, NOTES["zh" if lang == "zh" else "en"].format(think=think))
         writer = writer or llm
-        answer = writer.stream(writer.render(noted), _with(base, reply_budget, stops + ["\n\n"]))
+        answer = writer.stream(writer.render(noted) + start, _with(base, reply_budget, stops + ["\n\n"]))
     reply_text = Incremental(clean_reply)
+    yield Piece("reply", reply_text.update(start))
     for delta in answer:
         yield Piece("reply", reply_text.update(delta))
     yield Piece("reply", reply_text.finish())
@@ -140,9 +204,11 @@ def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: 
 
 
 def think_then_answer(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
-                      reply_budget: int = 160, sampling: Sampling | None = None, lang: str = "en") -> ThoughtReply:
+                      reply_budget: int = 160, sampling: Sampling | None = None, lang: str = "en",
+                      reply_opening: str = "") -> ThoughtReply:
     """``think_stream``, drained: the think and the reply in one go (the IEAT builder's call)."""
-    return drain(think_stream(llm, messages, opening, think_budget, reply_budget, sampling, lang))
+    return drain(think_stream(llm, messages, opening, think_budget, reply_budget, sampling, lang,
+                              reply_opening=reply_opening))
 
 
 def open_think(rendered: str, opening: str = "") -> str:
