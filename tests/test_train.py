@@ -165,3 +165,23 @@ def test_bad_inputs_are_clear(build, tmp_path):
     (tmp_path / "bad" / "config.json").write_text('{"model_type": "emoslm_unified_slm", "llm_config": {}}')
     with pytest.raises(EmoslmError, match="cannot load the checkpoint"):
         train(config(build, tmp_path / "run", init=str(tmp_path / "bad")))
+
+
+def test_balanced_sampler_draws_the_target_shares_through_accelerate(tmp_path):
+    from collections import Counter
+
+    from emoslm.train.data import Example
+    from emoslm.train.loop import accelerator_for, epoch_batches, make_loader
+
+    examples = [Example(f"n{i}", f"n{i}", Path("x.wav"), "t", emotion="neutral") for i in range(90)]
+    examples += [Example(f"s{i}", f"s{i}", Path("x.wav"), "t", emotion="sad") for i in range(10)]
+    cfg = TrainConfig(stage="1-2", data="", out=str(tmp_path), batch_size=10, balance={"neutral": 0.5, "sad": 0.5})
+    accelerator = accelerator_for(cfg, tmp_path)
+    loader = make_loader(examples, lambda batch: {"tags": [e.emotion for e in batch]}, cfg, accelerator)
+    epochs = [[t for b in epoch_batches(loader, accelerator, e) for t in b["tags"]] for e in range(8)]
+    drawn = Counter(t for epoch in epochs for t in epoch)
+    assert 0.4 < drawn["sad"] / sum(drawn.values()) < 0.6  # 10 % of the data, half of what is trained on
+    assert epochs[0] == [t for b in epoch_batches(loader, accelerator, 0) for t in b["tags"]]  # seeded per epoch
+    assert epochs[0] != epochs[1]
+    with pytest.raises(DataError, match="none of the tags"):
+        make_loader(examples, lambda b: b, replace(cfg, balance={"anger": 1.0}), accelerator)

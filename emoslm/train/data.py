@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,36 @@ def split(examples: list[Example], held_out: float, seed: int) -> tuple[list[Exa
         return zlib.crc32(f"{seed}:{example.key}".encode()) % 10_000 < held_out * 10_000
 
     return [e for e in examples if not held(e)], [e for e in examples if held(e)]
+
+
+class BalancedSampler(torch.utils.data.Sampler[int]):
+    """Draws examples so that each emotion tag makes up its target share of every epoch.
+
+    The recogniser's tag (``Example.emotion``) decides; a tag missing from ``shares`` gets none, and
+    ``shares`` are renormalised over the tags the data has. Indices are drawn with replacement from a
+    generator seeded by seed + epoch, so every rank draws the same epoch and ``accelerate`` shards it,
+    and a resumed run sees the same order.
+    """
+
+    def __init__(self, examples: list[Example], shares: dict[str, float], seed: int = 0) -> None:
+        counts = Counter(e.emotion for e in examples)
+        present = {tag: share for tag, share in shares.items() if counts.get(tag) and share > 0}
+        if not present:
+            raise DataError(f"balance: none of the tags {sorted(shares)} occurs in the data ({dict(counts)})")
+        total = sum(present.values())
+        self.weights = torch.tensor([present.get(e.emotion, 0.0) / total / counts[e.emotion] for e in examples],
+                                    dtype=torch.float64)
+        self.seed, self.epoch, self.n = seed, 0, len(examples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.multinomial(self.weights, self.n, replacement=True, generator=generator).tolist()
 
 
 class Collator:

@@ -27,7 +27,7 @@ from emoslm.errors import EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
 from emoslm.slm.processor import MelFrontEnd
-from emoslm.train.data import Collator, Example, load_examples, split
+from emoslm.train.data import BalancedSampler, Collator, Example, load_examples, split
 from emoslm.train.frames import FrameCache
 from emoslm.train.stages import apply_stage, merge_lora
 
@@ -54,6 +54,7 @@ class TrainConfig:
     log_every: int = 5
     max_target_tokens: int = 160
     mixed_precision: str = "auto"  # auto | no | bf16
+    balance: dict[str, float] | None = None  # target share per emotion tag (stage 1-2); None: as the data has it
 
 
 def load_model(config: TrainConfig) -> tuple[Any, Any]:
@@ -82,11 +83,16 @@ def _mixed_precision(choice: str) -> str:
 
 def make_loader(examples: list[Example], collate: Collator, config: TrainConfig, accelerator: Any) -> Any:
     """A shuffled DataLoader through ``accelerator.prepare``: a seeded sampler (the order of epoch e is
-    seed + e on every rank), each rank its own shard, batches moved to the accelerator's device."""
+    seed + e on every rank), each rank its own shard, batches moved to the accelerator's device.
+    With ``balance`` (stage 1-2) the sampler draws each emotion at its target share."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(config.seed))
+    if config.balance and config.stage != "1-1":
+        loader = DataLoader(examples, batch_size=config.batch_size, collate_fn=collate,
+                            sampler=BalancedSampler(examples, config.balance, config.seed))
+    else:
+        loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+                            generator=torch.Generator().manual_seed(config.seed))
     return accelerator.prepare(loader)
 
 
