@@ -185,3 +185,22 @@ def test_balanced_sampler_draws_the_target_shares_through_accelerate(tmp_path):
     assert epochs[0] != epochs[1]
     with pytest.raises(DataError, match="none of the tags"):
         make_loader(examples, lambda b: b, replace(cfg, balance={"anger": 1.0}), accelerator)
+
+
+def test_held_out_by_voice_and_by_text(build, tmp_path):
+    from emoslm.train.data import split, voices_by_key
+
+    voiced = tmp_path / "voiced"
+    voiced.mkdir()
+    for name in ("recipe.json", "stage1_2.jsonl", "multiturn.jsonl"):
+        (voiced / name).write_text((build / name).read_text())
+    rows = [json.loads(line) for line in (build / "stage1_1.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["provenance"] = {"voiced_by": "kokoro:jf_alpha" if i % 3 == 0 else "piper"}
+    (voiced / "stage1_1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert voices_by_key(voiced)["c0"] == "kokoro:jf_alpha"
+    examples = load_examples(voiced, "1-2")  # the voice comes from stage 1-1's provenance, by source item
+    train_set, held = split(examples, 0.0, 0, ["kokoro:jf_alpha"])
+    assert {e.key for e in held} == {"c0", "c3"} and all(e.voice == "piper" for e in train_set)
+    _, by_text = split(examples, 0.5, 0, ["kokoro:jf_alpha"])
+    assert {e.key for e in by_text} > {"c0", "c3"}  # texts held out on top of the voice

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from emoslm.emotions import TAGS, ZH_NAMES
 from emoslm.llm.base import LLM, Message, Sampling
 from emoslm.streams import drain
+from emoslm.textnorm import simplified
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -103,7 +104,9 @@ def think_opening(tag: str, lang: str = "en", words_tag: str | None = None,
 
 def asks_trajectory(text: str, lang: str) -> bool:
     """Does the user ask how their feelings changed over the conversation (HumDial's T1 question)?"""
-    return bool(ASKS_TRAJECTORY["zh" if lang == "zh" else "en"].search(text))
+    if lang == "zh":
+        return bool(ASKS_TRAJECTORY["zh"].search(simplified(text)))  # Whisper often writes traditional characters
+    return bool(ASKS_TRAJECTORY["en"].search(text))
 
 
 def emotion_path(tags: list[str | None]) -> list[str]:
@@ -187,6 +190,8 @@ def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: 
     think = (opening + continuation).strip()
     stops = ["<|im_end|>", "<|im_start|>", THINK_OPEN]
     start = f"{reply_opening} " if reply_opening and lang != "zh" else reply_opening
+    if reply_opening:  # one more line at most: a small model rambles on into emotion words it was told not to use
+        stops = [*stops, "\n"]
     if llm.native_think():
         answer = llm.stream(f"{prompt}{continuation}\n{THINK_CLOSE}\n\n{start}", _with(base, reply_budget, stops))
     else:

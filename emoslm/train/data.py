@@ -36,6 +36,7 @@ class Example:
     think: bool = False
     emotion: str = ""
     teacher_reply: str = ""
+    voice: str = ""  # the TTS voice that spoke the clip ("" for recorded speech)
 
 
 def load_examples(build: Path, stage: str) -> list[Example]:
@@ -43,13 +44,16 @@ def load_examples(build: Path, stage: str) -> list[Example]:
     if not (build / "recipe.json").exists():
         raise DataError(f"{build}: not an IEAT build folder; run `emoslm data build RECIPE --out {build}` first")
     examples = []
+    voices = voices_by_key(build)
     for name in STAGE_FILES[stage]:
         path = build / name
         if not path.exists():
             raise DataError(f"{path}: missing; the build is not assembled yet (run `emoslm data build` again)")
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                examples.append(_example(json.loads(line), build, stage))
+                example = _example(json.loads(line), build, stage)
+                example.voice = voices.get(example.key, "")
+                examples.append(example)
     if not examples:
         raise DataError(f"{build}: no {stage} samples to train on")
     return examples
@@ -69,10 +73,22 @@ def _example(sample: dict[str, Any], build: Path, stage: str) -> Example:
                    emotion=sample["emotion"], teacher_reply=sample["response"])
 
 
-def split(examples: list[Example], held_out: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Held out by a seeded hash of the clip's source item: the same clips in every stage and run."""
+def voices_by_key(build: Path) -> dict[str, str]:
+    """Which voice spoke each source item's clip (from stage 1-1, which every item with a clip has), so a
+    multi-turn sample is held out with the voice of its last clip even though its own record lacks it."""
+    path = build / "stage1_1.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["id"]: r.get("provenance", {}).get("voiced_by", "") for r in rows}
+
+
+def split(examples: list[Example], held_out: float, seed: int, held_voices: list[str] | tuple[str, ...] = ()
+          ) -> tuple[list[Example], list[Example]]:
+    """Held out: every clip of the ``held_voices`` (voices the model never hears in training), and a seeded
+    hash share of the source items (texts it never trains on); the same clips in every stage and run."""
     def held(example: Example) -> bool:
-        return zlib.crc32(f"{seed}:{example.key}".encode()) % 10_000 < held_out * 10_000
+        return example.voice in held_voices or zlib.crc32(f"{seed}:{example.key}".encode()) % 10_000 < held_out * 10_000
 
     return [e for e in examples if not held(e)], [e for e in examples if held(e)]
 

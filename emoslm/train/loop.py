@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ class TrainConfig:
     lr: float = 1e-3
     lora_r: int = 16
     lora_alpha: int = 32
-    held_out: float = 0.1
+    held_out: float = 0.1  # share of source items (texts) held out
+    held_out_voices: list[str] = field(default_factory=list)  # voices held out entirely (e.g. "kokoro:jf_alpha")
     seed: int = 0
     save_every: int = 50
     log_every: int = 5
@@ -139,7 +140,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     """Train one stage; resumes from ``RUN/checkpoint`` when it exists. ``stop_after`` ends early (tests)."""
     out = Path(config.out)
     examples = load_examples(Path(config.data), config.stage)
-    train_set, held = split(examples, config.held_out, config.seed)
+    train_set, held = split(examples, config.held_out, config.seed, config.held_out_voices)
     accelerator = accelerator_for(config, out)
     model, tokenizer = load_model(config)
     trainable = apply_stage(model, config.stage, config.lora_r, config.lora_alpha)

@@ -30,7 +30,8 @@ from emoslm.train.loop import held_out_loss
 
 
 def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: list[Example], embedder: Any,
-                   think_budget: int = 48, max_new_tokens: int = 64) -> dict[str, Any]:
+                   think_budget: int = 48, max_new_tokens: int = 64, held_voices: tuple[str, ...] = ()
+                   ) -> dict[str, Any]:
     from emoslm.slm.generate import generate
 
     front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
@@ -46,8 +47,12 @@ def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: 
         similarities.append(float((a * b).sum()))
         hits.append(tag_in_think(out.think) == example.emotion)
         samples.append({"id": example.id, "emotion": example.emotion, "think": out.think, "reply": out.reply})
+    by_kind: dict[str, list[bool]] = {}
+    for example, hit in zip(held_12, hits, strict=True):
+        by_kind.setdefault("unheard voice" if example.voice in held_voices else "unseen text", []).append(hit)
     result.update(content_similarity=round(statistics.mean(similarities), 4) if similarities else None,
-                  emotion_in_think=round(sum(hits) / len(hits), 4) if hits else None, samples=samples[:5])
+                  emotion_in_think=round(sum(hits) / len(hits), 4) if hits else None, samples=samples[:5],
+                  emotion_in_think_by_kind={k: [round(sum(v) / len(v), 4), len(v)] for k, v in sorted(by_kind.items())})
     return result
 
 
@@ -74,11 +79,12 @@ def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
     config = infos[0]["config"]
     torch.manual_seed(config["seed"])
     untrained, tokenizer = from_parts(config["llm"], config["encoder"], adapter_dim=config["adapter_dim"])
-    rows = {"untrained adapter": evaluate_model(untrained, tokenizer, held_11, held_12, embedder)}
+    voices = tuple(config.get("held_out_voices") or ())
+    rows = {"untrained adapter": evaluate_model(untrained, tokenizer, held_11, held_12, embedder, held_voices=voices)}
     for run, info in zip(runs, infos, strict=True):
         model = UnifiedSLM.from_pretrained(run / "final")
         rows[f"stage {info['config']['stage']} ({run.name})"] = evaluate_model(
-            model, AutoTokenizer.from_pretrained(run / "final"), held_11, held_12, embedder)
+            model, AutoTokenizer.from_pretrained(run / "final"), held_11, held_12, embedder, held_voices=voices)
     tags = Counter(e.emotion for e in held_12)
     summary = {"held_out_clips": len(held_keys), "chance_emotion": round(1 / len(TAGS), 4),
                "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows}
@@ -100,6 +106,10 @@ def markdown(summary: dict[str, Any]) -> str:
     for name, r in summary["rows"].items():
         lines.append(f"| {name} | {f(r['loss_1_1'])} | {f(r['loss_1_2'])} | {f(r['content_similarity'])} | "
                      f"{f(r['emotion_in_think'])} |")
+    lines += ["", "Emotion in think by what is new to the model (accuracy, clips):", ""]
+    for name, r in summary["rows"].items():
+        kinds = ", ".join(f"{k} {v[0]:.3f} ({v[1]})" for k, v in r.get("emotion_in_think_by_kind", {}).items())
+        lines.append(f"- {name}: {kinds or '–'}")
     lines += ["", "Examples (last model):", ""]
     last = list(summary["rows"].values())[-1]
     lines += [f"- [{s['emotion']}] think: {s['think'][:160]} | reply: {s['reply'][:120]}" for s in last["samples"]]
