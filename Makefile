@@ -32,6 +32,7 @@ bench: setup
 	$(PY) benchmarks/bench_dsp.py
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/bench_voices.py
+	$(PY) benchmarks/bench_trajectory.py
 
 setup: system-deps $(STAMP)
 
