@@ -154,7 +154,8 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     collate = Collator(tokenizer, UnifiedSLM.speech_length, frames, config.max_target_tokens)
     loader = make_loader(train_set, collate, config, accelerator)
     model, optimiser = accelerator.prepare(model, optimiser)
-    accelerator.init_trackers("tb", config=asdict(config))
+    accelerator.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                                            for k, v in asdict(config).items()})  # TensorBoard takes scalars only
     per_epoch = len(loader)
     total = config.max_steps or per_epoch * config.epochs // config.grad_accum
     step, batches_done = _resume(accelerator, out, config)
