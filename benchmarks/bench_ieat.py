@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -35,14 +36,20 @@ from emoslm.voicing import voice_dialogues  # noqa: E402
 RECIPE = ROOT.parent / "recipes" / "tiny.yaml"
 
 
-def throughput(items: int, workers: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        report = build(load_recipe(RECIPE), Path(tmp) / "build", limit=items, workers=workers)
-        seconds = time.perf_counter() - start
+def throughput(items: int, workers: int, kokoro_threads: int | None = None) -> dict[str, float]:
+    """One fresh build; ``kokoro_threads=1`` is the build as it was before Kokoro got the worker's threads."""
+    if kokoro_threads:
+        os.environ["EMOSLM_TTS_THREADS"] = str(kokoro_threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            report = build(load_recipe(RECIPE), Path(tmp) / "build", limit=items, workers=workers)
+            seconds = time.perf_counter() - start
+    finally:
+        os.environ.pop("EMOSLM_TTS_THREADS", None)
     samples = report.summary["stage1_2"] + report.summary["multiturn"]
-    return {"workers": workers, "items": items, "seconds": round(seconds, 1), "samples": samples,
-            "items_per_min": round(60 * items / seconds, 2)}
+    return {"workers": workers, "kokoro_threads": kokoro_threads or "all", "items": items,
+            "seconds": round(seconds, 1), "samples": samples, "items_per_min": round(60 * items / seconds, 2)}
 
 
 def teacher_latency(dialogues_per_lang: int) -> dict[str, dict[str, dict[str, float]]]:
@@ -76,18 +83,21 @@ def main() -> None:
     args = parser.parse_args()
     if not (recogniser_dir() / "meta.json").exists():
         sys.exit(f"no trained recogniser in {recogniser_dir()}; run `emoslm perception train` first")
-    one, two = throughput(args.items, 1), throughput(args.items, 2)
+    before, one, two = throughput(args.items, 1, kokoro_threads=1), throughput(args.items, 1), throughput(args.items, 2)
     latency = teacher_latency(args.dialogues)
-    results = {"build": [one, two], "speedup_2_over_1": round(two["items_per_min"] / one["items_per_min"], 2),
+    results = {"build": [before, one, two], "speedup_2_over_1": round(two["items_per_min"] / one["items_per_min"], 2),
+               "speedup_kokoro_threads": round(one["items_per_min"] / before["items_per_min"], 2),
                "teacher_turn_seconds": latency}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ieat.json").write_text(json.dumps(results, indent=2))
     lines = ["# IEAT build and teacher agent", "",
              f"`recipes/tiny.yaml`, first {args.items} items, fresh folder each run (model loading included).", "",
-             "| workers | seconds | items/min | samples (1-2 + multi-turn) |", "|---|---|---|---|"]
-    lines += [f"| {r['workers']} | {r['seconds']} | {r['items_per_min']} | {r['samples']} |" for r in (one, two)]
-    lines += ["", f"2 workers / 1 worker: **{results['speedup_2_over_1']}×**", "",
-              "Teacher agent, seconds per turn (example dialogues voiced by Piper / espeak-ng):", "",
+             "| workers | Kokoro threads | seconds | items/min | samples (1-2 + multi-turn) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['kokoro_threads']} | {r['seconds']} | {r['items_per_min']} | {r['samples']} |"
+              for r in (before, one, two)]
+    lines += ["", f"Kokoro on all the worker's threads / on one: **{results['speedup_kokoro_threads']}×**; "
+              f"2 workers / 1 worker: **{results['speedup_2_over_1']}×**", "",
+              "Teacher agent, seconds per turn (example dialogues voiced by the default voices):", "",
               "| lang | stage | mean | p90 | turns |", "|---|---|---|---|---|"]
     for lang, stages in latency.items():
         lines += [f"| {lang} | {stage} | {v['mean']} | {v['p90']} | {v['n']} |" for stage, v in stages.items()]

@@ -138,6 +138,12 @@ def test_neural_voices_take_the_emotion_prosody():
                           load_tts("hibari").synthesize("Same again.").audio)  # seeded: reproducible
 
 
+def test_kokoro_gives_the_same_samples_at_any_thread_count():
+    # the IEAT build gives Kokoro all of a worker's threads and stays byte-identical whatever its workers
+    one, two = load_tts("kokoro:jm_kumo", threads=1), load_tts("kokoro:jm_kumo", threads=2)
+    assert np.array_equal(one.synthesize(ZH_LINE).audio, two.synthesize(ZH_LINE).audio)
+
+
 def test_unknown_kokoro_voice_is_one_clear_line():
     with pytest.raises(EmoslmError, match="unknown Kokoro voice 'af_sky'; use one of jm_kumo"):
         load_tts("kokoro:af_sky")

@@ -278,9 +278,10 @@ def _installed(*models: str) -> bool:
     return all(REGISTRY[m].installed() for m in models)
 
 
-def load_tts(spec: str) -> TTS:
+def load_tts(spec: str, threads: int = 1) -> TTS:
     """``piper[:MODEL]``, ``espeak[:VOICE]``, ``flite[:VOICE]``, ``kokoro[:VOICE]``, ``hibari`` or
-    ``http(s)://host/v1?model=M&voice=V``."""
+    ``http(s)://host/v1?model=M&voice=V``. ``threads``: onnxruntime threads of the neural voices (one
+    where a voice speaks beside an LLM; all of a worker's where nothing else runs, as in the IEAT build)."""
     if spec.startswith(("http://", "https://")):
         parts = urlsplit(spec)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -289,7 +290,7 @@ def load_tts(spec: str) -> TTS:
                                api_key=query.get("api_key"))
     backend, _, arg = spec.partition(":")
     if backend == "piper":
-        return PiperTTS(arg or "piper-en-joe")
+        return PiperTTS(arg or "piper-en-joe", threads=threads)
     if backend == "espeak":
         return EspeakTTS(arg or "en-us")
     if backend == "flite":
@@ -300,8 +301,8 @@ def load_tts(spec: str) -> TTS:
         if backend == "hibari":
             if arg not in ("", "heart"):
                 raise EmoslmError(f"hibari has one packaged voice, 'heart', not '{arg}'")
-            return HibariTTS()
-        return KokoroTTS(arg or "jm_kumo")
+            return HibariTTS(threads=threads)
+        return KokoroTTS(arg or "jm_kumo", threads=threads)
     raise EmoslmError(
         f"unknown TTS spec '{spec}'; use piper[:MODEL], espeak[:VOICE], flite[:VOICE], kokoro[:VOICE], hibari "
         "or an http(s):// URL"

@@ -127,17 +127,17 @@ class VoicePool:
     """
 
     def __init__(self) -> None:
-        self._engines: dict[str, TTS] = {}  # by canonical spec
+        self._engines: dict[tuple[str, int], TTS] = {}  # by canonical spec and thread count
         self._voices: dict[str, Voice] = {}
         self._lock = threading.Lock()
 
-    def tts(self, spec: str | None, lang: str = "en") -> TTS:
-        """The engine a spec names (``None``/``auto``: the language's default)."""
+    def tts(self, spec: str | None, lang: str = "en", threads: int = 1) -> TTS:
+        """The engine a spec names (``None``/``auto``: the language's default), with ``threads`` of its own."""
         key = canonical_spec(spec, lang)
         with self._lock:
-            if key not in self._engines:
-                self._engines[key] = load_tts(key)
-            return self._engines[key]
+            if (key, threads) not in self._engines:
+                self._engines[key, threads] = load_tts(key, threads)
+            return self._engines[key, threads]
 
     def voice(self, spec: str | None, lang: str = "en") -> Voice:
         """The Voice for a spec and language."""
