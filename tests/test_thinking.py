@@ -70,3 +70,22 @@ def test_the_think_is_read_back_as_the_emotion_it_states():
     assert tag_in_think(think_opening("fear", "zh", "happy")) == "fear"
     assert tag_in_think("They sound happy, maybe a little surprise too.") == "happy"
     assert tag_in_think("No emotion words here.") is None
+
+
+def test_trajectory_question_gets_the_perceived_path():
+    from emoslm.dialogues import examples_dir, read_dialogues
+    from emoslm.eval.metrics import trajectory_exact
+    from emoslm.ieat.think import asks_trajectory, emotion_path, tag_in_think, think_opening, trajectory_reply
+
+    for dialogue in read_dialogues(examples_dir()):  # only the last turn of the T1 dialogues asks
+        asked = [asks_trajectory(t.text, dialogue.lang) for t in dialogue.turns]
+        assert asked == [dialogue.task == "T1" and i == len(asked) - 1 for i in range(len(asked))], dialogue.dialogue_id
+    assert asks_trajectory("你能總結一下我在這段對話裡經歷了哪些情緒變化嗎", "zh")  # Whisper's traditional characters
+    assert emotion_path(["sad", "sad", None, "neutral", "happy"]) == ["sad", "neutral", "happy"]
+    for path in (["anger", "surprise", "neutral"], ["fear", "neutral", "surprise", "happy", "neutral"], ["sad"]):
+        for lang in ("en", "zh"):
+            assert trajectory_exact(trajectory_reply(path, lang), path, lang)["exact"], (path, lang)
+    opening = think_opening("neutral", "en", "neutral", ["anger", "surprise", "neutral"])
+    assert "anger → surprise → neutral" in opening and tag_in_think(opening) == "neutral"
+    assert think_opening("sad", "en") == ("The user speaks with a slow, quiet voice with a falling pitch, so the "
+                                          "emotion I hear is sad. The most likely reason they feel sad is")
