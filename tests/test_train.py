@@ -100,8 +100,13 @@ def test_stage_1_1_resumes_exactly_and_stage_1_2_trains_lora(build, tmp_path):
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), abs=1e-4)
 
     second = config(build, tmp_path / "lora", init=str(tmp_path / "whole" / "final"))
-    result = train(replace(second, stage="1-2", max_steps=2))
-    assert result["steps"] == 2
+    result = train(replace(second, stage="1-2", max_steps=4, listen_clips=2))
+    assert result["steps"] == 4
+    curve = [json.loads(line) for line in (tmp_path / "lora" / "listening.jsonl").read_text().splitlines()]
+    assert [c["epoch"] for c in curve] == list(range(len(curve))) and len(curve) >= 2  # before, then per epoch
+    assert curve[0]["step"] == 0 and curve[0]["clips"] >= 1
+    assert 0 <= curve[-1]["think_vs_label"] <= 1 and curve[-1]["chance"] == pytest.approx(1 / 7, abs=1e-3)
+    assert (tmp_path / "lora" / "listening" / f"epoch-{len(curve) - 1}.json").exists()
     from emoslm.slm.model import UnifiedSLM
 
     merged = UnifiedSLM.from_pretrained(tmp_path / "lora" / "final")
@@ -204,3 +209,25 @@ def test_held_out_by_voice_and_by_text(build, tmp_path):
     assert {e.key for e in held} == {"c0", "c3"} and all(e.voice == "piper" for e in train_set)
     _, by_text = split(examples, 0.5, 0, ["kokoro:jf_alpha"])
     assert {e.key for e in by_text} > {"c0", "c3"}  # texts held out on top of the voice
+
+
+def test_listening_scores_and_plots(tmp_path):
+    from emoslm.train.listening import plot_curve, repeats_think, summarise
+
+    assert repeats_think("The emotion I hear is sad. The most likely reason is the rain.",
+                         "I hear you. The most likely reason is the rain today.")
+    assert not repeats_think("The emotion I hear is sad. The most likely reason is the rain.", "I am sorry.")
+    rows = [{"label": "sad", "acted": "sad", "think_tag": "sad", "repeats": False},
+            {"label": "sad", "acted": "anger", "think_tag": "neutral", "repeats": True},
+            {"label": "happy", "acted": "happy", "think_tag": "sad", "repeats": False},
+            {"label": "sad", "acted": "", "think_tag": "sad", "repeats": False}]
+    result = summarise(rows)
+    assert result["think_vs_label"] == 0.5 and result["think_vs_acted"] == round(1 / 3, 4)
+    assert result["recogniser_vs_acted"] == round(2 / 3, 4) and result["commonest_label"] == 0.75
+    assert result["reply_repeats_think"] == 0.25 and result["confusion"]["sad"] == {"sad": 2, "neutral": 1}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "listening.jsonl").write_text("".join(json.dumps({"epoch": e, "step": e, **{k: v for k, v in result.items()
+                                                                                    if k != "rows"}}) + "\n"
+                                                 for e in range(3)))
+    assert [p.name for p in plot_curve(run, tmp_path / "out")] == ["learning-curve.png", "confusion.png"]

@@ -56,6 +56,7 @@ class TrainConfig:
     max_target_tokens: int = 160
     mixed_precision: str = "auto"  # auto | no | bf16
     balance: dict[str, float] | None = None  # target share per emotion tag (stage 1-2); None: as the data has it
+    listen_clips: int = 0  # stage 1-2: held-out clips whose think is scored before training and after each epoch
 
 
 def load_model(config: TrainConfig) -> tuple[Any, Any]:
@@ -165,6 +166,9 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                                   "processes": accelerator.num_processes})
     advance = progress(f"stage {config.stage}", total) if accelerator.is_main_process else (lambda n=1: None)
     advance(step)
+    listening = Listening(config, out, held, tokenizer)
+    if step == 0:
+        listening(accelerator, model, 0, step)
     started, seen_tokens = time.perf_counter(), 0
     model.train()
     while step < total:
@@ -187,6 +191,8 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
             accelerator.log({"loss": record["loss"], "tokens_per_s": record["tokens_per_s"]}, step=step)
             if accelerator.is_main_process:
                 _append(out / "log.jsonl", record)
+            if batches_done % per_epoch == 0:
+                listening(accelerator, model, batches_done // per_epoch, step)
             if step % config.save_every == 0 or step == total:
                 _checkpoint(accelerator, out, config.stage, step, batches_done)
             if stop_after is not None and step >= stop_after:
@@ -211,6 +217,30 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     return summary
 
 
+class Listening:
+    """The learning curve of hearing: the think's tag on held-out clips, before training and after each epoch
+    (``RUN/listening.jsonl``, one line per epoch; the clips' thinks in ``RUN/listening/epoch-N.json``)."""
+
+    def __init__(self, config: TrainConfig, out: Path, held: list[Example], tokenizer: Any) -> None:
+        from emoslm.train.listening import acted_by_key
+
+        self.out, self.tokenizer = out, tokenizer
+        self.clips = held[: config.listen_clips] if config.stage != "1-1" else []
+        self.acted = acted_by_key(Path(config.data)) if self.clips else {}
+
+    def __call__(self, accelerator: Any, model: Any, epoch: int, step: int) -> None:
+        if not self.clips:
+            return
+        if accelerator.is_main_process:
+            from emoslm.train.listening import listen
+
+            result = listen(accelerator.unwrap_model(model), self.tokenizer, self.clips, self.acted)
+            _write(self.out / "listening" / f"epoch-{epoch}.json", result)
+            _append(self.out / "listening.jsonl", {"epoch": epoch, "step": step,
+                                                   **{k: v for k, v in result.items() if k != "rows"}})
+        accelerator.wait_for_everyone()
+
+
 def _resume(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]:
     state = out / "checkpoint" / "position.json"
     if not state.exists():
@@ -221,6 +251,7 @@ def _resume(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]
     accelerator.load_state(str(out / "checkpoint"))
     if accelerator.is_main_process:
         _truncate_log(out / "log.jsonl", saved["step"])
+        _truncate_log(out / "listening.jsonl", saved["step"])
     accelerator.wait_for_everyone()
     return saved["step"], saved["batches_done"]
 

@@ -89,6 +89,12 @@ def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
     summary = {"held_out_clips": len(held_keys), "chance_emotion": round(1 / len(TAGS), 4),
                "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows}
     target = out or runs[-1]
+    from emoslm.train.listening import plot_curve
+
+    summary["plots"] = [str(p) for p in plot_curve(runs[-1], target)]
+    curve = runs[-1] / "listening.jsonl"
+    if curve.exists():
+        summary["listening"] = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
     (target / "report.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     (target / "report.md").write_text(markdown(summary))
     return summary
@@ -110,6 +116,12 @@ def markdown(summary: dict[str, Any]) -> str:
     for name, r in summary["rows"].items():
         kinds = ", ".join(f"{k} {v[0]:.3f} ({v[1]})" for k, v in r.get("emotion_in_think_by_kind", {}).items())
         lines.append(f"- {name}: {kinds or '–'}")
+    if summary.get("listening"):
+        lines += ["", "Learning curve of hearing (stage 1-2, held-out clips; `learning-curve.png`, `confusion.png`):",
+                  "", "| epoch | think = label | think = acted | recogniser = acted | reply repeats think |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['epoch']} | {f(c['think_vs_label'])} | {f(c['think_vs_acted'])} | "
+                  f"{f(c['recogniser_vs_acted'])} | {f(c['reply_repeats_think'])} |" for c in summary["listening"]]
     lines += ["", "Examples (last model):", ""]
     last = list(summary["rows"].values())[-1]
     lines += [f"- [{s['emotion']}] think: {s['think'][:160]} | reply: {s['reply'][:120]}" for s in last["samples"]]

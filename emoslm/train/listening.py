@@ -1,0 +1,126 @@
+"""Does the unified model hear the emotion? Its think's tag on held-out clips, against three references.
+
+IEAT labels each clip with the recogniser's tag, so "the think names the label" measures how well the
+model learned to agree with the recogniser. For clips emoslm voiced itself the acted emotion is known
+(``provenance.acted_emotion``) and is the fairer gold: the think and the recogniser are both scored
+against it on the same clips, beside chance and always-the-commonest-label. The reply is checked for
+copying the think (a model that learned the format and not the task says its notes aloud).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from emoslm.audio import load_audio
+from emoslm.emotions import TAGS
+from emoslm.ieat.think import tag_in_think
+from emoslm.slm.processor import MelFrontEnd
+from emoslm.train.data import Example
+
+
+def acted_by_key(build: Path) -> dict[str, str]:
+    """The emotion each source item's clip was acted with (voiced text sources), by source item."""
+    path = build / "stage1_1.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["id"]: r.get("provenance", {}).get("acted_emotion", "") for r in rows}
+
+
+def repeats_think(think: str, reply: str, words: int = 6) -> bool:
+    """True when the reply says a run of ``words`` consecutive words of the think (its notes read aloud)."""
+    said = " ".join(re.findall(r"\w+", reply.lower()))
+    tokens = re.findall(r"\w+", think.lower())
+    return any(" ".join(tokens[i:i + words]) in said for i in range(max(0, len(tokens) - words + 1)))
+
+
+def listen(model: Any, tokenizer: Any, examples: list[Example], acted: dict[str, str],
+           think_budget: int = 48, max_new_tokens: int = 64) -> dict[str, Any]:
+    """Generate think + reply for each held-out clip (from its audio) and score the think's tag."""
+    from emoslm.slm.generate import generate
+
+    front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
+    rows = []
+    was_training = model.training
+    model.eval()
+    for example in examples:
+        out = generate(model, tokenizer, front_end.tensor(load_audio(example.audio)), example.history,
+                       think_budget=think_budget, max_new_tokens=max_new_tokens)
+        rows.append({"id": example.id, "label": example.emotion, "acted": acted.get(example.key, ""),
+                     "think_tag": tag_in_think(out.think) or "none", "voice": example.voice,
+                     "think": out.think, "reply": out.reply, "repeats": repeats_think(out.think, out.reply)})
+    model.train(was_training)
+    return summarise(rows)
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def share(hits: list[bool]) -> float | None:
+        return round(sum(hits) / len(hits), 4) if hits else None
+
+    with_acted = [r for r in rows if r["acted"] in TAGS]
+    labels = Counter(r["label"] for r in rows)
+    return {
+        "clips": len(rows),
+        "think_vs_label": share([r["think_tag"] == r["label"] for r in rows]),
+        "think_vs_acted": share([r["think_tag"] == r["acted"] for r in with_acted]),
+        "recogniser_vs_acted": share([r["label"] == r["acted"] for r in with_acted]),
+        "commonest_label": share([r["label"] == labels.most_common(1)[0][0] for r in rows]) if rows else None,
+        "commonest_acted": share([r["acted"] == Counter(x["acted"] for x in with_acted).most_common(1)[0][0]
+                                  for r in with_acted]) if with_acted else None,
+        "chance": round(1 / len(TAGS), 4),
+        "reply_repeats_think": share([r["repeats"] for r in rows]),
+        "confusion": {t: dict(Counter(r["think_tag"] for r in rows if r["label"] == t)) for t in TAGS},
+        "rows": rows,
+    }
+
+
+def plot_curve(run: Path, out: Path) -> list[Path]:
+    """``learning-curve.png`` (the think's tag per epoch against chance, the commonest tag and the recogniser)
+    and ``confusion.png`` (label vs think tag, last epoch) from a run's ``listening.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = run / "listening.jsonl"
+    if not path.exists():
+        return []
+    curve = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    gold = "acted" if curve[-1].get("think_vs_acted") is not None else "label"
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    epochs = [c["epoch"] for c in curve]
+    ax.plot(epochs, [c[f"think_vs_{gold}"] for c in curve], "o-", label=f"think names the {gold} emotion")
+    last = curve[-1]
+    refs = [("chance", last["chance"], ":"), (f"always the commonest {gold}", last[f"commonest_{gold}"], "--")]
+    if gold == "acted":
+        refs.append(("the recogniser (labelled the data)", curve[-1]["recogniser_vs_acted"], "-."))
+    for name, value, style in refs:
+        ax.axhline(value, linestyle=style, color="grey", label=f"{name} {value:.2f}")
+    ax.set(xlabel="epoch of stage 1-2 (0: before)", ylabel="accuracy on held-out clips", ylim=(0, 1),
+           title=f"Does the model hear the emotion? ({curve[-1]['clips']} clips)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "learning-curve.png", dpi=120)
+    plt.close(fig)
+
+    confusion = curve[-1]["confusion"]
+    columns = [*TAGS, "none"]
+    grid = [[confusion.get(t, {}).get(c, 0) for c in columns] for t in TAGS]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.imshow(grid, cmap="Blues")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(TAGS)), TAGS)
+    for i, row in enumerate(grid):
+        for j, n in enumerate(row):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=8)
+    ax.set(xlabel="tag the think names", ylabel="label (recogniser)", title=f"epoch {curve[-1]['epoch']}")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=120)
+    plt.close(fig)
+    return [out / "learning-curve.png", out / "confusion.png"]
