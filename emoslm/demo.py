@@ -11,6 +11,7 @@ finally builds a small IEAT training set from ``recipes/tiny.yaml`` and prints i
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -147,9 +148,14 @@ def run_ieat(out: Path, limit: int, console: Console) -> dict[str, Any]:
         console.print(f"skipping the IEAT build: {TINY_RECIPE} is not here (run the demo from the repository)")
         return {}
     console.rule(f"IEAT data: recipes/tiny.yaml, first {limit} items")
+    recipe = load_recipe(TINY_RECIPE)
+    marker = out / "recipe.json"
+    if marker.exists() and json.loads(marker.read_text()).get("digest") != recipe.digest():
+        console.print(f"{out} holds a build of an older tiny recipe; the demo rebuilds its own folder")
+        shutil.rmtree(out)
     bar, progress = rich_progress(console)
     with bar:
-        report = build(load_recipe(TINY_RECIPE), out, limit=limit, progress=progress)
+        report = build(recipe, out, limit=limit, progress=progress)
     s = report.summary
     console.print(f"{s['items']} items → stage 1-1 {s['stage1_1']}, stage 1-2 {s['stage1_2']} {s['tasks']}, "
                   f"multi-turn {s['multiturn']}, errors {s['errors']}; emotions {s['emotions']} "
