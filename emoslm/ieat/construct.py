@@ -314,11 +314,14 @@ def multiturn_final(members: list[dict[str, Any]], dialogue_id: str, tools: Tool
                     {"role": "assistant", "content": member["ieat"]["response"]}]
     last = members[-1]
     lang, emotion = last["lang"], last["ieat"]["emotion"]
-    task, user_text, path, heard = "empathy", last["ieat"]["user_text"], None, last["ieat"]["user_audio"]
-    if instruction is not None:
-        task, path = "trajectory", [m["ieat"]["emotion"]["tag"] for m in members]
+    if instruction is None:
+        turn = ieat_turn(tools, "empathy", lang, history, last["ieat"]["user_text"], emotion, (dialogue_id, "mt"))
+        asked: dict[str, Any] = {}
+    else:
+        path = [m["ieat"]["emotion"]["tag"] for m in members]
         user_text = f"{instruction['text']} {last['clip']['transcript']}"
-        heard = user_audio(Clip(**last["clip"]), instruction, out, key=dialogue_id)
-    turn = ieat_turn(tools, task, lang, history, user_text, emotion, (dialogue_id, "mt"), path)
+        turn = ieat_turn(tools, "trajectory", lang, history, user_text, emotion, (dialogue_id, "mt"), path)
+        asked = {"task": "trajectory", "user_text": user_text, "instruction": instruction,
+                 "user_audio": user_audio(Clip(**last["clip"]), instruction, out, key=dialogue_id)}
     turn["reply_audio"] = speak_reply(tools, turn["response"], lang, emotion["tag"], file_key(dialogue_id), out)
-    return {**turn, "task": task, "user_text": user_text, "user_audio": heard, "instruction": instruction}
+    return {**turn, **asked}
