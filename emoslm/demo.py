@@ -142,15 +142,15 @@ def _print_turn(console: Console, r: TurnResult) -> None:
 def run_ieat(out: Path, limit: int, console: Console) -> dict[str, Any]:
     """A small IEAT build from the tiny recipe (resumes if the folder already holds one)."""
     from emoslm.ieat.recipe import load_recipe
-    from emoslm.ieat.runner import build
+    from emoslm.ieat.runner import build, built_from
 
     if not TINY_RECIPE.exists():
         console.print(f"skipping the IEAT build: {TINY_RECIPE} is not here (run the demo from the repository)")
         return {}
     console.rule(f"IEAT data: recipes/tiny.yaml, first {limit} items")
     recipe = load_recipe(TINY_RECIPE)
-    marker = out / "recipe.json"
-    if marker.exists() and json.loads(marker.read_text()).get("digest") != recipe.digest():
+    built = built_from(out)
+    if built is not None and built.get("digest") != recipe.digest():
         console.print(f"{out} holds a build of an older tiny recipe; the demo rebuilds its own folder")
         shutil.rmtree(out)
     bar, progress = rich_progress(console)

@@ -103,16 +103,22 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def built_from(out: Path) -> dict[str, Any] | None:
+    """The recipe record of a build folder (name, digest, recipe), or None for a new folder."""
+    marker = out / "recipe.json"
+    return _read_json(marker) if marker.exists() else None
+
+
 def claim_folder(recipe: Recipe, out: Path) -> None:
     """Record the recipe in the build folder; refuse to resume a folder built from another recipe."""
-    marker = out / "recipe.json"
-    if marker.exists():
-        built = _read_json(marker)
+    built = built_from(out)
+    if built is not None:
         if built.get("digest") != recipe.digest():
             raise DataError(f"{out} was built from a different recipe ({built.get('name')}); "
                             "use a new --out folder or delete this one")
         return
-    _write_json(marker, {"name": recipe.name, "digest": recipe.digest(), "recipe": recipe.model_dump(mode="json")})
+    _write_json(out / "recipe.json",
+                {"name": recipe.name, "digest": recipe.digest(), "recipe": recipe.model_dump(mode="json")})
 
 
 def load_instructions(recipe: Recipe, out: Path, langs: list[str], tools_factory: Callable[[], Toolkit]

@@ -73,14 +73,19 @@ def _example(sample: dict[str, Any], build: Path, stage: str) -> Example:
                    emotion=sample["emotion"], teacher_reply=sample["response"])
 
 
-def voices_by_key(build: Path) -> dict[str, str]:
-    """Which voice spoke each source item's clip (from stage 1-1, which every item with a clip has), so a
-    multi-turn sample is held out with the voice of its last clip even though its own record lacks it."""
+def provenance_by_key(build: Path, field: str) -> dict[str, str]:
+    """One provenance field (``voiced_by``, ``acted_emotion``) of each source item's clip, read from stage 1-1,
+    which every item with a clip has: multi-turn samples lack it in their own record but share the item's key."""
     path = build / "stage1_1.jsonl"
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["id"]: r.get("provenance", {}).get("voiced_by", "") for r in rows}
+    return {r["id"]: r.get("provenance", {}).get(field, "") for r in rows}
+
+
+def voices_by_key(build: Path) -> dict[str, str]:
+    """Which voice spoke each source item's clip (held-out voices are held out by it)."""
+    return provenance_by_key(build, "voiced_by")
 
 
 def split(examples: list[Example], held_out: float, seed: int, held_voices: list[str] | tuple[str, ...] = ()

@@ -19,16 +19,12 @@ from emoslm.audio import load_audio
 from emoslm.emotions import TAGS
 from emoslm.ieat.think import tag_in_think
 from emoslm.slm.processor import MelFrontEnd
-from emoslm.train.data import Example
+from emoslm.train.data import Example, provenance_by_key
 
 
 def acted_by_key(build: Path) -> dict[str, str]:
-    """The emotion each source item's clip was acted with (voiced text sources), by source item."""
-    path = build / "stage1_1.jsonl"
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["id"]: r.get("provenance", {}).get("acted_emotion", "") for r in rows}
+    """The emotion each source item's clip was acted with (text sources emoslm voiced), by source item."""
+    return provenance_by_key(build, "acted_emotion")
 
 
 def repeats_think(think: str, reply: str, words: int = 6) -> bool:
@@ -62,15 +58,15 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return round(sum(hits) / len(hits), 4) if hits else None
 
     with_acted = [r for r in rows if r["acted"] in TAGS]
-    labels = Counter(r["label"] for r in rows)
+    top_label = Counter(r["label"] for r in rows).most_common(1)[0][0] if rows else None
+    top_acted = Counter(r["acted"] for r in with_acted).most_common(1)[0][0] if with_acted else None
     return {
         "clips": len(rows),
         "think_vs_label": share([r["think_tag"] == r["label"] for r in rows]),
         "think_vs_acted": share([r["think_tag"] == r["acted"] for r in with_acted]),
         "recogniser_vs_acted": share([r["label"] == r["acted"] for r in with_acted]),
-        "commonest_label": share([r["label"] == labels.most_common(1)[0][0] for r in rows]) if rows else None,
-        "commonest_acted": share([r["acted"] == Counter(x["acted"] for x in with_acted).most_common(1)[0][0]
-                                  for r in with_acted]) if with_acted else None,
+        "commonest_label": share([r["label"] == top_label for r in rows]),
+        "commonest_acted": share([r["acted"] == top_acted for r in with_acted]),
         "chance": round(1 / len(TAGS), 4),
         "reply_repeats_think": share([r["repeats"] for r in rows]),
         "confusion": {t: dict(Counter(r["think_tag"] for r in rows if r["label"] == t)) for t in TAGS},

@@ -192,7 +192,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
             if accelerator.is_main_process:
                 _append(out / "log.jsonl", record)
             if batches_done % per_epoch == 0:
-                listening(accelerator, model, batches_done // per_epoch, step)
+                started += listening(accelerator, model, batches_done // per_epoch, step)  # not training time
             if step % config.save_every == 0 or step == total:
                 _checkpoint(accelerator, out, config.stage, step, batches_done)
             if stop_after is not None and step >= stop_after:
@@ -228,9 +228,11 @@ class Listening:
         self.clips = held[: config.listen_clips] if config.stage != "1-1" else []
         self.acted = acted_by_key(Path(config.data)) if self.clips else {}
 
-    def __call__(self, accelerator: Any, model: Any, epoch: int, step: int) -> None:
+    def __call__(self, accelerator: Any, model: Any, epoch: int, step: int) -> float:
+        """Score the clips (rank 0; the others wait); returns the seconds it took."""
         if not self.clips:
-            return
+            return 0.0
+        began = time.perf_counter()
         if accelerator.is_main_process:
             from emoslm.train.listening import listen
 
@@ -239,16 +241,18 @@ class Listening:
             _append(self.out / "listening.jsonl", {"epoch": epoch, "step": step,
                                                    **{k: v for k, v in result.items() if k != "rows"}})
         accelerator.wait_for_everyone()
+        return time.perf_counter() - began
 
 
 def _resume(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]:
-    state = out / "checkpoint" / "position.json"
-    if not state.exists():
+    # checkpoint.old is whole only if a crash came between the two renames of _checkpoint
+    folder = next((f for f in (out / "checkpoint", out / "checkpoint.old") if (f / "position.json").exists()), None)
+    if folder is None:
         return 0, 0
-    saved = json.loads(state.read_text())
+    saved = json.loads((folder / "position.json").read_text())
     if saved["stage"] != config.stage:
         raise EmoslmError(f"{out} holds a stage {saved['stage']} run; use another --out for stage {config.stage}")
-    accelerator.load_state(str(out / "checkpoint"))
+    accelerator.load_state(str(folder))
     if accelerator.is_main_process:
         _truncate_log(out / "log.jsonl", saved["step"])
         _truncate_log(out / "listening.jsonl", saved["step"])

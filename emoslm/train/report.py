@@ -19,39 +19,33 @@ from typing import Any
 
 import torch
 
-from emoslm.audio import load_audio
 from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
-from emoslm.ieat.think import tag_in_think
 from emoslm.slm.processor import MelFrontEnd
 from emoslm.train.data import Collator, Example, load_examples
 from emoslm.train.frames import FrameCache
+from emoslm.train.listening import listen
 from emoslm.train.loop import held_out_loss
 
 
 def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: list[Example], embedder: Any,
                    think_budget: int = 48, max_new_tokens: int = 64, held_voices: tuple[str, ...] = ()
                    ) -> dict[str, Any]:
-    from emoslm.slm.generate import generate
-
     front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
     collate = Collator(tokenizer, model.speech_length, FrameCache(model.encoder, front_end))
     result: dict[str, Any] = {"loss_1_1": held_out_loss(model, collate, held_11) if held_11 else None,
                               "loss_1_2": held_out_loss(model, collate, held_12) if held_12 else None}
-    similarities, hits, samples = [], [], []
-    model.eval()
-    for example in held_12:
-        mel = front_end.tensor(load_audio(example.audio))  # the serving path: audio → mel → encoder
-        out = generate(model, tokenizer, mel, think_budget=think_budget, max_new_tokens=max_new_tokens)
-        a, b = embedder.encode([out.reply or " ", example.teacher_reply], normalize_embeddings=True)
+    rows = listen(model, tokenizer, held_12, {}, think_budget, max_new_tokens)["rows"]  # the serving path
+    similarities, by_kind = [], {}
+    for example, row in zip(held_12, rows, strict=True):
+        a, b = embedder.encode([row["reply"] or " ", example.teacher_reply], normalize_embeddings=True)
         similarities.append(float((a * b).sum()))
-        hits.append(tag_in_think(out.think) == example.emotion)
-        samples.append({"id": example.id, "emotion": example.emotion, "think": out.think, "reply": out.reply})
-    by_kind: dict[str, list[bool]] = {}
-    for example, hit in zip(held_12, hits, strict=True):
-        by_kind.setdefault("unheard voice" if example.voice in held_voices else "unseen text", []).append(hit)
+        by_kind.setdefault("unheard voice" if example.voice in held_voices else "unseen text", []).append(
+            row["think_tag"] == row["label"])
+    hits = [row["think_tag"] == row["label"] for row in rows]
+    samples = [{"id": r["id"], "emotion": r["label"], "think": r["think"], "reply": r["reply"]} for r in rows[:5]]
     result.update(content_similarity=round(statistics.mean(similarities), 4) if similarities else None,
-                  emotion_in_think=round(sum(hits) / len(hits), 4) if hits else None, samples=samples[:5],
+                  emotion_in_think=round(sum(hits) / len(hits), 4) if hits else None, samples=samples,
                   emotion_in_think_by_kind={k: [round(sum(v) / len(v), 4), len(v)] for k, v in sorted(by_kind.items())})
     return result
 
