@@ -32,7 +32,7 @@ from emoslm.atomic import atomic_file
 from emoslm.audio import SAMPLE_RATE, save_audio
 from emoslm.config import settings
 from emoslm.emotions import TAGS
-from emoslm.speech.prosody import acted
+from emoslm.speech.prosody import Prosody, acted
 from emoslm.speech.tts import TTS
 from emoslm.speech.voice import voice_pool
 
@@ -70,6 +70,8 @@ VOICES: tuple[Voice, ...] = (
     Voice("espeak-cmn-f3", "zh", "espeak", "cmn-latn-pinyin+f3", "test"),
     Voice("kokoro-zh-jf-gongitsune", "zh", "kokoro", "jf_gongitsune", "test"),
 )
+
+VOICE_BY_NAME = {v.name: v for v in VOICES}
 
 
 @dataclass(frozen=True)
@@ -163,16 +165,12 @@ def synthesize(clips: list[Clip], root: Path, seed: int = 0,
     espeak-ng and Flite run as subprocesses and Piper's ONNX session releases the GIL, so a couple of
     threads keep both cores busy; every clip's variation is seeded by its id, so order does not matter.
     """
-    voices = {v.name: v for v in VOICES}
     missing = [c for c in clips if not (root / c.path).exists()]
-    engines = {name: engine_for(voices[name]) for name in sorted({c.voice for c in missing})}
+    engines = {name: engine_for(VOICE_BY_NAME[name]) for name in sorted({c.voice for c in missing})}
 
     def render(clip: Clip) -> None:
-        voice = voices[clip.voice]
-        rng = random.Random(f"{seed}-{clip.id}")
-        prosody = acted(clip.emotion).jitter(rng, 0.08)
-        prosody = replace(prosody, pitch=prosody.pitch + voice.pitch)
-        save_audio(root / clip.path, engines[voice.name].synthesize(clip.text, prosody).at(SAMPLE_RATE))
+        prosody = clip_prosody(clip, seed)
+        save_audio(root / clip.path, engines[clip.voice].synthesize(clip.text, prosody).at(SAMPLE_RATE))
 
     if progress:
         progress(len(clips) - len(missing))
@@ -181,6 +179,13 @@ def synthesize(clips: list[Clip], root: Path, seed: int = 0,
             if progress:
                 progress(1)
     return _record(root / "manifest.jsonl", clips)
+
+
+def clip_prosody(clip: Clip, seed: int = 0) -> Prosody:
+    """The exact prosody a clip is spoken with: its emotion's, varied by a seed of its id, plus the voice's offset.
+    The unit decoder learns to voice these numbers (its style input)."""
+    prosody = acted(clip.emotion).jitter(random.Random(f"{seed}-{clip.id}"), 0.08)
+    return replace(prosody, pitch=prosody.pitch + VOICE_BY_NAME[clip.voice].pitch)
 
 
 def _record(manifest: Path, clips: list[Clip]) -> Path:

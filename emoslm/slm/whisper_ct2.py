@@ -143,3 +143,94 @@ def encode(encoder: Any, mel: Any) -> Any:
     for layer in encoder.layers:
         hidden = layer(hidden, attention_mask=None)
     return encoder.layer_norm(hidden)
+
+
+def decoder_state_dict(variables: dict[str, np.ndarray], layers: int) -> dict[str, Any]:
+    """``transformers`` WhisperDecoder parameter names → tensors (fused QKV and cross-attention KV split)."""
+    import torch
+
+    def t(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(variables[f"decoder/{name}"]))
+
+    state = {"embed_tokens.weight": t("embeddings/weight"), "embed_positions.weight": t("position_encodings/encodings"),
+             "layer_norm.weight": t("layer_norm/gamma"), "layer_norm.bias": t("layer_norm/beta")}
+    for i in range(layers):
+        src, dst = f"layer_{i}", f"layers.{i}"
+        q, k, v = t(f"{src}/self_attention/linear_0/weight").chunk(3, dim=0)
+        qb, _, vb = t(f"{src}/self_attention/linear_0/bias").chunk(3, dim=0)
+        ck, cv = t(f"{src}/attention/linear_1/weight").chunk(2, dim=0)
+        _, cvb = t(f"{src}/attention/linear_1/bias").chunk(2, dim=0)
+        state.update({
+            f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.q_proj.bias": qb,
+            f"{dst}.self_attn.k_proj.weight": k,
+            f"{dst}.self_attn.v_proj.weight": v, f"{dst}.self_attn.v_proj.bias": vb,
+            f"{dst}.self_attn.out_proj.weight": t(f"{src}/self_attention/linear_1/weight"),
+            f"{dst}.self_attn.out_proj.bias": t(f"{src}/self_attention/linear_1/bias"),
+            f"{dst}.self_attn_layer_norm.weight": t(f"{src}/self_attention/layer_norm/gamma"),
+            f"{dst}.self_attn_layer_norm.bias": t(f"{src}/self_attention/layer_norm/beta"),
+            f"{dst}.encoder_attn.q_proj.weight": t(f"{src}/attention/linear_0/weight"),
+            f"{dst}.encoder_attn.q_proj.bias": t(f"{src}/attention/linear_0/bias"),
+            f"{dst}.encoder_attn.k_proj.weight": ck,
+            f"{dst}.encoder_attn.v_proj.weight": cv, f"{dst}.encoder_attn.v_proj.bias": cvb,
+            f"{dst}.encoder_attn.out_proj.weight": t(f"{src}/attention/linear_2/weight"),
+            f"{dst}.encoder_attn.out_proj.bias": t(f"{src}/attention/linear_2/bias"),
+            f"{dst}.encoder_attn_layer_norm.weight": t(f"{src}/attention/layer_norm/gamma"),
+            f"{dst}.encoder_attn_layer_norm.bias": t(f"{src}/attention/layer_norm/beta"),
+            f"{dst}.fc1.weight": t(f"{src}/ffn/linear_0/weight"), f"{dst}.fc1.bias": t(f"{src}/ffn/linear_0/bias"),
+            f"{dst}.fc2.weight": t(f"{src}/ffn/linear_1/weight"), f"{dst}.fc2.bias": t(f"{src}/ffn/linear_1/bias"),
+            f"{dst}.final_layer_norm.weight": t(f"{src}/ffn/layer_norm/gamma"),
+            f"{dst}.final_layer_norm.bias": t(f"{src}/ffn/layer_norm/beta"),
+        })
+    return state
+
+
+def load_whisper_decoder(model: str = "whisper-base") -> Any:
+    """A ``transformers`` WhisperDecoder with a CTranslate2 Whisper's decoder weights (the output projection
+    is the token embedding, tied). The speech tokenizer trains through it, frozen, as its text loss."""
+    try:
+        from transformers import WhisperConfig
+        from transformers.models.whisper.modeling_whisper import WhisperDecoder
+    except ImportError:
+        raise MissingPackageError("transformers", "the PyTorch Whisper decoder", "emoslm[torch]") from None
+    from emoslm.store import resolve
+
+    variables = read_ct2(resolve(model).require_path(), prefix="decoder/")
+    layers = 1 + max(int(m.group(1)) for n in variables if (m := re.match(r"decoder/layer_(\d+)/", n)))
+    vocab, d_model = variables["decoder/embeddings/weight"].shape
+    heads = int(variables["decoder/num_heads"]) if variables["decoder/num_heads"].size else max(1, d_model // 64)
+    config = WhisperConfig(vocab_size=int(vocab), d_model=int(d_model), decoder_layers=layers,
+                           decoder_attention_heads=heads, encoder_attention_heads=heads,
+                           decoder_ffn_dim=int(variables["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
+                           max_target_positions=int(variables["decoder/position_encodings/encodings"].shape[0]))
+    decoder = WhisperDecoder(config)
+    missing, unexpected = decoder.load_state_dict(decoder_state_dict(variables, layers), strict=False)
+    if unexpected or any(not m.endswith("k_proj.bias") for m in missing):
+        raise EmoslmError(f"{model}: the converted Whisper decoder does not fit (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    return decoder.eval()
+
+
+def decode_logits(decoder: Any, ids: Any, memory: Any, memory_mask: Any | None = None) -> Any:
+    """Next-token logits (batch, tokens, vocab) of a WhisperDecoder reading ``memory`` (batch, frames, d).
+
+    ``WhisperDecoder.forward`` attends to every memory frame (Whisper always sees a padded 30 s window);
+    a batch of clips of different lengths needs the padding masked out, so the layers run here with a
+    causal self-attention mask and a cross-attention mask built from ``memory_mask`` (1 = real frame).
+    """
+    import torch
+
+    batch, tokens = ids.shape
+    dtype = memory.dtype
+    hidden = decoder.embed_tokens(ids) + decoder.embed_positions.weight[:tokens]
+    causal = torch.full((tokens, tokens), torch.finfo(dtype).min, dtype=dtype, device=ids.device).triu(1)
+    causal = causal[None, None].expand(batch, 1, tokens, tokens)
+    cross = None
+    if memory_mask is not None:
+        cross = torch.zeros(memory_mask.shape, dtype=dtype, device=ids.device)
+        cross = cross.masked_fill(~memory_mask.bool(), torch.finfo(dtype).min)[:, None, None, :]
+        cross = cross.expand(batch, 1, tokens, memory.shape[1])
+    for layer in decoder.layers:
+        hidden = layer(hidden, attention_mask=causal, encoder_hidden_states=memory, encoder_attention_mask=cross,
+                       use_cache=False)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return decoder.layer_norm(hidden) @ decoder.embed_tokens.weight.T

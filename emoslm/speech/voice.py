@@ -19,6 +19,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +129,7 @@ class VoicePool:
 
     def __init__(self) -> None:
         self._engines: dict[tuple[str, int], TTS] = {}  # by canonical spec and thread count
-        self._voices: dict[str, Voice] = {}
+        self._voices: dict[Any, Voice] = {}
         self._lock = threading.Lock()
 
     def tts(self, spec: str | None, lang: str = "en", threads: int = 1) -> TTS:
@@ -140,7 +141,15 @@ class VoicePool:
             return self._engines[key, threads]
 
     def voice(self, spec: str | None, lang: str = "en") -> Voice:
-        """The Voice for a spec and language."""
+        """The Voice for a spec and language (``units:DECODER_FOLDER``: speech through a unit decoder)."""
+        if spec and spec.startswith("units:"):
+            if (spec, lang) not in self._voices:  # built outside the lock: it takes its source voice from here
+                from emoslm.speech.units.voice import UnitVoice
+
+                made = UnitVoice.from_folder(spec.partition(":")[2], lang)
+                with self._lock:
+                    self._voices.setdefault((spec, lang), made)
+            return self._voices[spec, lang]
         engine, key = self.tts(spec, lang), canonical_spec(spec, lang)
         with self._lock:
             if key not in self._voices:

@@ -159,9 +159,9 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                                             for k, v in asdict(config).items()})  # TensorBoard takes scalars only
     per_epoch = len(loader)
     total = config.max_steps or per_epoch * config.epochs // config.grad_accum
-    step, batches_done = _resume(accelerator, out, config)
+    step, batches_done = resume_position(accelerator, out, config)
     if accelerator.is_main_process:
-        _write(out / "run.json", {"config": asdict(config), "train_keys": sorted({e.key for e in train_set}),
+        write_json(out / "run.json", {"config": asdict(config), "train_keys": sorted({e.key for e in train_set}),
                                   "held_out_keys": sorted({e.key for e in held}),
                                   "processes": accelerator.num_processes})
     advance = progress(f"stage {config.stage}", total) if accelerator.is_main_process else (lambda n=1: None)
@@ -190,11 +190,11 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                       "tokens_per_s": round(seen_tokens / max(1e-9, time.perf_counter() - started), 1)}
             accelerator.log({"loss": record["loss"], "tokens_per_s": record["tokens_per_s"]}, step=step)
             if accelerator.is_main_process:
-                _append(out / "log.jsonl", record)
+                append_log(out / "log.jsonl", record)
             if batches_done % per_epoch == 0:
                 started += listening(accelerator, model, batches_done // per_epoch, step)  # not training time
             if step % config.save_every == 0 or step == total:
-                _checkpoint(accelerator, out, config.stage, step, batches_done)
+                save_checkpoint(accelerator, out, config.stage, step, batches_done)
             if stop_after is not None and step >= stop_after:
                 accelerator.end_training()
                 return {"stopped_at": step}
@@ -211,7 +211,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
             final.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             front_end.save_pretrained(tmp)
-        _write(out / "summary.json", summary)
+        write_json(out / "summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it ends the process group too
     return summary
@@ -237,14 +237,14 @@ class Listening:
             from emoslm.train.listening import listen
 
             result = listen(accelerator.unwrap_model(model), self.tokenizer, self.clips, self.acted)
-            _write(self.out / "listening" / f"epoch-{epoch}.json", result)
-            _append(self.out / "listening.jsonl", {"epoch": epoch, "step": step,
+            write_json(self.out / "listening" / f"epoch-{epoch}.json", result)
+            append_log(self.out / "listening.jsonl", {"epoch": epoch, "step": step,
                                                    **{k: v for k, v in result.items() if k != "rows"}})
         accelerator.wait_for_everyone()
         return time.perf_counter() - began
 
 
-def _resume(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]:
+def resume_position(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]:
     # checkpoint.old is whole only if a crash came between the two renames of _checkpoint
     folder = next((f for f in (out / "checkpoint", out / "checkpoint.old") if (f / "position.json").exists()), None)
     if folder is None:
@@ -260,7 +260,7 @@ def _resume(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]
     return saved["step"], saved["batches_done"]
 
 
-def _checkpoint(accelerator: Any, out: Path, stage: str, step: int, batches_done: int) -> None:
+def save_checkpoint(accelerator: Any, out: Path, stage: str, step: int, batches_done: int) -> None:
     """Every rank writes its part (model and optimiser shards, its RNG states) into one partial folder;
     rank 0 then adds the position and swaps it in, so a crash leaves the previous checkpoint whole."""
     partial, final, old = out / "checkpoint.partial", out / "checkpoint", out / "checkpoint.old"
@@ -287,12 +287,12 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def _append(path: Path, record: dict[str, Any]) -> None:
+def append_log(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def _write(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1))

@@ -1,0 +1,233 @@
+"""``emoslm units evaluate``: how good are the units and the decoder, on unheard voices and unseen texts.
+
+For each tokenizer (the VQ one and the k-means baseline, each with the decoder trained on its units):
+encode → decode every held-out clip with the voice enrolled from its other clips and the style estimated
+from the clip itself, then
+
+- **intelligibility**: Whisper base transcribes the resynthesis; WER (en) / CER (zh, simplified) against
+  the text, next to the same figure for the original clip (the ceiling);
+- **emotion survival**: the recogniser's acoustic tag on the resynthesis vs on the original clip;
+- **codebook**: codes used and perplexity of the held-out units;
+- **speed**: tokenizer and decoder real-time factors, and the streaming decoder's first-chunk latency
+  (the compute from having the first chunk's units to its first audio);
+- **streaming = offline**: the largest difference between streamed and offline audio, and its SNR.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emoslm.audio import load_audio
+from emoslm.progress import Start, silent
+from emoslm.textnorm import edit_distance, tokens
+
+
+@dataclass
+class Pair:
+    """A tokenizer folder and the decoder trained on its units."""
+
+    name: str
+    tokenizer: Path
+    decoder: Path
+
+
+@dataclass
+class Tally:
+    edits: Counter = field(default_factory=Counter)
+    words: Counter = field(default_factory=Counter)
+    agree: list[bool] = field(default_factory=list)
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    audio_s: float = 0.0
+    codes: list[np.ndarray] = field(default_factory=list)
+
+    def error(self, lang: str) -> float | None:
+        return self.edits[lang] / self.words[lang] if self.words[lang] else None
+
+
+def pairs_in(run: Path) -> list[Pair]:
+    """The (tokenizer, decoder) pairs a ``units train`` run folder holds."""
+    found = [Pair("vq", run / "tokenizer" / "final", run / "decoder" / "final"),
+             Pair("kmeans", run / "kmeans" / "final", run / "decoder-kmeans" / "final")]
+    return [p for p in found if (p.tokenizer / "config.json").exists() and (p.decoder / "config.json").exists()]
+
+
+def evaluate(run: Path, clips: list[Any], out: Path, per_lang: int = 40, progress: Start = silent) -> dict[str, Any]:
+    """Evaluate every pair in ``run`` on up to ``per_lang`` held-out clips per language; writes out/report.md."""
+    from emoslm.errors import EmoslmError
+    from emoslm.perception.asr import FasterWhisperASR
+    from emoslm.perception.recognizer import EmotionRecognizer
+    from emoslm.speech.units.decoder import UnitDecoder
+    from emoslm.speech.units.tokenizer import SpeechTokenizer
+
+    pairs = pairs_in(run)
+    if not pairs:
+        raise EmoslmError(f"{run}: no trained tokenizer + decoder here; run `emoslm units train RECIPE --out {run}`")
+    test = _held_out(clips, per_lang)
+    asr, recogniser = FasterWhisperASR("whisper-base"), EmotionRecognizer()
+    originals = {c.id: load_audio(c.audio) for c in test}
+    enrol = _enrolment(test, clips)
+    results: dict[str, Any] = {"clips": len(test), "by_lang": dict(Counter(c.lang for c in test)), "pairs": {}}
+    ceiling, heard = Tally(), {}
+    for clip in test:
+        _score(ceiling, clip, originals[clip.id], asr)
+        heard[clip.id] = recogniser.acoustic_model.acoustic(originals[clip.id]).tag
+    results["original"] = {lang: ceiling.error(lang) for lang in ceiling.words}
+    rows: list[dict[str, Any]] = []
+    for pair in pairs:
+        tokenizer, decoder = SpeechTokenizer.from_pretrained(pair.tokenizer), UnitDecoder.from_pretrained(pair.decoder)
+        tally, advance = Tally(), progress(f"resynthesis ({pair.name})", len(test))
+        for clip in test:
+            audio = originals[clip.id]
+            speaker = decoder.speaker_of(load_audio(c.audio) for c in enrol[clip.voice] if c.id != clip.id)
+            began = time.perf_counter()
+            units = tokenizer.encode(audio)
+            tally.encode_s += time.perf_counter() - began
+            began = time.perf_counter()
+            resynth = decoder.decode(units, speaker, decoder.style_of(audio, speaker))
+            tally.decode_s += time.perf_counter() - began
+            tally.audio_s += len(audio) / 16_000
+            tally.codes.append(units.codes)
+            text = _score(tally, clip, resynth, asr)
+            tag = recogniser.acoustic_model.acoustic(resynth).tag
+            tally.agree.append(tag == heard[clip.id])
+            rows.append({"pair": pair.name, "id": clip.id, "lang": clip.lang, "voice": clip.voice, "text": clip.text,
+                         "heard": text, "acted": clip.emotion, "tag_original": heard[clip.id], "tag_resynth": tag})
+            advance()
+        results["pairs"][pair.name] = _summary(tally, tokenizer, decoder, test[0], originals[test[0].id])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    _plots(out, results)
+    (out / "report.md").write_text(report(results))
+    return results
+
+
+def _held_out(clips: list[Any], per_lang: int) -> list[Any]:
+    """Test voices speaking test scripts, spread over voices and emotions, the same every run."""
+    import zlib
+
+    chosen = []
+    for lang in sorted({c.lang for c in clips}):
+        pool = [c for c in clips if c.split == "test" and c.lang == lang]
+        pool.sort(key=lambda c: zlib.crc32(c.id.encode()))
+        chosen.extend(pool[:per_lang])
+    return chosen
+
+
+def _enrolment(test: list[Any], clips: list[Any], per_voice: int = 8) -> dict[str, list[Any]]:
+    """A few other clips of each test voice to enrol it from (neutral first)."""
+    out = {}
+    for voice in {c.voice for c in test}:
+        own = sorted((c for c in clips if c.voice == voice), key=lambda c: (c.emotion != "neutral", c.id))
+        out[voice] = own[: per_voice + 1]
+    return out
+
+
+def _score(tally: Tally, clip: Any, audio: np.ndarray, asr: Any) -> str:
+    text = asr.transcribe(audio, language=clip.lang).text
+    ref = tokens(clip.text)
+    tally.edits[clip.lang] += edit_distance(ref, tokens(text))
+    tally.words[clip.lang] += len(ref)
+    return text
+
+
+def _summary(tally: Tally, tokenizer: Any, decoder: Any, clip: Any, audio: np.ndarray) -> dict[str, Any]:
+    import torch
+
+    from emoslm.train.units import codebook_stats
+
+    codes = np.concatenate(tally.codes)
+    stats = codebook_stats(torch.from_numpy(codes), tokenizer.config.codes)
+    return {"error": {lang: tally.error(lang) for lang in tally.words},
+            "emotion_agreement": float(np.mean(tally.agree)) if tally.agree else None,
+            "codes": tokenizer.config.codes, "rate_hz": tokenizer.rate, **stats,
+            "tokenizer_rtf": tally.encode_s / max(1e-9, tally.audio_s),
+            "decoder_rtf": tally.decode_s / max(1e-9, tally.audio_s),
+            **streaming_figures(tokenizer, decoder, audio)}
+
+
+def streaming_figures(tokenizer: Any, decoder: Any, audio: np.ndarray) -> dict[str, float]:
+    """First-chunk latency (units in hand → first audio out) and how far streaming is from offline."""
+    units = tokenizer.encode(audio)
+    offline = decoder.decode(units)
+    needed = 10 + decoder.config.context  # the first chunk's units plus its look-ahead
+    decoder.decode(units.codes[:needed])  # warm the vocoder's first call
+    began = time.perf_counter()
+    stream = decoder.decode_stream([units.codes[:needed]])
+    next(iter(stream))
+    first = time.perf_counter() - began
+    pieces = [units.codes[k:k + 7] for k in range(0, len(units.codes), 7)]  # as a generator would write them
+    streamed = np.concatenate(list(decoder.decode_stream(pieces)))
+    n = min(len(offline), len(streamed))
+    diff = offline[:n] - streamed[:n]
+    snr = 10 * np.log10(np.sum(offline[:n] ** 2) / max(1e-12, float(np.sum(diff ** 2))))
+    return {"first_chunk_ms": 1000 * first, "stream_max_abs_diff": float(np.max(np.abs(diff))),
+            "stream_snr_db": float(snr), "stream_length_diff": int(len(offline) - len(streamed))}
+
+
+def report(results: dict[str, Any]) -> str:
+    """The markdown report: one table per measure, the pairs side by side."""
+    names = list(results["pairs"])
+    lines = ["# Speech units: resynthesis on held-out voices and texts", "",
+             f"{results['clips']} clips ({', '.join(f'{k}: {v}' for k, v in results['by_lang'].items())}), test voices "
+             "speaking test scripts of the perception corpus; Whisper base transcribes; the recogniser's acoustic "
+             "tag judges emotion.", "",
+             "| measure | original | " + " | ".join(names) + " | target |", "|---|---|" + "---|" * len(names) + "---|"]
+
+    def cells(get: Any, fmt: str = "{:.3f}") -> str:
+        return " | ".join(fmt.format(v) if (v := get(results["pairs"][n])) is not None else "–" for n in names)
+
+    for lang, target in (("en", "≤ 0.15"), ("zh", "≤ 0.30")):
+        if lang in results["original"]:
+            name = "WER en" if lang == "en" else "CER zh"
+            errors = cells(lambda p, lang=lang: p["error"].get(lang))
+            lines.append(f"| {name} | {results['original'][lang]:.3f} | {errors} | {target} |")
+    lines += [f"| emotion agreement (resynth vs original) | 1 | {cells(lambda p: p['emotion_agreement'])} | ≥ 0.70 |",
+              f"| codes used (of codebook) | – | {cells(lambda p: p['codes_used'], '{:.0f}')} | |",
+              f"| code perplexity | – | {cells(lambda p: p['perplexity'], '{:.0f}')} | |",
+              f"| tokenizer RTF | – | {cells(lambda p: p['tokenizer_rtf'])} | |",
+              f"| decoder RTF (units → mel → HiFi-GAN) | – | {cells(lambda p: p['decoder_rtf'])} | ≤ 0.2 |",
+              f"| streaming first chunk (ms) | – | {cells(lambda p: p['first_chunk_ms'], '{:.0f}')} | ≤ 150 |",
+              f"| streaming vs offline SNR (dB) | – | {cells(lambda p: p['stream_snr_db'], '{:.1f}')} | |", "",
+              "![error rates](errors.png)", "", "![code use](codes.png)", ""]
+    return "\n".join(lines)
+
+
+def _plots(out: Path, results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    langs = sorted(results["original"])
+    names = ["original", *results["pairs"]]
+    values = [[results["original"][lang] for lang in langs],
+              *[[p["error"].get(lang) or 0 for lang in langs] for p in results["pairs"].values()]]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.8 / len(names)
+    for k, (name, row) in enumerate(zip(names, values, strict=True)):
+        ax.bar(np.arange(len(langs)) + k * width, row, width, label=name)
+    ax.set_xticks(np.arange(len(langs)) + width * (len(names) - 1) / 2, [f"{x} ({'WER' if x == 'en' else 'CER'})"
+                                                                          for x in langs])
+    ax.set_ylabel("error rate")
+    ax.legend()
+    ax.set_title("Resynthesis intelligibility (held-out voices and texts)")
+    fig.tight_layout()
+    fig.savefig(out / "errors.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, pair in results["pairs"].items():
+        ax.bar(name, pair["codes_used"], label=f"{name}: perplexity {pair['perplexity']:.0f}")
+    ax.set_ylabel("codes used on held-out clips")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "codes.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,95 @@
+"""Units on disk and the CLI's three one-file jobs (encode, decode, resynth).
+
+A units file is JSON: ``{"rate": 50.0, "codes": [...]}``; either kind of folder loads here: an emoslm
+tokenizer/decoder (``config.json``) or a CosyVoice model folder (its ONNX tokenizer, its token2wav).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emoslm.audio import load_audio, save_audio
+from emoslm.errors import EmoslmError
+from emoslm.speech.units.tokenizer import Units
+
+
+def _kind(folder: Path) -> str:
+    """The ``type`` an emoslm folder's config.json declares ("" for anything else, e.g. a CosyVoice folder)."""
+    try:
+        return str(json.loads((Path(folder) / "config.json").read_text()).get("type", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """An emoslm ``SpeechTokenizer`` folder or a CosyVoice model folder."""
+    from emoslm.speech.units.cosyvoice import CosyVoiceTokenizer
+    from emoslm.speech.units.tokenizer import SpeechTokenizer
+
+    if _kind(folder) == "emoslm-speech-tokenizer":
+        return SpeechTokenizer.from_pretrained(folder)
+    return CosyVoiceTokenizer(folder)
+
+
+def load_decoder(folder: Path) -> Any:
+    """An emoslm ``UnitDecoder`` folder or a CosyVoice model folder."""
+    from emoslm.speech.units.cosyvoice import CosyVoiceDecoder
+    from emoslm.speech.units.decoder import UnitDecoder
+
+    if _kind(folder) == "emoslm-unit-decoder":
+        return UnitDecoder.from_pretrained(folder)
+    return CosyVoiceDecoder(folder)
+
+
+def write_units(units: Units, path: Path | None = None) -> str:
+    text = json.dumps({"rate": units.rate, "codes": [int(c) for c in units.codes]})
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    return text
+
+
+def read_units(path: Path) -> Units:
+    """Units from a JSON file; anything else is one clear error."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return Units(np.asarray(data["codes"], np.int64).reshape(-1), float(data["rate"]))
+    except FileNotFoundError:
+        raise EmoslmError(f"{path}: no such units file") from None
+    except (ValueError, KeyError, TypeError):
+        raise EmoslmError(f"{path}: not a units file (expected JSON with `rate` and `codes`)") from None
+
+
+def encode_file(audio: Path, tokenizer: Path, out: Path | None = None) -> str:
+    return write_units(load_tokenizer(tokenizer).encode(load_audio(audio)), out)
+
+
+def decode_file(units: Path, decoder: Path, out: Path, speaker: str | None = None, speaker_audio: Path | None = None,
+                emotion: str | None = None) -> float:
+    """Write the speech for a units file; returns its seconds."""
+    from emoslm.emotions import normalise_tag
+
+    model, codes = load_decoder(decoder), read_units(units)
+    if codes.codes.size and int(codes.codes.max()) >= getattr(getattr(model, "config", None), "codes", 1 << 30):
+        raise EmoslmError(f"{units}: code {int(codes.codes.max())} is outside this decoder's codebook "
+                          f"({model.config.codes}); decode with the decoder trained on that tokenizer's units")
+    voice: Any = model.speaker_of([load_audio(speaker_audio)]) if speaker_audio else speaker
+    kwargs = {"style": normalise_tag(emotion)} if emotion and hasattr(model, "style_vector") else {}
+    audio = model.decode(codes, voice, **kwargs)
+    save_audio(out, audio, getattr(model, "sample_rate", 16_000))
+    return len(audio) / getattr(model, "sample_rate", 16_000)
+
+
+def resynth_file(audio: Path, tokenizer: Path, decoder: Path, out: Path, speaker: str | None = None
+                 ) -> tuple[int, float]:
+    """Encode and decode one file with the input's own voice (enrolled) and style (estimated)."""
+    tok, dec, signal = load_tokenizer(tokenizer), load_decoder(decoder), load_audio(audio)
+    units = tok.encode(signal)
+    voice = speaker or dec.speaker_of([signal])
+    speech = dec.decode(units, voice, dec.style_of(signal, voice))
+    save_audio(out, speech, dec.sample_rate)
+    return len(units.codes), len(speech) / dec.sample_rate

@@ -1,0 +1,60 @@
+"""The unit decoder as a ``Voice``: any agent can speak through units.
+
+Two ways in. ``stream_units`` takes units as a generator writes them (the unified model's speech branch)
+and yields audio as soon as each chunk's look-ahead has arrived. ``stream(text, prosody)`` is the Voice
+contract for text: a source voice (a TTS) says each clause plainly, the tokenizer turns it into units and
+the decoder speaks them with the decoder's speaker and the prosody as its style — the same path the
+model's own voice takes, so it can be heard and tested before the speech branch exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emoslm.speech.prosody import Prosody
+from emoslm.speech.voice import Voice, VoiceChunk
+
+
+class UnitVoice(Voice):
+    def __init__(self, decoder: Any, tokenizer: Any | None = None, source: Voice | None = None,
+                 speaker: str | np.ndarray | None = None) -> None:
+        self.decoder, self.tokenizer, self.source, self.speaker = decoder, tokenizer, source, speaker
+        self.sample_rate = decoder.sample_rate
+        self.name = "units"
+
+    @classmethod
+    def from_folder(cls, decoder: str | Path, lang: str = "en", speaker: str | None = None) -> UnitVoice:
+        """A decoder folder; its tokenizer is the one it was trained on, the source the language's default TTS."""
+        from emoslm.speech.units.decoder import UnitDecoder
+        from emoslm.speech.units.tokenizer import SpeechTokenizer
+        from emoslm.speech.voice import voice_pool
+
+        model = UnitDecoder.from_pretrained(decoder)
+        tokenizer = SpeechTokenizer.from_pretrained(model.config.tokenizer) if model.config.tokenizer else None
+        return cls(model, tokenizer, voice_pool().voice("auto", lang), speaker)
+
+    def stream_units(self, chunks: Iterable[Any], prosody: Prosody | None = None, text: str = ""
+                     ) -> Iterator[VoiceChunk]:
+        for audio in self.decoder.decode_stream(chunks, self.speaker, prosody):
+            yield VoiceChunk(audio, self.sample_rate, text)
+
+    def stream(self, text: str, prosody: Prosody | None = None) -> Iterator[VoiceChunk]:
+        if self.tokenizer is None or self.source is None:
+            from emoslm.errors import EmoslmError
+
+            raise EmoslmError("this unit voice has no tokenizer or source voice to turn text into units; "
+                              "feed it units with stream_units")
+        for chunk in self.source.stream(text):
+            units = self.tokenizer.encode(chunk.audio if chunk.sample_rate == 16_000 else _at16k(chunk))
+            audio = self.decoder.decode(units, self.speaker, prosody)
+            yield VoiceChunk(audio, self.sample_rate, chunk.text)
+
+
+def _at16k(chunk: VoiceChunk) -> np.ndarray:
+    import librosa
+
+    return librosa.resample(chunk.audio, orig_sr=chunk.sample_rate, target_sr=16_000).astype(np.float32)
