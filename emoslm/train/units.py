@@ -352,7 +352,7 @@ def codebook_stats(codes: torch.Tensor, size: int) -> dict[str, float]:
 
 
 def train_kmeans(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, progress: Start = silent,
-                 max_frames: int = 200_000) -> SpeechTokenizer:
+                 max_frames: int = 100_000) -> SpeechTokenizer:
     """The baseline: MiniBatchKMeans centroids of L2-normalised (pooled) encoder frames of the train clips."""
     from sklearn.cluster import MiniBatchKMeans
 
@@ -368,7 +368,7 @@ def train_kmeans(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, progre
     data = np.concatenate(pooled)
     rng = np.random.default_rng(recipe.part("kmeans").seed)
     data = data[rng.permutation(len(data))[:max_frames]]
-    kmeans = MiniBatchKMeans(n_clusters=min(config.codes, len(data)), batch_size=4096, n_init=3, max_iter=100,
+    kmeans = MiniBatchKMeans(n_clusters=min(config.codes, len(data)), batch_size=4096, n_init=1, max_iter=30,
                              random_state=recipe.part("kmeans").seed).fit(data)
     centroids = torch.zeros(config.codes, config.width)
     centroids[: len(kmeans.cluster_centers_)] = torch.from_numpy(kmeans.cluster_centers_).float()
