@@ -1,5 +1,5 @@
-import pytest
 import numpy as np
+import pytest
 
 from emoslm.speech.vocoder import HifiGanVocoder, log_mel
 from emoslm.textnorm import error_rate
