@@ -307,7 +307,6 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
     dataset = FramesAndText(train_clips, frames, WhisperText(config.encoder))
     torch.manual_seed(part.seed)
     bottleneck = Bottleneck(config)
-    restarts = torch.Generator().manual_seed(part.seed)
 
     def loss_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         decoder.to(batch["frames"].device)
@@ -325,7 +324,8 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
         stats = codebook_stats(codes, config.codes)
         stats["active_codes"] = float((inner.quantizer.usage >= config.dead_below).sum())
         if step == 1 or step % part.restart_every == 0:
-            dead = inner.quantizer.restart_dead(result["latent"], mask, config.dead_below, restarts)
+            picks = torch.Generator().manual_seed(part.seed * 1_000_003 + step)  # by step: the same after a resume
+            dead = inner.quantizer.restart_dead(result["latent"], mask, config.dead_below, picks)
             stats["restarted"] = float(dead)
         return stats
 

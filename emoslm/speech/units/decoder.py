@@ -188,15 +188,18 @@ class UnitDecoder:
 
     def decode_stream(self, chunks: Iterable[Any], speaker: str | np.ndarray | None = None,
                       style: str | Prosody | np.ndarray | None = None, chunk_units: int = 10,
-                      vocoder_context: int = 16, overlap: int = 4) -> Iterator[np.ndarray]:
+                      max_chunk_units: int = 50, vocoder_context: int = 16, overlap: int = 4
+                      ) -> Iterator[np.ndarray]:
         """Unit chunks in (any sizes, as a generator writes them), audio chunks out.
 
-        A mel chunk of ``chunk_units`` is computed once ``context`` further units have arrived (or the
-        stream ended), with ``context`` units of history: it equals the offline mel. Its audio comes from
-        the vocoder run on the chunk with ``vocoder_context`` mel frames of history; the last ``overlap``
-        frames are held back and cross-faded with the next chunk's rendering of them."""
+        A mel chunk is computed once ``context`` further units have arrived (or the stream ended), with
+        ``context`` units of history: it equals the offline mel. The first chunk is ``chunk_units`` long
+        (first audio early), each next one twice the last up to ``max_chunk_units`` (fewer vocoder calls,
+        as CosyVoice's growing hops). Its audio comes from the vocoder run on the chunk with
+        ``vocoder_context`` mel frames of history; the last ``overlap`` frames are held back and
+        cross-faded with the next chunk's rendering of them."""
         spk, sty = self.speaker_vector(speaker), self.style_vector(style)
-        stream = _MelStream(self, spk, sty, chunk_units)
+        stream = _MelStream(self, spk, sty, chunk_units, max_chunk_units)
         joiner = _AudioJoiner(self.vocoder, vocoder_context, overlap)
         for chunk in chunks:
             for mel in stream.feed(np.asarray(getattr(chunk, "codes", chunk), np.int64)):
@@ -237,9 +240,11 @@ class UnitDecoder:
 class _MelStream:
     """Units arriving in pieces → exact mel chunks (each waits for ``context`` units of look-ahead)."""
 
-    def __init__(self, decoder: UnitDecoder, speaker: np.ndarray, style: np.ndarray, chunk: int) -> None:
+    def __init__(self, decoder: UnitDecoder, speaker: np.ndarray, style: np.ndarray, chunk: int,
+                 max_chunk: int | None = None) -> None:
         self.decoder, self.speaker, self.style = decoder, speaker, style
         self.chunk, self.context = max(1, chunk), decoder.config.context
+        self.max_chunk = max(self.chunk, max_chunk or self.chunk)
         self.codes = np.zeros(0, np.int64)
         self.done = 0  # units whose mel has been given out
 
@@ -259,6 +264,7 @@ class _MelStream:
         up = self.decoder.config.upsample
         piece = mel[:, (self.done - start) * up:(end - start) * up]
         self.done = end
+        self.chunk = min(self.max_chunk, 2 * self.chunk)
         return piece
 
 
