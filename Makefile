@@ -33,6 +33,7 @@ bench: setup
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/bench_voices.py
 	$(PY) benchmarks/bench_trajectory.py
+	$(PY) benchmarks/bench_units.py
 
 setup: system-deps $(STAMP)
 

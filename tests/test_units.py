@@ -218,6 +218,7 @@ def test_cosyvoice_tokenizer_feeds_its_onnx_the_published_inputs(tmp_path):
         tokenizer.encode(np.zeros(31 * 16_000, np.float32))
 
 
+@pytest.mark.slow
 def test_units_cli_round_trip_and_clear_errors(clips, trained, tmp_path):
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "emoslm.cli", "units", *args], capture_output=True, text=True,
@@ -248,3 +249,18 @@ def test_recipe_rejects_unknown_settings(tmp_path):
     path.write_text("units:\n  train: {tokenizer: {steps: 3}, seed: 4}\n")
     assert load_recipe(path).part("tokenizer").seed == 4 and load_recipe(path).part("tokenizer").steps == 3
     assert replace(load_recipe(path).part("decoder")).stage == "decoder"
+
+
+@pytest.mark.slow
+def test_units_evaluation_writes_the_report(clips, trained, small_recogniser, monkeypatch, tmp_path):
+    from emoslm.eval.units import evaluate
+
+    monkeypatch.setenv("EMOSLM_HOME", str(small_recogniser[0]))
+    results = evaluate(trained, clips, tmp_path / "report", per_lang=2)
+    vq = results["pairs"]["vq"]
+    assert results["clips"] == 1 and set(results["original"]) == {"en"}
+    assert 0.0 <= vq["error"]["en"] and vq["units_error"]["en"] is not None
+    assert 0.0 <= vq["emotion_agreement"] <= 1.0 and vq["decoder_rtf"] > 0 and vq["first_chunk_ms"] > 0
+    assert vq["stream_length_diff"] == 0 and vq["stream_snr_db"] > 15
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "WER en resynthesis" in report and (tmp_path / "report" / "errors.png").exists()

@@ -47,9 +47,13 @@ class Tally:
     decode_s: float = 0.0
     audio_s: float = 0.0
     codes: list[np.ndarray] = field(default_factory=list)
+    unit_edits: Counter = field(default_factory=Counter)  # Whisper's decoder reading the units directly
 
     def error(self, lang: str) -> float | None:
         return self.edits[lang] / self.words[lang] if self.words[lang] else None
+
+    def unit_error(self, lang: str) -> float | None:
+        return self.unit_edits[lang] / self.words[lang] if self.words[lang] and self.unit_edits else None
 
 
 def pairs_in(run: Path) -> list[Pair]:
@@ -81,6 +85,7 @@ def evaluate(run: Path, clips: list[Any], out: Path, per_lang: int = 40, progres
         heard[clip.id] = recogniser.acoustic_model.acoustic(originals[clip.id]).tag
     results["original"] = {lang: ceiling.error(lang) for lang in ceiling.words}
     rows: list[dict[str, Any]] = []
+    whisper = _whisper_decoder(pairs)
     for pair in pairs:
         tokenizer, decoder = SpeechTokenizer.from_pretrained(pair.tokenizer), UnitDecoder.from_pretrained(pair.decoder)
         tally, advance = Tally(), progress(f"resynthesis ({pair.name})", len(test))
@@ -96,6 +101,9 @@ def evaluate(run: Path, clips: list[Any], out: Path, per_lang: int = 40, progres
             tally.audio_s += len(audio) / 16_000
             tally.codes.append(units.codes)
             text = _score(tally, clip, resynth, asr)
+            if whisper and tokenizer.config.kind == "vq":
+                heard_units = transcribe_units(tokenizer, units.codes, clip.lang, whisper)
+                tally.unit_edits[clip.lang] += edit_distance(tokens(clip.text), tokens(heard_units))
             tag = recogniser.acoustic_model.acoustic(resynth).tag
             tally.agree.append(tag == heard[clip.id])
             rows.append({"pair": pair.name, "id": clip.id, "lang": clip.lang, "voice": clip.voice, "text": clip.text,
@@ -106,8 +114,23 @@ def evaluate(run: Path, clips: list[Any], out: Path, per_lang: int = 40, progres
     (out / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     (out / "summary.json").write_text(json.dumps(results, indent=1))
     _plots(out, results)
+    training_curves(run, out)
     (out / "report.md").write_text(report(results))
     return results
+
+
+def _whisper_decoder(pairs: list[Pair]) -> tuple[Any, Any] | None:
+    """The frozen Whisper decoder and its text side, when a VQ tokenizer is evaluated (it was trained through it)."""
+    from emoslm.speech.units.tokenizer import SpeechTokenizer
+    from emoslm.train.units import WhisperText
+
+    for pair in pairs:
+        config = SpeechTokenizer.from_pretrained(pair.tokenizer).config
+        if config.kind == "vq":
+            from emoslm.slm.whisper_ct2 import load_whisper_decoder
+
+            return load_whisper_decoder(config.encoder), WhisperText(config.encoder)
+    return None
 
 
 def _held_out(clips: list[Any], per_lang: int) -> list[Any]:
@@ -147,11 +170,33 @@ def _summary(tally: Tally, tokenizer: Any, decoder: Any, clip: Any, audio: np.nd
     codes = np.concatenate(tally.codes)
     stats = codebook_stats(torch.from_numpy(codes), tokenizer.config.codes)
     return {"error": {lang: tally.error(lang) for lang in tally.words},
+            "units_error": {lang: tally.unit_error(lang) for lang in tally.words},
             "emotion_agreement": float(np.mean(tally.agree)) if tally.agree else None,
             "codes": tokenizer.config.codes, "rate_hz": tokenizer.rate, **stats,
             "tokenizer_rtf": tally.encode_s / max(1e-9, tally.audio_s),
             "decoder_rtf": tally.decode_s / max(1e-9, tally.audio_s),
             **streaming_figures(tokenizer, decoder, audio)}
+
+
+def transcribe_units(tokenizer: Any, codes: np.ndarray, lang: str, whisper: tuple[Any, Any], max_tokens: int = 96
+                     ) -> str:
+    """Greedy Whisper decoding of what a VQ tokenizer's units alone keep (no speech decoder in between)."""
+    import torch
+
+    from emoslm.slm.whisper_ct2 import decode_logits
+
+    decoder, text = whisper
+    ids = text.ids("", lang)[:-2]  # the prompt: <|sot|><|lang|><|transcribe|><|notimestamps|>
+    eot = text.ids("", lang)[-1]
+    with torch.inference_mode():
+        memory = tokenizer.bottleneck.memory(torch.as_tensor(codes)[None])
+        for _ in range(max_tokens):
+            token = int(decode_logits(decoder, torch.tensor([ids]), memory)[0, -1].argmax())
+            if token == eot:
+                break
+            ids.append(token)
+    prompt = len(text.ids("", lang)) - 2
+    return text.raw.decode(ids[prompt:])
 
 
 def streaming_figures(tokenizer: Any, decoder: Any, audio: np.ndarray) -> dict[str, float]:
@@ -189,7 +234,9 @@ def report(results: dict[str, Any]) -> str:
         if lang in results["original"]:
             name = "WER en" if lang == "en" else "CER zh"
             errors = cells(lambda p, lang=lang: p["error"].get(lang))
-            lines.append(f"| {name} | {results['original'][lang]:.3f} | {errors} | {target} |")
+            lines.append(f"| {name} resynthesis | {results['original'][lang]:.3f} | {errors} | {target} |")
+            direct = cells(lambda p, lang=lang: p.get("units_error", {}).get(lang))
+            lines.append(f"| {name}, Whisper's decoder reading the units | – | {direct} | |")
     lines += [f"| emotion agreement (resynth vs original) | 1 | {cells(lambda p: p['emotion_agreement'])} | ≥ 0.70 |",
               f"| codes used (of codebook) | – | {cells(lambda p: p['codes_used'], '{:.0f}')} | |",
               f"| code perplexity | – | {cells(lambda p: p['perplexity'], '{:.0f}')} | |",
@@ -197,7 +244,10 @@ def report(results: dict[str, Any]) -> str:
               f"| decoder RTF (units → mel → HiFi-GAN) | – | {cells(lambda p: p['decoder_rtf'])} | ≤ 0.2 |",
               f"| streaming first chunk (ms) | – | {cells(lambda p: p['first_chunk_ms'], '{:.0f}')} | ≤ 150 |",
               f"| streaming vs offline SNR (dB) | – | {cells(lambda p: p['stream_snr_db'], '{:.1f}')} | |", "",
-              "![error rates](errors.png)", "", "![code use](codes.png)", ""]
+              "![error rates](errors.png)", "", "![code use](codes.png)", "",
+              "Training (`log.jsonl` of each part): the tokenizer's transcript loss through the frozen Whisper "
+              "decoder and its codebook perplexity per batch; each decoder's mel L1.", "",
+              "![training](training.png)", ""]
     return "\n".join(lines)
 
 
@@ -231,3 +281,37 @@ def _plots(out: Path, results: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(out / "codes.png", dpi=110)
     plt.close(fig)
+
+
+def training_curves(run: Path, out: Path) -> Path | None:
+    """One figure of the run's logs: tokenizer text loss and perplexity, decoders' mel L1, by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+            for p in sorted(run.glob("*/log.jsonl"))}
+    if not logs:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    if "tokenizer" in logs:
+        rows = logs["tokenizer"]
+        left.plot([r["step"] for r in rows], [r["text_loss"] for r in rows], label="text loss")
+        twin = left.twinx()
+        twin.plot([r["step"] for r in rows], [r.get("perplexity", 0) for r in rows], color="tab:orange",
+                  label="code perplexity")
+        twin.set_ylabel("perplexity per batch")
+        left.set_title("tokenizer (through the frozen Whisper decoder)")
+        left.set_xlabel("step")
+        left.set_ylabel("cross-entropy")
+    for name in ("decoder", "decoder-kmeans"):
+        if name in logs:
+            right.plot([r["step"] for r in logs[name]], [r["mel_l1"] for r in logs[name]], label=name)
+    right.set_title("unit decoders: mel L1 (normalised)")
+    right.set_xlabel("step")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+    return out / "training.png"

@@ -154,12 +154,20 @@ class Bottleneck(nn.Module):
         frames, mask = self.pool(frames, mask)
         latent = self.pre(frames)
         quantised, codes, commit = self.quantizer(latent, mask)
+        memory, memory_mask = self._memory(quantised, mask)
+        return {"memory": memory, "memory_mask": memory_mask, "codes": codes, "commit": commit, "latent": latent}
+
+    def memory(self, codes: torch.Tensor) -> torch.Tensor:
+        """What the Whisper decoder reads for (batch, units) codes: lets one hear what the units alone keep."""
+        mask = torch.ones(codes.shape, dtype=torch.bool, device=codes.device)
+        return self._memory(self.quantizer.codebook[codes], mask)[0]
+
+    def _memory(self, quantised: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         memory = self.post(quantised)
         memory = memory.repeat_interleave(self.config.pool, dim=1) if self.config.pool > 1 else memory
         memory_mask = mask.repeat_interleave(self.config.pool, dim=1) if self.config.pool > 1 else mask
         memory = memory + self.positions[: memory.shape[1]]
-        memory = self.mixer(memory, src_key_padding_mask=~memory_mask.bool())
-        return {"memory": memory, "memory_mask": memory_mask, "codes": codes, "commit": commit, "latent": latent}
+        return self.mixer(memory, src_key_padding_mask=~memory_mask.bool()), memory_mask
 
 
 class SpeechTokenizer:
