@@ -1,8 +1,8 @@
-"""The unit decoder's speed, side by side: where its time goes (unit→mel network vs HiFi-GAN), the vocoder
-as loaded vs frozen + optimised for inference, and streaming vs offline decoding (first-chunk latency and
-the total cost of chunking). Speed depends on the architecture, not the weights, so a run folder is used
-when given (``--decoder RUN/decoder/final``) and a freshly initialised decoder of the recipe's shape
-otherwise. Writes ``benchmarks/results/units.{json,md}``.
+"""The unit decoder's speed, side by side: where its time goes (unit→mel network vs HiFi-GAN); the vocoder
+in TorchScript as packaged, frozen + optimised for inference, and exported to onnxruntime (the default);
+streaming vs offline decoding (first-chunk latency and the total cost of chunking). Speed depends on
+the architecture, not the weights, so a run folder is used when given (``--decoder RUN/decoder/final``)
+and a freshly initialised decoder of the recipe's shape otherwise. Writes ``benchmarks/results/units.{json,md}``.
 """
 
 from __future__ import annotations
@@ -54,13 +54,15 @@ def main() -> None:
     results: dict[str, float] = {"threads": torch.get_num_threads(), "seconds_of_speech": SECONDS}
     mel = decoder.mel(codes, spk, sty)
     results["unit_to_mel_rtf"] = timed(lambda: decoder.mel(codes, spk, sty)) / SECONDS
-    plain = HifiGanVocoder(decoder.config.vocoder)
-    results["hifigan_rtf"] = timed(lambda: plain.mel_to_audio(mel)) / SECONDS
-    frozen = HifiGanVocoder(decoder.config.vocoder)
+    script = HifiGanVocoder(decoder.config.vocoder, runtime="torch")
+    results["hifigan_torchscript_rtf"] = timed(lambda: script.mel_to_audio(mel)) / SECONDS
+    frozen = HifiGanVocoder(decoder.config.vocoder, runtime="torch")
     frozen.model = torch.jit.optimize_for_inference(torch.jit.freeze(frozen.model.eval()))
-    results["hifigan_frozen_rtf"] = timed(lambda: frozen.mel_to_audio(mel)) / SECONDS
-    results["frozen_speedup"] = results["hifigan_rtf"] / results["hifigan_frozen_rtf"]
-    results["frozen_max_abs_diff"] = float(np.max(np.abs(plain.mel_to_audio(mel) - frozen.mel_to_audio(mel))))
+    results["hifigan_torchscript_frozen_rtf"] = timed(lambda: frozen.mel_to_audio(mel)) / SECONDS
+    onnx = HifiGanVocoder(decoder.config.vocoder, runtime="onnx")
+    results["hifigan_onnxruntime_rtf"] = timed(lambda: onnx.mel_to_audio(mel)) / SECONDS
+    results["onnxruntime_speedup"] = results["hifigan_torchscript_rtf"] / results["hifigan_onnxruntime_rtf"]
+    results["onnxruntime_max_abs_diff"] = float(np.max(np.abs(script.mel_to_audio(mel) - onnx.mel_to_audio(mel))))
     results["decoder_rtf"] = timed(lambda: decoder.decode(codes, spk, sty)) / SECONDS
     pieces = [codes[k:k + 7] for k in range(0, len(codes), 7)]
     results["streaming_rtf"] = timed(lambda: list(decoder.decode_stream(pieces, spk, sty))) / SECONDS

@@ -93,7 +93,7 @@ def test_tokenizer_resumes_exactly_and_encodes_at_its_rate(clips, trained, tmp_p
     resumed = [json.loads(x) for x in (tmp_path / "tok" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in whole], abs=1e-4)
-    assert {"codes_used", "perplexity", "active_codes"} <= set(whole[-1])
+    assert {"codes_used", "perplexity", "active_codes", "held_out_text_loss"} <= set(whole[-1])
 
     tokenizer = SpeechTokenizer.from_pretrained(trained / "tokenizer" / "final")
     audio = load_audio(clips[0].audio)

@@ -44,7 +44,7 @@ class HifiGanVocoder:
     """``mel_to_audio``: the packaged TorchScript HiFi-GAN, run by onnxruntime where it can be.
 
     The same network exported once to ONNX (from the packaged weights, on this machine, cached under
-    ``$EMOSLM_HOME/cache/vocoder``) runs ~1.6x faster than TorchScript on this CPU and gives the same
+    ``$EMOSLM_HOME/cache/vocoder``) ran 1.18x faster than TorchScript on this 2-core CPU, with the same
     samples (``benchmarks/results/units.md``); ``runtime="torch"`` keeps TorchScript."""
 
     def __init__(self, model: str = "hifigan-16k", runtime: str = "auto") -> None:

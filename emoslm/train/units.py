@@ -302,9 +302,12 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
 
     config, part = recipe.tokenizer, recipe.part("tokenizer")
     train_clips = _pick(clips, "train", recipe.max_clips)
-    frames = frame_cache(config.encoder, train_clips, progress)
+    held = [c for c in clips if c.split == "test"][:48]  # unheard voices speaking unseen texts
+    frames = frame_cache(config.encoder, train_clips + held, progress)
     decoder = load_whisper_decoder(config.encoder).requires_grad_(False)
-    dataset = FramesAndText(train_clips, frames, WhisperText(config.encoder))
+    text = WhisperText(config.encoder)
+    dataset = FramesAndText(train_clips, frames, text)
+    held_batch = collate_frames([FramesAndText(held, frames, text)[i] for i in range(len(held))]) if held else None
     torch.manual_seed(part.seed)
     bottleneck = Bottleneck(config)
 
@@ -323,6 +326,8 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
         codes = result["codes"][mask]
         stats = codebook_stats(codes, config.codes)
         stats["active_codes"] = float((inner.quantizer.usage >= config.dead_below).sum())
+        if held_batch is not None and (step % part.save_every == 0 or step == part.steps):
+            stats["held_out_text_loss"] = held_out_text_loss(inner, decoder, held_batch)
         if step == 1 or step % part.restart_every == 0:
             picks = torch.Generator().manual_seed(part.seed * 1_000_003 + step)  # by step: the same after a resume
             dead = inner.quantizer.restart_dead(result["latent"], mask, config.dead_below, picks)
@@ -337,6 +342,23 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
     tokenizer = SpeechTokenizer(config, trained.cpu())
     tokenizer.save_pretrained(out / "final")
     return tokenizer
+
+
+def held_out_text_loss(bottleneck: Bottleneck, decoder: Any, batch: dict[str, torch.Tensor]) -> float:
+    """Transcript loss through the units on held-out clips: where it rises while the training loss falls, the
+    bottleneck is learning the training texts rather than speech."""
+    from emoslm.slm.whisper_ct2 import decode_logits
+
+    device = next(bottleneck.parameters()).device
+    was_training = bottleneck.training
+    bottleneck.eval()
+    with torch.no_grad():
+        batch = {k: v.to(device) for k, v in batch.items()}
+        result = bottleneck(batch["frames"], batch["mask"])
+        logits = decode_logits(decoder, batch["ids"], result["memory"], result["memory_mask"])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+    bottleneck.train(was_training)
+    return float(loss)
 
 
 def _pooled_mask(bottleneck: Bottleneck, mask: torch.Tensor) -> torch.Tensor:
