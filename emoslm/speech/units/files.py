@@ -77,6 +77,9 @@ def decode_file(units: Path, decoder: Path, out: Path, speaker: str | None = Non
     if codes.codes.size and int(codes.codes.max()) >= getattr(getattr(model, "config", None), "codes", 1 << 30):
         raise EmoslmError(f"{units}: code {int(codes.codes.max())} is outside this decoder's codebook "
                           f"({model.config.codes}); decode with the decoder trained on that tokenizer's units")
+    if speaker_audio and not hasattr(model, "speaker_of"):
+        raise EmoslmError("--speaker-audio enrols a voice for emoslm decoders; a CosyVoice folder takes --speaker "
+                          "with a name from its spk2info.pt")
     voice: Any = model.speaker_of([load_audio(speaker_audio)]) if speaker_audio else speaker
     kwargs = {"style": normalise_tag(emotion)} if emotion and hasattr(model, "style_vector") else {}
     audio = model.decode(codes, voice, **kwargs)
@@ -89,6 +92,10 @@ def resynth_file(audio: Path, tokenizer: Path, decoder: Path, out: Path, speaker
     """Encode and decode one file with the input's own voice (enrolled) and style (estimated)."""
     tok, dec, signal = load_tokenizer(tokenizer), load_decoder(decoder), load_audio(audio)
     units = tok.encode(signal)
+    if not hasattr(dec, "style_of"):  # CosyVoice's token2wav: its own speaker, no style input
+        speech = dec.decode(units, speaker)
+        save_audio(out, speech, dec.sample_rate)
+        return len(units.codes), len(speech) / dec.sample_rate
     voice = speaker or dec.speaker_of([signal])
     speech = dec.decode(units, voice, dec.style_of(signal, voice))
     save_audio(out, speech, dec.sample_rate)
