@@ -465,7 +465,8 @@ def train_parts(recipe_path: Path, out: Path, parts: list[str], progress: Start 
         raise EmoslmError(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
     recipe = load_recipe(recipe_path)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(recipe_path, out / "recipe.yaml")
+    if Path(recipe_path).resolve() != (out / "recipe.yaml").resolve():
+        shutil.copyfile(recipe_path, out / "recipe.yaml")  # the evaluation reads the languages from it
     clips = corpus_clips(recipe.langs, progress)
     done = {}
     for part in [p for p in PARTS if p in parts]:
