@@ -232,6 +232,10 @@ def test_units_cli_round_trip_and_clear_errors(clips, trained, tmp_path):
     decoded = cli("decode", str(units), "--decoder", dec, "--out", str(tmp_path / "o.wav"), "--emotion", "happy")
     assert decoded.returncode == 0, decoded.stderr
     assert (tmp_path / "o.wav").stat().st_size > 1000
+    out_wav = str(tmp_path / "r.wav")
+    resynth = cli("resynth", str(clips[1].audio), "--tokenizer", tok, "--decoder", dec, "--out", out_wav)
+    assert resynth.returncode == 0, resynth.stderr
+    assert "units" in resynth.stdout and (tmp_path / "r.wav").stat().st_size > 1000
     (tmp_path / "bad.json").write_text("[1, 2")
     bad = cli("decode", str(tmp_path / "bad.json"), "--decoder", dec)
     assert bad.returncode != 0 and "not a units file" in bad.stderr and "Traceback" not in bad.stderr
