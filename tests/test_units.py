@@ -268,3 +268,20 @@ def test_units_evaluation_writes_the_report(clips, trained, small_recogniser, mo
     assert vq["stream_length_diff"] == 0 and vq["stream_snr_db"] > 15
     report = (tmp_path / "report" / "report.md").read_text()
     assert "WER en resynthesis" in report and (tmp_path / "report" / "errors.png").exists()
+
+
+def test_text_sources_add_distinct_sentences_spoken_by_train_voices(tmp_path):
+    from emoslm.perception import corpus
+    from emoslm.train.units import source_clips
+
+    manifest = tmp_path / "q.jsonl"
+    lines = [{"id": f"q{k}", "lang": "en", "text": f"Sentence number {k} is about the weather again"} for k in range(6)]
+    lines.append({"id": "held", "lang": "en", "text": corpus.split_scripts("en")["test"][0][2]})
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    clips = source_clips([{"type": "jsonl", "path": str(manifest), "name": "q"}], ["en"])
+    assert len(clips) == 6  # the corpus's held-out script is not trained on
+    train_voices = {v.name for v in corpus.VOICES if v.split == "train" and v.lang == "en"}
+    assert {c.voice for c in clips} <= train_voices and all(c.split == "train" for c in clips)
+    assert clips == source_clips([{"type": "jsonl", "path": str(manifest), "name": "q"}], ["en"])  # seeded
+    with pytest.raises(EmoslmError, match="units.sources"):
+        source_clips([{"type": "nonsense"}], ["en"])

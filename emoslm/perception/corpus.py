@@ -121,10 +121,10 @@ def plan(seed: int = 0, renditions: int = 2) -> list[Clip]:
         for take in range(takes):
             for script_id, words, text in items:
                 if words != "neutral":
-                    clips.append(_clip(voice, split, script_id, text, words, words, take))
+                    clips.append(make_clip(voice, split, script_id, text, words, words, take))
                 else:
-                    clips.append(_clip(voice, split, script_id, text, "neutral", words, take))
-                    clips.append(_clip(voice, split, script_id, text, rng.choice(EMOTIONAL), words, take))
+                    clips.append(make_clip(voice, split, script_id, text, "neutral", words, take))
+                    clips.append(make_clip(voice, split, script_id, text, rng.choice(EMOTIONAL), words, take))
         if split == "test":
             clips.extend(_conflicts(voice, scripts["test"], rng))
     return clips
@@ -135,15 +135,15 @@ def _conflicts(voice: Voice, items: list[tuple[str, str, str]], rng: random.Rand
     out = []
     for script_id, words, text in items:
         if words == "neutral":
-            out.append(_clip(voice, "conflict", script_id, text, rng.choice(EMOTIONAL), words, 0))
+            out.append(make_clip(voice, "conflict", script_id, text, rng.choice(EMOTIONAL), words, 0))
         else:
-            out.append(_clip(voice, "conflict", script_id, text, "neutral", words, 0))
+            out.append(make_clip(voice, "conflict", script_id, text, "neutral", words, 0))
             other = rng.choice([t for t in EMOTIONAL if t != words])
-            out.append(_clip(voice, "conflict", script_id, text, other, words, 0))
+            out.append(make_clip(voice, "conflict", script_id, text, other, words, 0))
     return out
 
 
-def _clip(voice: Voice, split: str, script_id: str, text: str, emotion: str, words: str, take: int) -> Clip:
+def make_clip(voice: Voice, split: str, script_id: str, text: str, emotion: str, words: str, take: int) -> Clip:
     clip_id = f"{voice.name}.{script_id}.{emotion}.{split[:2]}{take}"
     return Clip(clip_id, voice.name, voice.lang, split, script_id, text, emotion, words,
                 f"{voice.name}/{clip_id}.wav")

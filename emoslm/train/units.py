@@ -71,6 +71,7 @@ class UnitsRecipe:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     langs: list[str] = field(default_factory=lambda: ["en", "zh"])
     max_clips: int = 0  # 0: every clip of the corpus's train voices
+    sources: list[dict[str, Any]] = field(default_factory=list)  # IEAT text sources spoken by the train voices
     parts: dict[str, PartConfig] = field(default_factory=dict)
 
     def part(self, name: str) -> PartConfig:
@@ -92,7 +93,8 @@ def load_recipe(path: Path) -> UnitsRecipe:
             for key, value in shared.items():
                 setattr(part, key, value) if hasattr(part, key) else _unknown(path, key)
         return UnitsRecipe(TokenizerConfig(**data.get("tokenizer", {})), DecoderConfig(**data.get("decoder", {})),
-                           list(data.get("langs", ["en", "zh"])), int(data.get("max_clips", 0)), parts)
+                           list(data.get("langs", ["en", "zh"])), int(data.get("max_clips", 0)),
+                           list(data.get("sources", [])), parts)
     except TypeError as exc:
         raise EmoslmError(f"{path}: {exc}") from None
 
@@ -104,11 +106,44 @@ def _unknown(path: Path, key: str) -> None:
 # ---------------------------------------------------------------- data
 
 
-def corpus_clips(langs: list[str], progress: Start = silent, render: bool = True) -> list[SpeechClip]:
-    """The perception corpus's train and test clips (rendered here when missing), with their exact prosody."""
+def source_clips(sources: list[dict[str, Any]], langs: list[str], seed: int = 0) -> list[Any]:
+    """Corpus clips for the sentences of IEAT text sources (e.g. ``{type: chitchat, limit: 3000}``), each
+    spoken by one train voice of its language with a random emotion, all seeded by the sentence's id.
+
+    The corpus alone has ~200 distinct training scripts, which a VQ bottleneck trained through Whisper's
+    decoder learns by heart; these add the many distinct sentences it needs to learn speech instead."""
+    import random
+
+    from emoslm.emotions import TAGS
+    from emoslm.ieat.recipe import SourceSpec
+    from emoslm.ieat.sources import iter_source
+    from emoslm.perception import corpus
+
+    voices = {lang: [v for v in corpus.VOICES if v.lang == lang and v.split == "train"] for lang in langs}
+    tested = {c.text for c in corpus.plan() if c.split == "test"}  # held-out scripts stay held out
+    clips = []
+    for raw in sources:
+        try:
+            spec = SourceSpec(**raw)
+        except ValueError as exc:
+            raise EmoslmError(f"units.sources: {str(exc).splitlines()[0]} in {raw}") from None
+        for item in iter_source(spec):
+            if item.kind != "text" or item.lang not in voices or not voices[item.lang] or item.text in tested:
+                continue
+            rng = random.Random(f"{seed}-{item.id}")
+            voice, emotion = rng.choice(voices[item.lang]), rng.choice(TAGS)
+            clips.append(corpus.make_clip(voice, "train", item.id, item.text or "", emotion, "neutral", 0))
+    return clips
+
+
+def corpus_clips(langs: list[str], progress: Start = silent, render: bool = True,
+                 sources: list[dict[str, Any]] | None = None) -> list[SpeechClip]:
+    """The perception corpus's train and test clips plus the sources' sentences (rendered here when missing),
+    with their exact prosody."""
     from emoslm.perception import corpus
 
     plan = [c for c in corpus.plan() if c.lang in langs and c.split in ("train", "test")]
+    plan += source_clips(sources or [], langs)
     root = corpus.corpus_root()
     missing = [c for c in plan if not (root / c.path).exists()]
     if missing and render:
@@ -467,7 +502,7 @@ def train_parts(recipe_path: Path, out: Path, parts: list[str], progress: Start 
     out.mkdir(parents=True, exist_ok=True)
     if Path(recipe_path).resolve() != (out / "recipe.yaml").resolve():
         shutil.copyfile(recipe_path, out / "recipe.yaml")  # the evaluation reads the languages from it
-    clips = corpus_clips(recipe.langs, progress)
+    clips = corpus_clips(recipe.langs, progress, sources=recipe.sources)
     done = {}
     for part in [p for p in PARTS if p in parts]:
         folder = out / part
