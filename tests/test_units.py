@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +251,10 @@ def test_recipe_rejects_unknown_settings(tmp_path):
         load_recipe(path)
     path.write_text("units:\n  train: {tokenizer: {steps: 3}, seed: 4}\n")
     assert load_recipe(path).part("tokenizer").seed == 4 and load_recipe(path).part("tokenizer").steps == 3
-    assert replace(load_recipe(path).part("decoder")).stage == "decoder"
+    assert load_recipe(path).part("decoder").stage == "decoder" and load_recipe(path).part("decoder").seed == 4
+    path.write_text("units:\n  max_clip: 3\n")
+    with pytest.raises(EmoslmError, match="max_clip"):
+        load_recipe(path)
 
 
 @pytest.mark.slow

@@ -85,22 +85,18 @@ def load_recipe(path: Path) -> UnitsRecipe:
     data = (yaml.safe_load(Path(path).read_text()) or {}).get("units")
     if not isinstance(data, dict):
         raise EmoslmError(f"{path}: no `units:` section; see recipes/units-tiny.yaml")
+    unknown = set(data) - {"langs", "max_clips", "sources", "tokenizer", "decoder", "train"}
+    if unknown:
+        raise EmoslmError(f"{path}: unknown units setting {sorted(unknown)[0]!r}")
+    train = data.get("train") or {}
+    shared = {k: v for k, v in train.items() if k not in PARTS}  # settings every part shares (seed, logging)
     try:
-        parts = {name: PartConfig(stage=name, **(data.get("train", {}).get(name) or {})) for name in PARTS
-                 if name in data.get("train", {})}
-        shared = {k: v for k, v in data.get("train", {}).items() if k not in PARTS}
-        for part in parts.values():
-            for key, value in shared.items():
-                setattr(part, key, value) if hasattr(part, key) else _unknown(path, key)
+        parts = {name: PartConfig(stage=name, **{**shared, **(train.get(name) or {})}) for name in PARTS}
         return UnitsRecipe(TokenizerConfig(**data.get("tokenizer", {})), DecoderConfig(**data.get("decoder", {})),
                            list(data.get("langs", ["en", "zh"])), int(data.get("max_clips", 0)),
-                           list(data.get("sources", [])), parts)
+                           list(data.get("sources") or []), parts)
     except TypeError as exc:
         raise EmoslmError(f"{path}: {exc}") from None
-
-
-def _unknown(path: Path, key: str) -> None:
-    raise EmoslmError(f"{path}: unknown training setting {key!r}")
 
 
 # ---------------------------------------------------------------- data
