@@ -34,7 +34,7 @@ TEXT = "My flight got cancelled for the third time and nobody at the desk will h
 
 
 def mel_of(seconds: float = 5.0) -> torch.Tensor:
-    from emoslm.slm.processor import MelFrontEnd
+    from emoslm.speech.mel_front_end import MelFrontEnd
 
     audio = PiperTTS().synthesize(TEXT).at()
     return MelFrontEnd.for_mels(80).tensor(audio[: int(seconds * 16_000)])

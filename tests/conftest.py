@@ -78,7 +78,7 @@ def small_recogniser(tmp_path_factory):
 def slm_checkpoint(tmp_path_factory):
     """An untrained UnifiedSLM (packaged SmolLM2 + Whisper tiny.en, fresh small adapter) saved as a checkpoint."""
     from emoslm.slm.generate import from_parts
-    from emoslm.slm.processor import MelFrontEnd
+    from emoslm.speech.mel_front_end import MelFrontEnd
 
     folder = tmp_path_factory.mktemp("slm") / "final"
     model, tokenizer = from_parts("smollm2-135m-instruct", "whisper-tiny.en", adapter_dim=64, adapter_heads=4)

@@ -75,7 +75,7 @@ def test_speech_changes_the_output_only_through_marked_positions():
 @pytest.mark.slow
 def test_real_model_loads_and_generates_think_and_reply(spoken_sentence):
     from emoslm.slm.generate import from_parts, generate, layout
-    from emoslm.slm.processor import MelFrontEnd
+    from emoslm.speech.mel_front_end import MelFrontEnd
 
     model, tokenizer = from_parts("smollm2-135m-instruct", "whisper-tiny.en")
     mel = MelFrontEnd.for_mels(80).tensor(spoken_sentence)

@@ -8,8 +8,8 @@ def test_converted_encoder_matches_ctranslate2(spoken_sentence):
     torch = pytest.importorskip("torch")
     import ctranslate2
 
-    from emoslm.slm.processor import MelFrontEnd
-    from emoslm.slm.whisper_ct2 import encode, load_whisper_encoder
+    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.speech.whisper_ct2 import encode, load_whisper_encoder
     from emoslm.store import resolve
 
     mel = MelFrontEnd.for_mels(80)(spoken_sentence)

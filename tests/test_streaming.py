@@ -173,7 +173,7 @@ def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_checkpoin
 
     from emoslm.slm.generate import _bridge, generate, layout
     from emoslm.slm.model import UnifiedSLM
-    from emoslm.slm.processor import MelFrontEnd
+    from emoslm.speech.mel_front_end import MelFrontEnd
 
     model = UnifiedSLM.from_pretrained(slm_checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(slm_checkpoint)

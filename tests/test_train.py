@@ -48,8 +48,8 @@ def build(tmp_path_factory) -> Path:
 
 
 def frame_cache(root: Path):
-    from emoslm.slm.processor import MelFrontEnd
-    from emoslm.slm.whisper_ct2 import load_whisper_encoder
+    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.speech.whisper_ct2 import load_whisper_encoder
     from emoslm.train.frames import FrameCache
 
     return FrameCache(load_whisper_encoder("whisper-tiny.en"), MelFrontEnd.for_mels(80), root)
@@ -60,7 +60,7 @@ def test_frame_cache_gives_the_encoder_s_own_frames_once(build, tmp_path):
     import torch
 
     from emoslm.audio import load_audio
-    from emoslm.slm.whisper_ct2 import encode
+    from emoslm.speech.whisper_ct2 import encode
 
     cache = frame_cache(tmp_path / "frames")
     clips = [e.audio for e in load_examples(build, "1-1")]

@@ -35,7 +35,7 @@ class SLMAgent(Agent):
         from transformers.utils import logging as hf_logging
 
         from emoslm.slm.model import UnifiedSLM
-        from emoslm.slm.processor import MelFrontEnd
+        from emoslm.speech.mel_front_end import MelFrontEnd
 
         checkpoint = Path(checkpoint)
         if not (checkpoint / "config.json").exists():

@@ -127,7 +127,7 @@ def _whisper_decoder(pairs: list[Pair]) -> tuple[Any, Any] | None:
     for pair in pairs:
         config = SpeechTokenizer.from_pretrained(pair.tokenizer).config
         if config.kind == "vq":
-            from emoslm.slm.whisper_ct2 import load_whisper_decoder
+            from emoslm.speech.whisper_ct2 import load_whisper_decoder
 
             return load_whisper_decoder(config.encoder), WhisperText(config.encoder)
     return None
@@ -183,7 +183,7 @@ def transcribe_units(tokenizer: Any, codes: np.ndarray, lang: str, whisper: tupl
     """Greedy Whisper decoding of what a VQ tokenizer's units alone keep (no speech decoder in between)."""
     import torch
 
-    from emoslm.slm.whisper_ct2 import decode_logits
+    from emoslm.speech.whisper_ct2 import decode_logits
 
     decoder, text = whisper
     ids = text.ids("", lang)[:-2]  # the prompt: <|sot|><|lang|><|transcribe|><|notimestamps|>

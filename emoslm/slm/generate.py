@@ -33,7 +33,7 @@ def from_parts(llm: str = "smollm2-135m-instruct", encoder: str = "whisper-tiny.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emoslm.llm.hf import hf_checkpoint
-    from emoslm.slm.whisper_ct2 import load_whisper_encoder
+    from emoslm.speech.whisper_ct2 import load_whisper_encoder
 
     checkpoint = hf_checkpoint(llm)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from emoslm.slm.listen import Adapter, Subsampler
-from emoslm.slm.whisper_ct2 import encode
+from emoslm.speech.whisper_ct2 import encode
 
 
 class UnifiedSLMConfig(PretrainedConfig):

@@ -21,8 +21,8 @@ import torch
 from emoslm.atomic import atomic_file
 from emoslm.audio import load_audio
 from emoslm.config import settings
-from emoslm.slm.processor import MelFrontEnd
-from emoslm.slm.whisper_ct2 import encode
+from emoslm.speech.mel_front_end import MelFrontEnd
+from emoslm.speech.whisper_ct2 import encode
 
 
 def encoder_digest(encoder: torch.nn.Module, front_end: MelFrontEnd) -> str:

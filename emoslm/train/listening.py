@@ -18,7 +18,7 @@ from typing import Any
 from emoslm.audio import load_audio
 from emoslm.emotions import TAGS
 from emoslm.ieat.think import tag_in_think
-from emoslm.slm.processor import MelFrontEnd
+from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.train.data import Example, provenance_by_key
 
 

@@ -26,7 +26,7 @@ from emoslm.atomic import atomic_dir, atomic_file
 from emoslm.errors import EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
-from emoslm.slm.processor import MelFrontEnd
+from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.train.data import BalancedSampler, Collator, Example, load_examples, split
 from emoslm.train.frames import FrameCache
 from emoslm.train.stages import apply_stage, merge_lora

@@ -21,7 +21,7 @@ import torch
 
 from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
-from emoslm.slm.processor import MelFrontEnd
+from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.train.data import Collator, Example, load_examples
 from emoslm.train.frames import FrameCache
 from emoslm.train.listening import listen

@@ -316,8 +316,8 @@ def fit(part: PartConfig, out: Path, model: torch.nn.Module, dataset: torch.util
 
 def frame_cache(encoder_name: str, clips: list[SpeechClip], progress: Start = silent) -> Any:
     """Whisper encoder frames of every clip, computed once (shared with the unified model's cache)."""
-    from emoslm.slm.processor import MelFrontEnd
-    from emoslm.slm.whisper_ct2 import load_whisper_encoder
+    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.speech.whisper_ct2 import load_whisper_encoder
     from emoslm.train.frames import FrameCache
 
     encoder = load_whisper_encoder(encoder_name)
@@ -329,7 +329,7 @@ def frame_cache(encoder_name: str, clips: list[SpeechClip], progress: Start = si
 def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, progress: Start = silent,
                     stop_after: int | None = None) -> SpeechTokenizer | None:
     """The VQ bottleneck, trained so that the frozen Whisper decoder can still write the transcript."""
-    from emoslm.slm.whisper_ct2 import decode_logits, load_whisper_decoder
+    from emoslm.speech.whisper_ct2 import decode_logits, load_whisper_decoder
 
     config, part = recipe.tokenizer, recipe.part("tokenizer")
     train_clips = _pick(clips, "train", recipe.max_clips)
@@ -378,7 +378,7 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
 def held_out_text_loss(bottleneck: Bottleneck, decoder: Any, batch: dict[str, torch.Tensor]) -> float:
     """Transcript loss through the units on held-out clips: where it rises while the training loss falls, the
     bottleneck is learning the training texts rather than speech."""
-    from emoslm.slm.whisper_ct2 import decode_logits
+    from emoslm.speech.whisper_ct2 import decode_logits
 
     device = next(bottleneck.parameters()).device
     was_training = bottleneck.training

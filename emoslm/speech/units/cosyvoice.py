@@ -57,7 +57,7 @@ class CosyVoiceTokenizer:
 
     @cached_property
     def front_end(self) -> Any:
-        from emoslm.slm.processor import MelFrontEnd
+        from emoslm.speech.mel_front_end import MelFrontEnd
 
         return MelFrontEnd.for_mels(128)  # Whisper's log-mel with 128 bins, as CosyVoice computes it
 

@@ -183,19 +183,19 @@ class SpeechTokenizer:
 
     @cached_property
     def encoder(self) -> Any:
-        from emoslm.slm.whisper_ct2 import load_whisper_encoder
+        from emoslm.speech.whisper_ct2 import load_whisper_encoder
 
         return load_whisper_encoder(self.config.encoder)
 
     @cached_property
     def front_end(self) -> Any:
-        from emoslm.slm.processor import MelFrontEnd
+        from emoslm.speech.mel_front_end import MelFrontEnd
 
         return MelFrontEnd.for_mels(int(self.encoder.config.num_mel_bins))
 
     def frames(self, audio: np.ndarray) -> torch.Tensor:
         """(frames, width) frozen encoder output for 16 kHz audio, 30 s windows joined for longer audio."""
-        from emoslm.slm.whisper_ct2 import encode
+        from emoslm.speech.whisper_ct2 import encode
 
         window = 30 * 16_000
         parts = []
