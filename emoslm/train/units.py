@@ -459,7 +459,7 @@ def train_decoder(recipe: UnitsRecipe, clips: list[SpeechClip], tokenizer_dir: P
     every = np.concatenate([m[:, ::4] for m in mels], axis=1)
     config = DecoderConfig(**{**asdict(recipe.decoder), "codes": tokenizer.config.codes, "unit_rate": tokenizer.rate,
                               "mel_mean": round(float(every.mean()), 4), "mel_std": round(float(every.std()), 4),
-                              "tokenizer": str(tokenizer_dir)})
+                              "tokenizer": str(Path(tokenizer_dir).resolve())})
     decoder = UnitDecoder(config)
     decoder.speakers = speaker_table(decoder, train_clips)
     if not config.default_speaker:

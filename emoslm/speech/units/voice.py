@@ -34,7 +34,10 @@ class UnitVoice(Voice):
         from emoslm.speech.voice import voice_pool
 
         model = UnitDecoder.from_pretrained(decoder)
-        tokenizer = SpeechTokenizer.from_pretrained(model.config.tokenizer) if model.config.tokenizer else None
+        source = Path(model.config.tokenizer) if model.config.tokenizer else None
+        if source is not None and not source.is_absolute():  # older folders stored it relative to the run's cwd
+            source = source if source.exists() else Path(decoder).resolve().parent.parent / source.parent.name / "final"
+        tokenizer = SpeechTokenizer.from_pretrained(source) if source is not None else None
         return cls(model, tokenizer, voice_pool().voice("auto", lang), speaker)
 
     def stream_units(self, chunks: Iterable[Any], prosody: Prosody | None = None, text: str = ""
