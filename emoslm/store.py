@@ -111,7 +111,24 @@ def _whisper_base(spec: ModelSpec) -> Path:
     for small in ("config.json", "tokenizer.json", "vocabulary.txt"):
         if not (out / small).exists():
             shutil.copyfile(first / small, out / small)
+    if not (out / ".tokenizer-repaired").exists():
+        _repair_whisper_merges(out / "tokenizer.json")
+        (out / ".tokenizer-repaired").touch()
     return out
+
+
+def _repair_whisper_merges(path: Path) -> None:
+    """The packaged multilingual ``tokenizer.json`` lost its first BPE merge (" t"), so every word starting
+    with t was encoded in pieces the decoder never saw (faster-whisper mostly decodes with it, so it never
+    showed in transcripts; prompts and the units tokenizer's transcripts encode with it). Put it back."""
+    import json
+
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    merges = spec["model"]["merges"]
+    if merges and "Ġ t" not in merges[:2] and ["Ġ", "t"] not in merges[:2]:
+        merges.insert(0, "Ġ t" if isinstance(merges[0], str) else ["Ġ", "t"])
+        with atomic_file(path, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
 
 
 # --- assembling split weights -------------------------------------------------------------------

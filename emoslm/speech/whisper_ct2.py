@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -89,22 +90,28 @@ def encoder_state_dict(variables: dict[str, np.ndarray], layers: int) -> dict[st
              "layer_norm.weight": t("layer_norm/gamma"), "layer_norm.bias": t("layer_norm/beta")}
     for i in range(layers):
         src, dst = f"layer_{i}", f"layers.{i}"
-        q, k, v = t(f"{src}/self_attention/linear_0/weight").chunk(3, dim=0)
-        qb, _, vb = t(f"{src}/self_attention/linear_0/bias").chunk(3, dim=0)  # Whisper's key has no bias
-        state.update({
-            f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.q_proj.bias": qb,
-            f"{dst}.self_attn.k_proj.weight": k,
-            f"{dst}.self_attn.v_proj.weight": v, f"{dst}.self_attn.v_proj.bias": vb,
-            f"{dst}.self_attn.out_proj.weight": t(f"{src}/self_attention/linear_1/weight"),
-            f"{dst}.self_attn.out_proj.bias": t(f"{src}/self_attention/linear_1/bias"),
-            f"{dst}.self_attn_layer_norm.weight": t(f"{src}/self_attention/layer_norm/gamma"),
-            f"{dst}.self_attn_layer_norm.bias": t(f"{src}/self_attention/layer_norm/beta"),
-            f"{dst}.fc1.weight": t(f"{src}/ffn/linear_0/weight"), f"{dst}.fc1.bias": t(f"{src}/ffn/linear_0/bias"),
-            f"{dst}.fc2.weight": t(f"{src}/ffn/linear_1/weight"), f"{dst}.fc2.bias": t(f"{src}/ffn/linear_1/bias"),
-            f"{dst}.final_layer_norm.weight": t(f"{src}/ffn/layer_norm/gamma"),
-            f"{dst}.final_layer_norm.bias": t(f"{src}/ffn/layer_norm/beta"),
-        })
+        state.update(_self_attention_and_ffn(t, src, dst))
     return state
+
+
+def _self_attention_and_ffn(t: Callable[[str], Any], src: str, dst: str) -> dict[str, Any]:
+    """One layer's self-attention (fused QKV split; Whisper's key has no bias) and feed-forward, shared by
+    the encoder's and the decoder's layers."""
+    q, k, v = t(f"{src}/self_attention/linear_0/weight").chunk(3, dim=0)
+    qb, _, vb = t(f"{src}/self_attention/linear_0/bias").chunk(3, dim=0)
+    return {
+        f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.q_proj.bias": qb,
+        f"{dst}.self_attn.k_proj.weight": k,
+        f"{dst}.self_attn.v_proj.weight": v, f"{dst}.self_attn.v_proj.bias": vb,
+        f"{dst}.self_attn.out_proj.weight": t(f"{src}/self_attention/linear_1/weight"),
+        f"{dst}.self_attn.out_proj.bias": t(f"{src}/self_attention/linear_1/bias"),
+        f"{dst}.self_attn_layer_norm.weight": t(f"{src}/self_attention/layer_norm/gamma"),
+        f"{dst}.self_attn_layer_norm.bias": t(f"{src}/self_attention/layer_norm/beta"),
+        f"{dst}.fc1.weight": t(f"{src}/ffn/linear_0/weight"), f"{dst}.fc1.bias": t(f"{src}/ffn/linear_0/bias"),
+        f"{dst}.fc2.weight": t(f"{src}/ffn/linear_1/weight"), f"{dst}.fc2.bias": t(f"{src}/ffn/linear_1/bias"),
+        f"{dst}.final_layer_norm.weight": t(f"{src}/ffn/layer_norm/gamma"),
+        f"{dst}.final_layer_norm.bias": t(f"{src}/ffn/layer_norm/beta"),
+    }
 
 
 def load_whisper_encoder(model: str = "whisper-tiny.en") -> Any:
@@ -156,18 +163,10 @@ def decoder_state_dict(variables: dict[str, np.ndarray], layers: int) -> dict[st
              "layer_norm.weight": t("layer_norm/gamma"), "layer_norm.bias": t("layer_norm/beta")}
     for i in range(layers):
         src, dst = f"layer_{i}", f"layers.{i}"
-        q, k, v = t(f"{src}/self_attention/linear_0/weight").chunk(3, dim=0)
-        qb, _, vb = t(f"{src}/self_attention/linear_0/bias").chunk(3, dim=0)
         ck, cv = t(f"{src}/attention/linear_1/weight").chunk(2, dim=0)
         _, cvb = t(f"{src}/attention/linear_1/bias").chunk(2, dim=0)
+        state.update(_self_attention_and_ffn(t, src, dst))
         state.update({
-            f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.q_proj.bias": qb,
-            f"{dst}.self_attn.k_proj.weight": k,
-            f"{dst}.self_attn.v_proj.weight": v, f"{dst}.self_attn.v_proj.bias": vb,
-            f"{dst}.self_attn.out_proj.weight": t(f"{src}/self_attention/linear_1/weight"),
-            f"{dst}.self_attn.out_proj.bias": t(f"{src}/self_attention/linear_1/bias"),
-            f"{dst}.self_attn_layer_norm.weight": t(f"{src}/self_attention/layer_norm/gamma"),
-            f"{dst}.self_attn_layer_norm.bias": t(f"{src}/self_attention/layer_norm/beta"),
             f"{dst}.encoder_attn.q_proj.weight": t(f"{src}/attention/linear_0/weight"),
             f"{dst}.encoder_attn.q_proj.bias": t(f"{src}/attention/linear_0/bias"),
             f"{dst}.encoder_attn.k_proj.weight": ck,
@@ -176,10 +175,6 @@ def decoder_state_dict(variables: dict[str, np.ndarray], layers: int) -> dict[st
             f"{dst}.encoder_attn.out_proj.bias": t(f"{src}/attention/linear_2/bias"),
             f"{dst}.encoder_attn_layer_norm.weight": t(f"{src}/attention/layer_norm/gamma"),
             f"{dst}.encoder_attn_layer_norm.bias": t(f"{src}/attention/layer_norm/beta"),
-            f"{dst}.fc1.weight": t(f"{src}/ffn/linear_0/weight"), f"{dst}.fc1.bias": t(f"{src}/ffn/linear_0/bias"),
-            f"{dst}.fc2.weight": t(f"{src}/ffn/linear_1/weight"), f"{dst}.fc2.bias": t(f"{src}/ffn/linear_1/bias"),
-            f"{dst}.final_layer_norm.weight": t(f"{src}/ffn/layer_norm/gamma"),
-            f"{dst}.final_layer_norm.bias": t(f"{src}/ffn/layer_norm/beta"),
         })
     return state
 

@@ -12,7 +12,6 @@ and the batches taken, skipped at the sampler) and ``final/`` (a ``from_pretrain
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import zlib
@@ -166,14 +165,8 @@ class WhisperText:
 
         from emoslm.store import resolve
 
-        folder = resolve(model).require_path()
-        spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-        merges = spec["model"]["merges"]
-        if merges and "Ġ t" not in merges[:2] and ["Ġ", "t"] not in merges[:2]:
-            # the packaged multilingual tokenizer.json lost its first merge (" t"): every word starting with t
-            # came out in pieces the decoder never saw (faster-whisper only decodes with it, so it never showed)
-            merges.insert(0, "Ġ t" if isinstance(merges[0], str) else ["Ġ", "t"])
-        self.raw = tokenizers.Tokenizer.from_str(json.dumps(spec))
+        folder = resolve(model).require_path()  # the store repairs whisper-base's tokenizer.json (a lost merge)
+        self.raw = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
         with open(folder / "vocabulary.txt", encoding="utf-8") as f:  # multilingual Whisper has 51,865 tokens
             self.multilingual = sum(1 for _ in f) >= 51865
         self._by_lang: dict[str, Any] = {}
@@ -341,19 +334,20 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
     held_batch = collate_frames([FramesAndText(held, frames, text)[i] for i in range(len(held))]) if held else None
     torch.manual_seed(part.seed)
     bottleneck = Bottleneck(config)
+    last: dict[str, Any] = {}
 
     def loss_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         decoder.to(batch["frames"].device)
         result = model(batch["frames"], batch["mask"])
         logits = decode_logits(decoder, batch["ids"], result["memory"], result["memory_mask"])
         text = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
-        (model.module if hasattr(model, "module") else model).last = result  # for the dead-code restart
+        last["result"] = result  # for the codebook statistics and dead-code restart after the step
         return text + config.commitment * result["commit"], {"text_loss": float(text.detach()),
                                                              "commit": float(result["commit"].detach())}
 
     def every_step(accelerator: Any, model: torch.nn.Module, batch: dict[str, Any], step: int) -> dict[str, float]:
         inner = accelerator.unwrap_model(model)
-        result, mask = inner.last, _pooled_mask(inner, batch["mask"])
+        result, mask = last["result"], _pooled_mask(inner, batch["mask"])
         codes = result["codes"][mask]
         stats = codebook_stats(codes, config.codes)
         stats["active_codes"] = float((inner.quantizer.usage >= config.dead_below).sum())
@@ -368,8 +362,6 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
     trained = fit(part, out, bottleneck, dataset, collate_frames, loss_of, progress, stop_after, every_step)
     if trained is None:
         return None
-    if hasattr(trained, "last"):
-        del trained.last
     tokenizer = SpeechTokenizer(config, trained.cpu())
     tokenizer.save_pretrained(out / "final")
     return tokenizer

@@ -285,7 +285,7 @@ class _AudioJoiner:
             redo = rendered[n_left * HOP - len(self.held):n_left * HOP]
             fade = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, len(redo), dtype=np.float32))
             audio = np.concatenate([self.held * (1 - fade) + redo * fade, audio])
-        self.history = np.concatenate([self.history, mel], axis=1)[:, -max(self.context, self.overlap, 1):]
+        self.history = np.concatenate([self.history, mel], axis=1)[:, -max(self.context, 1):]  # context >= overlap
         keep = min(self.overlap * HOP, len(audio))
         out, self.held = audio[: len(audio) - keep], audio[len(audio) - keep:]
         return out.astype(np.float32)
