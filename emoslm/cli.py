@@ -196,8 +196,8 @@ def transcribe(
 
 AgentOpt = Annotated[str, typer.Option(
     "--agent", help="teacher (ASR → emotion → injected think → LLM → voice), plain (ASR → LLM, no emotion), "
-                    "slm:DIR (the unified model hears the audio itself; a voice speaks its reply until the speech "
-                    "branch exists) or http(s)://HOST:PORT (a remote emoslm server).")]
+                    "slm:DIR (the unified model hears the audio itself and, after stage 2, speaks with its own "
+                    "voice; --voice tts for a TTS instead) or http(s)://HOST:PORT (a remote emoslm server).")]
 
 
 @app.command()
@@ -208,8 +208,9 @@ def chat(
     lang: Annotated[Optional[str], typer.Option(help="en or zh; omit to detect.")] = None,
     speak: Annotated[Optional[Path], typer.Option(help="Folder to write spoken replies to.")] = None,
     agent: AgentOpt = "teacher",
-    voice: Annotated[str, typer.Option(help="Voice spec: auto, piper, hibari, kokoro:VOICE, espeak:VOICE, "
-                                            "flite:VOICE or an http(s)://…/v1 speech server.")] = "auto",
+    voice: Annotated[str, typer.Option(help="Voice spec: auto (slm:DIR: its own voice after stage 2), tts, "
+                                            "piper, hibari, kokoro:VOICE, espeak:VOICE, flite:VOICE, "
+                                            "units:DECODER or an http(s)://…/v1 speech server.")] = "auto",
     show_think: Annotated[bool, typer.Option(help="Print the agent's hidden think.")] = True,
     events: Annotated[bool, typer.Option("--events", help="Print every streamed event as one JSON line "
                                                           "(the wire form the server speaks).")] = False,
@@ -396,15 +397,16 @@ def perception_evaluate(
 def train(
     args: Annotated[list[str], typer.Argument(help="RECIPE (a YAML recipe with a train section), or "
                                                    "`report RUN...` to compare finished runs.")],
-    stage: Annotated[Optional[str], typer.Option(help="1-1 (speech-text alignment) or 1-2 (IEAT).")] = None,
+    stage: Annotated[Optional[str], typer.Option(help="1-1 (speech-text alignment), 1-2 (IEAT) or 2 "
+                                                      "(the speech branch: the model's own voice).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="IEAT build folder (default: the recipe's train.data).")
                     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: the recipe's train.out/STAGE).")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Checkpoint to start from (1-2 defaults to 1-1's final/).")
+    init: Annotated[Optional[Path], typer.Option(help="Checkpoint to start from (1-2 defaults to 1-1's final/, 2 to 1-2's).")
                     ] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
 ) -> None:
-    """Train the unified spoken LM (`emoslm train RECIPE --stage 1-1|1-2`) on data from `emoslm data build`,
+    """Train the unified spoken LM (`emoslm train RECIPE --stage 1-1|1-2|2`) on data from `emoslm data build`,
     or compare runs on held-out clips (`emoslm train report RUN...`): held-out loss, reply content from audio
     vs the teacher's, and how often the think names the user's emotion. Killed runs resume exactly."""
     if args[0] == "report":
@@ -420,7 +422,7 @@ def train(
     from emoslm.train.recipe import train_config
 
     if len(args) != 1 or stage is None:
-        raise EmoslmError("usage: emoslm train RECIPE --stage 1-1|1-2 (or: emoslm train report RUN...)")
+        raise EmoslmError("usage: emoslm train RECIPE --stage 1-1|1-2|2 (or: emoslm train report RUN...)")
     config = train_config(Path(args[0]), stage, data=data, out=out, init=init, max_steps=max_steps)
     bar, progress = rich_progress(err)
     with bar:

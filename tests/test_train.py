@@ -20,14 +20,13 @@ LINES = [("I can't believe my flight got cancelled again.", "anger"), ("We won t
          ("The meeting moved to three o'clock.", "neutral"), ("You found my lost ring? Really?", "surprise")]
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory) -> Path:
-    """An IEAT build folder in the documented schema, with espeak clips and short targets."""
+def write_build(root: Path, spoken_replies: bool = False) -> Path:
+    """An IEAT build folder in the documented schema, with espeak clips and short targets (and, for stage 2,
+    each reply spoken with the prosody that fits the user's emotion)."""
     from emoslm.audio import save_audio
-    from emoslm.speech.prosody import acted
+    from emoslm.speech.prosody import acted, reply
     from emoslm.speech.tts import EspeakTTS
 
-    root = tmp_path_factory.mktemp("build")
     tts = EspeakTTS("en-us+m1")
     s11, s12 = [], []
     for i, (text, tag) in enumerate(LINES):
@@ -36,15 +35,23 @@ def build(tmp_path_factory) -> Path:
         s11.append({"id": f"c{i}", "lang": "en", "audio": rel, "transcript": text, "response": "I hear you.",
                     "provenance": {}})
         think = f"The emotion I hear is {tag}. The most likely reason is what they just said."
+        answer = {"role": "assistant", "think": think, "text": "That sounds like a lot."}
+        if spoken_replies:
+            answer["audio"] = f"audio/replies/c{i}.wav"
+            save_audio(root / answer["audio"], tts.synthesize(answer["text"], reply(tag)).at())
         s12.append({"id": f"c{i}", "task": "empathy", "lang": "en", "emotion": tag, "think": think,
-                    "response": "That sounds like a lot.", "provenance": {},
-                    "turns": [{"role": "user", "audio": rel, "text": text},
-                              {"role": "assistant", "think": think, "text": "That sounds like a lot."}]})
+                    "response": answer["text"], "provenance": {},
+                    "turns": [{"role": "user", "audio": rel, "text": text}, answer]})
     (root / "recipe.json").write_text("{}")
     (root / "stage1_1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in s11))
     (root / "stage1_2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in s12))
     (root / "multiturn.jsonl").write_text("")
     return root
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> Path:
+    return write_build(tmp_path_factory.mktemp("build"))
 
 
 def frame_cache(root: Path):

@@ -3,26 +3,32 @@
 No transcript or emotion label goes into the answer: the model reads the speech embeddings, and the
 emotion it reports is the one its think names (``Reply.think_emotion``; nothing is "perceived" by a
 recogniser here). Earlier turns enter the history as text (the user's words by ASR, the model's own
-replies), because the model keeps no audio of them. Until the speech branch exists the reply is
-spoken clause by clause by a pooled Voice with the prosody that fits the emotion the think named.
+replies), because the model keeps no audio of them.
+
+Voice: a checkpoint with a speech branch (stage 2) speaks with its own voice by default — the units it
+writes in lock-step with its text go straight into the streaming unit decoder, styled with the prosody
+that fits the emotion its think named. ``voice="tts"`` (or any pool spec) keeps the other path: the reply
+spoken clause by clause by a pooled Voice with that prosody; a model without a branch always takes it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from emoslm.agents.base import Agent, Spoken, speak_along
-from emoslm.agents.events import Done, Event, Reply, Timing, Transcript, Turn
+from emoslm.agents.events import AudioChunk, Done, Event, Reply, TextDelta, ThinkDelta, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.errors import EmoslmError
 from emoslm.ieat.think import tag_in_think
 from emoslm.perception.asr import ASRPool
 from emoslm.speech.prosody import reply as reply_prosody
-from emoslm.speech.voice import VoicePool, voice_pool
+from emoslm.speech.voice import VoiceChunk, VoicePool, voice_pool
 
 
 class SLMAgent(Agent):
@@ -49,6 +55,21 @@ class SLMAgent(Agent):
         self.voices, self.voice_spec = voices or voice_pool(), voice
         self.speak, self.think_budget, self.max_new_tokens = speak, think_budget, max_new_tokens
 
+    @property
+    def own_voice(self) -> bool:
+        """Whether replies are spoken by the model's own speech branch (see the module's docstring)."""
+        return self.speak and self.voice_spec in ("auto", "model") and self.model.speech_branch is not None
+
+    @cached_property
+    def unit_decoder(self) -> Any:
+        from emoslm.speech.units.decoder import UnitDecoder
+
+        folder = Path(self.model.speech_spec.decoder)
+        if not (folder / "config.json").exists():
+            raise EmoslmError(f"{folder}: the unit decoder this model speaks with is missing; "
+                              "keep the units run beside it or use --voice tts")
+        return UnitDecoder.from_pretrained(folder)
+
     def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
         from emoslm.slm.generate import generate_stream
 
@@ -56,12 +77,18 @@ class SLMAgent(Agent):
         check_signal(audio, SAMPLE_RATE, "user audio")
         speech = trim_to_speech(audio, pad=0.3)[: 30 * SAMPLE_RATE]
         clock = time.perf_counter()
+        own = self.own_voice
+        decoder = self.unit_decoder if own else None  # loaded before the clock matters
         pieces = generate_stream(self.model, self.tokenizer, self.mels.tensor(speech),
                                  [{"role": t.role, "content": t.text} for t in history],
-                                 self.think_budget, self.max_new_tokens)
+                                 self.think_budget, self.max_new_tokens, speak=own)
         spoken = Spoken()
-        voice = self.voices.voice(self.voice_spec, lang) if self.speak else None
-        yield from speak_along(pieces, voice, lambda: reply_prosody(tag_in_think(spoken.think) or "neutral"), spoken)
+        if own:
+            yield from speak_units(pieces, decoder, spoken)
+        else:
+            voice = self.voices.voice(self.voice_spec, lang) if self.speak else None
+            yield from speak_along(pieces, voice, lambda: reply_prosody(tag_in_think(spoken.think) or "neutral"),
+                                   spoken)
         yield Timing("slm", round(time.perf_counter() - clock, 4))
         clock = time.perf_counter()
         heard = self.asr.transcribe(speech, lang).text  # for the history only
@@ -69,3 +96,41 @@ class SLMAgent(Agent):
         yield Timing("history_asr", round(time.perf_counter() - clock, 4))
         yield Done(Reply(text=spoken.text, think=spoken.think, transcript=heard, lang=lang,
                          think_emotion=tag_in_think(spoken.think), audio=spoken.audio))
+
+
+def speak_units(pieces: Generator[Any, None, Any], decoder: Any, spoken: Spoken) -> Iterator[Event]:
+    """Think and reply deltas as events, and the units the model writes turned into audio as they come: a
+    ``UnitStreamer`` (styled by the emotion the think named, known before the first unit) yields each chunk
+    as soon as its look-ahead has arrived, in the same thread — the decoder's work per chunk is small."""
+    streamer, decoding = None, 0.0
+    while True:
+        try:
+            piece = next(pieces)
+        except StopIteration as end:
+            spoken.result = end.value
+            break
+        if piece.part == "units":
+            clock = time.perf_counter()
+            if streamer is None:
+                streamer = decoder.streamer(style=reply_prosody(tag_in_think(spoken.think) or "neutral"))
+            ready = streamer.feed(piece.codes)
+            decoding += time.perf_counter() - clock
+            yield from _chunks(ready, decoder.sample_rate, spoken)
+        elif piece.text and piece.part == "think":
+            spoken.think += piece.text
+            yield ThinkDelta(piece.text)
+        elif piece.text:
+            spoken.text += piece.text
+            yield TextDelta(piece.text)
+    if streamer is not None:
+        clock = time.perf_counter()
+        ready = streamer.flush()
+        decoding += time.perf_counter() - clock
+        yield from _chunks(ready, decoder.sample_rate, spoken)
+    yield Timing("unit_decoder", round(decoding, 4))
+
+
+def _chunks(audios: list[np.ndarray], sample_rate: int, spoken: Spoken) -> Iterator[Event]:
+    for audio in audios:
+        spoken.chunks.append(VoiceChunk(audio, sample_rate, ""))
+        yield AudioChunk(audio, sample_rate)

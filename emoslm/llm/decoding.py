@@ -20,7 +20,8 @@ from emoslm.llm.base import Sampling
 class TokenLoop:
     """A causal LM stepped one token at a time over one growing KV cache."""
 
-    def __init__(self, model: Any, sampling: Sampling, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: Any, sampling: Sampling, device: str | torch.device = "cpu",
+                 hidden_layer: int | None = None) -> None:
         import inspect
 
         from transformers import DynamicCache
@@ -39,6 +40,8 @@ class TokenLoop:
         self.length = 0  # positions in the cache
         self.seen: list[int] = []  # ids the repetition penalty looks at (prompt ids + generated)
         self.logits: torch.Tensor | None = None  # next-token logits after the last feed
+        self.hidden_layer = hidden_layer  # keep this layer's hidden state of the last fed token (speech branch)
+        self.hidden: torch.Tensor | None = None  # (1, hidden size)
         self.penalty = (RepetitionPenaltyLogitsProcessor(sampling.repeat_penalty)
                         if sampling.repeat_penalty and sampling.repeat_penalty != 1.0 else None)
         steps = LogitsProcessorList()
@@ -65,9 +68,12 @@ class TokenLoop:
         positions = torch.arange(self.length, self.length + n, device=self.device)[None]
         out = self.model(inputs_embeds=embeds, **{self.cache_arg: self.cache}, use_cache=True,
                          attention_mask=torch.ones((1, self.length + n), dtype=torch.long, device=self.device),
-                         position_ids=positions, cache_position=positions[0])
+                         position_ids=positions, cache_position=positions[0],
+                         output_hidden_states=self.hidden_layer is not None)
         self.length += n  # the DynamicCache grew in place
         self.logits = out.logits[:, -1, :].float()
+        if self.hidden_layer is not None:
+            self.hidden = out.hidden_states[self.hidden_layer][:, -1]
 
     @torch.inference_mode()
     def sample(self) -> int:

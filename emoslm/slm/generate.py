@@ -7,20 +7,27 @@ thinking stops at ``</think>`` or at the think budget (then the closing tag is a
 and the reply is generated after it until the end-of-turn token, all on one KV cache: the prompt is
 prefilled once and every later token is appended to it. ``generate_stream`` yields think and reply
 deltas as they are decoded; ``generate`` drains it.
+
+Speaking (a model with a speech branch, ``speak=True``): after the bridge, every reply token fed to the
+LLM also drives one step of the branch (``UnitWriter``) from that token's layer-n hidden state, so text
+deltas and ``UnitPiece``s come out in lock-step; the end-of-turn token is fed too, and its state drives
+the speech that is still to come after the text has ended, until the branch writes ``EOS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from emoslm.errors import EmoslmError
 from emoslm.ieat.think import THINK_CLOSE, Incremental, Piece, clean_reply, open_think
 from emoslm.llm.base import ChatTemplate, Sampling, StopMatcher
 from emoslm.llm.decoding import Detokenizer, TokenLoop, end_ids
 from emoslm.slm.model import UnifiedSLM, UnifiedSLMConfig
+from emoslm.slm.speak import UnitPiece, UnitWriter
 from emoslm.streams import drain
 
 SPEECH_MARK = "<|emoslm-speech|>"
@@ -76,12 +83,17 @@ class Generated:
     think_tokens: int
     reply_tokens: int
     think_closed_by_budget: bool
+    units: list[int] = field(default_factory=list)  # what the speech branch wrote (speak=True)
 
 
 def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
-                    think_budget: int = 64, max_new_tokens: int = 128,
-                    sampling: Sampling | None = None) -> Generator[Piece, None, Generated]:
-    """Think then reply for one clip (mel: (n_mels, frames)), delta by delta, on one KV cache."""
+                    think_budget: int = 64, max_new_tokens: int = 128, sampling: Sampling | None = None,
+                    speak: bool = False, unit_temperature: float = 0.0, max_unit_steps: int = 400
+                    ) -> Generator[Piece | UnitPiece, None, Generated]:
+    """Think then reply for one clip (mel: (n_mels, frames)), delta by delta, on one KV cache; with ``speak``
+    (the model must have a speech branch) the reply's units too, in lock-step with its text."""
+    if speak and model.speech_branch is None:
+        raise EmoslmError("this checkpoint has no speech branch (train stage 2 to give it a voice); use a TTS voice")
     s = sampling or Sampling(temperature=0.0, repeat_penalty=1.0)
     device = next(model.parameters()).device
     prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
@@ -89,7 +101,8 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
         embeds = model.embed(torch.tensor([prompt.input_ids], device=device),
                              torch.tensor([prompt.speech_mask], device=device), mel[None].to(device),
                              torch.tensor([mel.shape[-1]], device=device))
-    loop, ends = TokenLoop(model.llm, s, device), end_ids(tokenizer)
+    loop = TokenLoop(model.llm, s, device, hidden_layer=model.speech_layer if speak else None)
+    ends = end_ids(tokenizer)
     loop.feed(embeds=embeds)
 
     think, stops, shown = Detokenizer(tokenizer), StopMatcher([THINK_CLOSE]), Incremental(str.strip)
@@ -107,15 +120,25 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
     loop.feed(tokenizer(_bridge(closed, after), add_special_tokens=False)["input_ids"])
 
     reply, said, reply_tokens = Detokenizer(tokenizer), Incremental(clean_reply), 0
+    writer = UnitWriter(model.speech_branch, unit_temperature, max_unit_steps) if speak else None
+    units: list[int] = []
     while reply_tokens < max_new_tokens:
         token = loop.sample()
         if token in ends:
+            if writer is not None:
+                loop.feed([token])  # its state drives the rest of the speech
             break
         reply_tokens += 1
         loop.feed([token])
         yield Piece("reply", said.update(reply.add(token)))
+        if writer is not None and not writer.done:
+            units += (codes := writer.step(loop.hidden))
+            yield UnitPiece(codes)
     yield Piece("reply", said.finish())
-    return Generated(shown.emitted, said.emitted, think_tokens, reply_tokens, not closed)
+    while writer is not None and not writer.done:  # the speech goes on after the text
+        units += (codes := writer.step(loop.hidden))
+        yield UnitPiece(codes)
+    return Generated(shown.emitted, said.emitted, think_tokens, reply_tokens, not closed, units)
 
 
 def _bridge(closed: bool, after_close: str) -> str:
@@ -129,7 +152,8 @@ def _bridge(closed: bool, after_close: str) -> str:
 
 
 def generate(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
-             think_budget: int = 64, max_new_tokens: int = 128, temperature: float = 0.0) -> Generated:
+             think_budget: int = 64, max_new_tokens: int = 128, temperature: float = 0.0, speak: bool = False
+             ) -> Generated:
     """``generate_stream``, drained."""
     sampling = Sampling(temperature=temperature, repeat_penalty=1.0)
-    return drain(generate_stream(model, tokenizer, mel, history, think_budget, max_new_tokens, sampling))
+    return drain(generate_stream(model, tokenizer, mel, history, think_budget, max_new_tokens, sampling, speak))

@@ -1,4 +1,5 @@
-"""UnifiedSLM: one model that hears the user (Whisper encoder + adapter) and thinks and writes (a causal LM).
+"""UnifiedSLM: one model that hears the user (Whisper encoder + adapter), thinks and writes (a causal LM)
+and, once it has a speech branch (``speak.py``, stage 2), speaks in units of its own.
 
 Speech embeddings replace a run of placeholder positions in the user turn of the LLM's own chat
 template (``speech_mask`` marks them), so the template, its special tokens and the LLM's abilities
@@ -14,6 +15,7 @@ are a few ordinary tokens the model already reads.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from emoslm.slm.listen import Adapter, Subsampler
+from emoslm.slm.speak import SpeakOutput, SpeechBranch, SpeechSpec, branch_spec, unit_loss
 from emoslm.speech.whisper_ct2 import encode
 
 
@@ -30,8 +33,10 @@ class UnifiedSLMConfig(PretrainedConfig):
 
     def __init__(self, llm_config: dict[str, Any] | None = None, encoder_config: dict[str, Any] | None = None,
                  adapter_dim: int = 512, adapter_layers: int = 2, adapter_heads: int = 8,
-                 llm_source: str = "", encoder_source: str = "", **kwargs: Any) -> None:
+                 llm_source: str = "", encoder_source: str = "", speech: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         self.llm_config = llm_config or {}
+        self.speech = speech  # a SpeechSpec as a dict once the model has a speech branch (stage 2)
         self.encoder_config = encoder_config or {}
         self.adapter_dim, self.adapter_layers, self.adapter_heads = adapter_dim, adapter_layers, adapter_heads
         self.llm_source, self.encoder_source = llm_source, encoder_source  # where the weights came from
@@ -61,7 +66,32 @@ class UnifiedSLM(PreTrainedModel):
         self.subsampler = Subsampler(encoder_config.d_model, config.adapter_dim)
         self.adapter = Adapter(config.adapter_dim, llm_config.hidden_size, config.adapter_layers, config.adapter_heads)
         self.llm = AutoModelForCausalLM.from_config(llm_config)
+        spec = branch_spec(config)
+        self.speech_branch = SpeechBranch(llm_config, spec) if spec else None
+        self.unit_weight = 1.0  # the unit loss's weight in stage 2 (the trainer sets the recipe's)
         self.post_init()
+
+    def add_speech_branch(self, spec: SpeechSpec) -> SpeechBranch:
+        """Give the model a voice: a speech branch copied from the LLM's top ``spec.layers`` layers."""
+        layers = self.config.llm().num_hidden_layers
+        if not 0 < spec.layers < layers:
+            raise ValueError(f"speech branch layers must be between 1 and {layers - 1}, not {spec.layers}")
+        self.config.speech = asdict(spec)
+        self.speech_branch = SpeechBranch(self.config.llm(), spec)
+        self.speech_branch.copy_from(self.llm)
+        return self.speech_branch
+
+    @property
+    def speech_spec(self) -> SpeechSpec | None:
+        return branch_spec(self.config)
+
+    @property
+    def speech_layer(self) -> int:
+        """n: the index into the LLM's ``hidden_states`` the branch reads (the input of its first copied layer)."""
+        spec = self.speech_spec
+        if spec is None:
+            raise ValueError("this model has no speech branch")
+        return self.config.llm().num_hidden_layers - spec.layers
 
     def _init_weights(self, module: nn.Module) -> None:
         """Fresh modules only (the encoder and LLM are loaded over this); keeps the adapter's output small."""
@@ -110,6 +140,28 @@ class UnifiedSLM(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 speech_mask: torch.Tensor | None = None, mel: torch.Tensor | None = None,
                 mel_frames: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                frames: torch.Tensor | None = None, **kwargs: Any) -> Any:
+                frames: torch.Tensor | None = None, unit_inputs: torch.Tensor | None = None,
+                unit_targets: torch.Tensor | None = None, unit_positions: torch.Tensor | None = None,
+                unit_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """The LLM's output; with ``unit_inputs`` (stage 2) a ``SpeakOutput`` with the text and unit losses.
+
+        ``unit_positions`` (batch, steps) are the token positions whose layer-n hidden state feeds each
+        speech step (the newest text token at that step), ``unit_inputs`` / ``unit_targets``
+        (batch, steps, group) the previous and the next group of units, ``unit_mask`` the real steps."""
         embeds = self.embed(input_ids, speech_mask, mel, mel_frames, frames)
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if unit_inputs is None:
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if self.speech_branch is None:
+            raise ValueError("unit targets given but the model has no speech branch (add_speech_branch)")
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                       output_hidden_states=True, **kwargs)
+        hidden = out.hidden_states[self.speech_layer]
+        index = unit_positions[..., None].expand(-1, -1, hidden.shape[-1])
+        text_hidden = torch.gather(hidden, 1, index)
+        unit_logits, _ = self.speech_branch(self.speech_branch.inputs(text_hidden, unit_inputs), unit_mask)
+        units = unit_loss(unit_logits, unit_targets) if unit_targets is not None else None
+        loss = None
+        if units is not None:
+            loss = units * self.unit_weight + (out.loss if out.loss is not None else 0.0)
+        return SpeakOutput(loss=loss, text_loss=out.loss, unit_loss=units, logits=out.logits,
+                           unit_logits=unit_logits, hidden_states=out.hidden_states)

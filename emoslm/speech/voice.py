@@ -141,7 +141,9 @@ class VoicePool:
             return self._engines[key, threads]
 
     def voice(self, spec: str | None, lang: str = "en") -> Voice:
-        """The Voice for a spec and language (``units:DECODER_FOLDER``: speech through a unit decoder)."""
+        """The Voice for a spec and language (``units:DECODER_FOLDER``: speech through a unit decoder; ``tts``:
+        the language's default TTS, as ``auto`` — the unified model's way to decline its own voice)."""
+        spec = "auto" if spec == "tts" else spec
         if spec and spec.startswith("units:"):
             if (spec, lang) not in self._voices:  # built outside the lock: it takes its source voice from here
                 from emoslm.speech.units.voice import UnitVoice

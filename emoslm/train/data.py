@@ -22,8 +22,10 @@ import torch
 from emoslm.errors import DataError
 from emoslm.ieat.think import THINK_CLOSE
 from emoslm.slm.generate import layout
+from emoslm.slm.speak import SpeechSpec, group_units
 
-STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.jsonl"]}
+STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.jsonl"],
+               "2": ["stage1_2.jsonl", "multiturn.jsonl"]}  # stage 2: the same samples with their reply audio
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Example:
     emotion: str = ""
     teacher_reply: str = ""
     voice: str = ""  # the TTS voice that spoke the clip ("" for recorded speech)
+    reply_audio: Path | None = None  # stage 2: the reply spoken with the prosody that fits (its units are the target)
 
 
 def load_examples(build: Path, stage: str) -> list[Example]:
@@ -54,6 +57,11 @@ def load_examples(build: Path, stage: str) -> list[Example]:
                 example = _example(json.loads(line), build, stage)
                 example.voice = voices.get(example.key, "")
                 examples.append(example)
+    if stage == "2":
+        examples = [e for e in examples if e.reply_audio is not None]
+        if not examples:
+            raise DataError(f"{build}: no spoken replies for stage 2; set data.stage2.synthesize: true in the "
+                            "recipe and build again")
     if not examples:
         raise DataError(f"{build}: no {stage} samples to train on")
     return examples
@@ -69,8 +77,10 @@ def _example(sample: dict[str, Any], build: Path, stage: str) -> Example:
         history.append({"role": turn["role"], "content": turn["text"]})
     target = f"{sample['think']}\n{THINK_CLOSE}\n\n{sample['response']}"
     key = (sample["provenance"].get("members") or [sample["id"]])[-1]
+    spoken = turns[-1].get("audio")
     return Example(sample["id"], key, build / turns[-2]["audio"], target, history, think=True,
-                   emotion=sample["emotion"], teacher_reply=sample["response"])
+                   emotion=sample["emotion"], teacher_reply=sample["response"],
+                   reply_audio=build / spoken if stage == "2" and spoken else None)
 
 
 def provenance_by_key(build: Path, field: str) -> dict[str, str]:
@@ -133,30 +143,49 @@ class Collator:
 
     Frames are padded with zeros after the encoder, so a clip's embeddings do not depend on its batch;
     ``mel_frames`` (two per encoder frame) tells the model each clip's own length.
+
+    With ``units`` (stage 2: a ``UnitCache`` of the reply audio) and the model's ``SpeechSpec`` it also lays
+    out the speech steps: the reply's ids are tokenized apart from the think and the bridge, exactly as
+    generation feeds them, and step i reads the hidden state of reply token min(i, last) — the newest
+    text token when the model writes text and units in lock-step, the end-of-turn token after the text ends.
     """
 
     def __init__(self, tokenizer: Any, speech_length: Any, frames: Callable[[Path], np.ndarray],
-                 max_target_tokens: int = 160) -> None:
+                 max_target_tokens: int = 160, units: Callable[[Path], np.ndarray] | None = None,
+                 spec: SpeechSpec | None = None, max_unit_steps: int = 0) -> None:
         self.tokenizer, self.speech_length, self.frames = tokenizer, speech_length, frames
         self.max_target_tokens = max_target_tokens
+        self.units, self.spec, self.max_unit_steps = units, spec, max_unit_steps
         self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if not isinstance(self.end, int) or self.end == tokenizer.unk_token_id:
             self.end = tokenizer.eos_token_id
 
+    def target_ids(self, example: Example) -> tuple[list[int], int]:
+        """The target's ids (cut to ``max_target_tokens``, then the end token) and where the reply starts."""
+        encode = self.tokenizer
+        if self.units is None or not example.think:
+            ids = encode(example.target, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
+            return ids + [self.end], 0
+        head, _, reply = example.target.rpartition(f"{THINK_CLOSE}\n\n")
+        first = encode(head + f"{THINK_CLOSE}\n\n", add_special_tokens=False)["input_ids"]
+        ids = (first + encode(reply, add_special_tokens=False)["input_ids"])[: self.max_target_tokens]
+        return ids + [self.end], min(len(first), len(ids))
+
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         clips = [self.frames(e.audio) for e in examples]
-        rows = []
+        rows, steps = [], []
         for example, clip in zip(examples, clips, strict=True):
             prompt = layout(self.tokenizer, self.speech_length(2 * clip.shape[0]), example.history,
                             think=example.think)
-            target = self.tokenizer(example.target, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
-            target = target + [self.end]
+            target, reply_at = self.target_ids(example)
             rows.append((prompt.input_ids + target, prompt.speech_mask + [False] * len(target),
                          [-100] * len(prompt.input_ids) + target))
+            if self.units is not None:
+                steps.append(self._steps(example, len(prompt.input_ids) + reply_at, len(rows[-1][0]) - 1))
         width = max(len(r[0]) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         longest = max(c.shape[0] for c in clips)
-        return {
+        batch = {
             "input_ids": torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
             "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows]),
             "speech_mask": torch.tensor([r[1] + [False] * (width - len(r[1])) for r in rows]),
@@ -164,3 +193,27 @@ class Collator:
             "frames": torch.from_numpy(np.stack([np.pad(c, ((0, longest - c.shape[0]), (0, 0))) for c in clips])),
             "mel_frames": torch.tensor([2 * c.shape[0] for c in clips]),
         }
+        if steps:
+            batch.update(_pad_steps(steps, self.spec))
+        return batch
+
+    def _steps(self, example: Example, reply_start: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if example.reply_audio is None or self.spec is None:
+            raise DataError(f"{example.id}: no reply audio for the speech branch to learn from")
+        inputs, targets = group_units(self.units(example.reply_audio), self.spec, self.max_unit_steps)
+        positions = np.minimum(reply_start + np.arange(len(inputs)), last)
+        return inputs, targets, positions
+
+
+def _pad_steps(steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], spec: SpeechSpec) -> dict[str, torch.Tensor]:
+    """Per-example speech steps → batch tensors; padded steps read position 0, predict nothing, are masked."""
+    width = max(len(s[0]) for s in steps)
+
+    def pad(array: np.ndarray, value: int) -> np.ndarray:
+        extra = [(0, width - len(array))] + [(0, 0)] * (array.ndim - 1)
+        return np.pad(array, extra, constant_values=value)
+
+    return {"unit_inputs": torch.from_numpy(np.stack([pad(s[0], spec.bos) for s in steps])),
+            "unit_targets": torch.from_numpy(np.stack([pad(s[1], -100) for s in steps])),
+            "unit_positions": torch.from_numpy(np.stack([pad(s[2], 0) for s in steps]).astype(np.int64)),
+            "unit_mask": torch.tensor([[1] * len(s[0]) + [0] * (width - len(s[0])) for s in steps])}

@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,15 +35,12 @@ def encoder_digest(encoder: torch.nn.Module, front_end: MelFrontEnd) -> str:
     return digest.hexdigest()[:16]
 
 
-class FrameCache:
-    """``cache(audio_path) → (frames, d_model)`` float32: from disk, or computed once and stored."""
+class ClipCache:
+    """``cache(audio_path) → array``: from disk, or computed once (``compute``) and stored under the clip's hash
+    in ``folder`` (which names what computes it)."""
 
-    def __init__(self, encoder: torch.nn.Module, front_end: MelFrontEnd, root: Path | None = None,
-                 max_seconds: float = 30.0) -> None:
-        self.encoder, self.front_end = encoder, front_end
-        self.max_samples = int(max_seconds * 16_000)
-        base = root or settings().home / "cache" / "encoder-frames"
-        self.folder = base / encoder_digest(encoder, front_end)
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self._keys: dict[Path, str] = {}
 
     def path(self, audio: Path) -> Path:
@@ -62,15 +60,10 @@ class FrameCache:
         return frames
 
     def compute(self, audio: Path) -> np.ndarray:
-        """Decode the clip, log-mel it with the model's own front end and run the encoder on it alone."""
-        mel = self.front_end.tensor(load_audio(audio)[: self.max_samples])
-        device = next(self.encoder.parameters()).device
-        with torch.no_grad():
-            frames = encode(self.encoder, mel[None].to(device, next(self.encoder.parameters()).dtype))
-        return frames[0].float().cpu().numpy()
+        raise NotImplementedError
 
     def fill(self, clips: Iterable[Path], progress: Callable[[int], None] | None = None) -> int:
-        """Compute every missing clip (before training, so no step waits on the encoder); returns how many."""
+        """Compute every missing clip (before training, so no step waits on it); returns how many."""
         made = 0
         for clip in dict.fromkeys(clips):
             if not self.path(clip).exists():
@@ -79,3 +72,37 @@ class FrameCache:
             if progress:
                 progress(1)
         return made
+
+
+class FrameCache(ClipCache):
+    """``cache(audio_path) → (frames, d_model)`` float32: the frozen encoder's frames of a clip."""
+
+    def __init__(self, encoder: torch.nn.Module, front_end: MelFrontEnd, root: Path | None = None,
+                 max_seconds: float = 30.0) -> None:
+        self.encoder, self.front_end = encoder, front_end
+        self.max_samples = int(max_seconds * 16_000)
+        super().__init__((root or settings().home / "cache" / "encoder-frames") / encoder_digest(encoder, front_end))
+
+    def compute(self, audio: Path) -> np.ndarray:
+        """Decode the clip, log-mel it with the model's own front end and run the encoder on it alone."""
+        mel = self.front_end.tensor(load_audio(audio)[: self.max_samples])
+        device = next(self.encoder.parameters()).device
+        with torch.no_grad():
+            frames = encode(self.encoder, mel[None].to(device, next(self.encoder.parameters()).dtype))
+        return frames[0].float().cpu().numpy()
+
+
+class UnitCache(ClipCache):
+    """``cache(audio_path) → (units,)`` int64: a speech tokenizer's units of a clip (stage 2's speech targets),
+    in a folder named by a hash of the tokenizer's files."""
+
+    def __init__(self, tokenizer: Any, folder: Path, root: Path | None = None) -> None:
+        digest = hashlib.sha256()
+        for path in sorted(Path(folder).iterdir()):
+            if path.is_file():
+                digest.update(path.name.encode() + path.read_bytes())
+        self.tokenizer = tokenizer
+        super().__init__((root or settings().home / "cache" / "units") / digest.hexdigest()[:16])
+
+    def compute(self, audio: Path) -> np.ndarray:
+        return np.asarray(self.tokenizer.encode(load_audio(audio)).codes, np.int64)

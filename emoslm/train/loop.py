@@ -28,7 +28,7 @@ from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
 from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.train.data import BalancedSampler, Collator, Example, load_examples, split
-from emoslm.train.frames import FrameCache
+from emoslm.train.frames import FrameCache, UnitCache
 from emoslm.train.stages import apply_stage, merge_lora
 
 
@@ -57,6 +57,13 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto | no | bf16
     balance: dict[str, float] | None = None  # target share per emotion tag (stage 1-2); None: as the data has it
     listen_clips: int = 0  # stage 1-2: held-out clips whose think is scored before training and after each epoch
+    # stage 2 (speech branch)
+    unit_decoder: str = ""  # a UnitDecoder folder (emoslm units train); its tokenizer makes the speech targets
+    speech_layers: int = 4  # top-k LLM layers copied into the branch
+    speech_group: int = 4  # units per step (multi-token prediction heads)
+    unit_weight: float = 1.0  # loss = text loss + unit_weight × unit loss
+    max_unit_steps: int = 150  # longer replies are cut to their first steps × group units
+    lora: bool = False  # stage 2: LoRA on the top-k text layers too
 
 
 def load_model(config: TrainConfig) -> tuple[Any, Any]:
@@ -75,6 +82,29 @@ def load_model(config: TrainConfig) -> tuple[Any, Any]:
         except (OSError, ValueError, KeyError) as exc:
             raise EmoslmError(f"{init}: cannot load the checkpoint ({str(exc).splitlines()[0][:160]})") from None
     return from_parts(config.llm, config.encoder, adapter_dim=config.adapter_dim)
+
+
+def give_voice(model: UnifiedSLM, config: TrainConfig) -> Any:
+    """Stage 2: the speech tokenizer of ``unit_decoder``, and the model's speech branch (added when the model
+    has none yet; a stage 2 checkpoint keeps its own)."""
+    from emoslm.slm.speak import SpeechSpec
+    from emoslm.speech.units.files import tokenizer_of
+    from emoslm.speech.units.tokenizer import SpeechTokenizer
+
+    decoder = Path(config.unit_decoder or (model.speech_spec.decoder if model.speech_spec else ""))
+    if not str(decoder) or not (decoder / "config.json").exists():
+        raise EmoslmError(f"stage 2 needs train.unit_decoder: a unit decoder folder from `emoslm units train` "
+                          f"(got '{decoder}')")
+    source = tokenizer_of(decoder)
+    if source is None or not (source / "config.json").exists():
+        raise EmoslmError(f"{decoder}: its speech tokenizer ({source}) is missing; train the units again")
+    tokenizer = SpeechTokenizer.from_pretrained(source)
+    if model.speech_branch is None:
+        model.add_speech_branch(SpeechSpec(units=tokenizer.config.codes, layers=config.speech_layers,
+                                           group=config.speech_group, rate=tokenizer.rate,
+                                           decoder=str(decoder.resolve())))
+    model.unit_weight = config.unit_weight
+    return tokenizer, source
 
 
 def _mixed_precision(choice: str) -> str:
@@ -109,21 +139,28 @@ def epoch_batches(loader: Any, accelerator: Any, epoch: int, skip: int = 0) -> A
     return skipped
 
 
-def held_out_loss(model: Any, collate: Collator, examples: list[Example], batch_size: int = 4) -> float:
-    """Mean token loss on clips never trained on."""
+def held_out_loss(model: Any, collate: Collator, examples: list[Example], batch_size: int = 4,
+                  part: str = "text") -> float:
+    """Mean loss on clips never trained on: per text token (``part="text"``; the text half of stage 2's joint
+    loss, so every stage's figure is comparable), or per unit (``part="unit"``, stage 2)."""
     from accelerate.utils import send_to_device
 
     device = next(model.parameters()).device
     model.eval()
-    total, tokens = 0.0, 0
+    total, count = 0.0, 0
     with torch.no_grad():
         for k in range(0, len(examples), batch_size):
             batch = send_to_device(collate(examples[k:k + batch_size]), device)
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch).loss) * n
-            tokens += n
+            out = model(**batch)
+            if part == "unit":
+                n, loss = int((batch["unit_targets"] != -100).sum()), out.unit_loss
+            else:
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                loss = out.text_loss if getattr(out, "text_loss", None) is not None else out.loss
+            total += float(loss) * n
+            count += n
     model.train()
-    return total / max(1, tokens)
+    return total / max(1, count)
 
 
 def accelerator_for(config: TrainConfig, out: Path) -> Any:
@@ -144,15 +181,20 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     train_set, held = split(examples, config.held_out, config.seed, config.held_out_voices)
     accelerator = accelerator_for(config, out)
     model, tokenizer = load_model(config)
-    trainable = apply_stage(model, config.stage, config.lora_r, config.lora_alpha)
+    units = UnitCache(*give_voice(model, config)) if config.stage == "2" else None
+    trainable = apply_stage(model, config.stage, config.lora_r, config.lora_alpha, config.lora)
     optimiser = torch.optim.AdamW(trainable, lr=config.lr)
     model.to(accelerator.device)
     front_end = MelFrontEnd.from_pretrained(config.init or "", n_mels=model.config.encoder().num_mel_bins)
     frames = FrameCache(model.encoder, front_end)
+    everything = train_set + held
     with accelerator.main_process_first():  # rank 0 runs the encoder once per clip; the others then read
-        frames.fill([e.audio for e in train_set + held],
-                    progress("encoder frames", len(train_set) + len(held)) if accelerator.is_main_process else None)
-    collate = Collator(tokenizer, UnifiedSLM.speech_length, frames, config.max_target_tokens)
+        main = accelerator.is_main_process
+        frames.fill([e.audio for e in everything], progress("encoder frames", len(everything)) if main else None)
+        if units is not None:
+            units.fill([e.reply_audio for e in everything], progress("reply units", len(everything)) if main else None)
+    collate = Collator(tokenizer, UnifiedSLM.speech_length, frames, config.max_target_tokens, units,
+                       model.speech_spec, config.max_unit_steps)
     loader = make_loader(train_set, collate, config, accelerator)
     model, optimiser = accelerator.prepare(model, optimiser)
     accelerator.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
@@ -175,7 +217,8 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
         epoch, offset = divmod(batches_done, per_epoch)
         for batch in epoch_batches(loader, accelerator, epoch, offset):
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                output = model(**batch)
+                loss = output.loss
                 accelerator.backward(loss)
                 optimiser.step()
                 optimiser.zero_grad()
@@ -188,7 +231,10 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
             mean_loss = float(accelerator.reduce(loss.detach(), "mean"))
             record = {"step": step, "loss": round(mean_loss, 5),
                       "tokens_per_s": round(seen_tokens / max(1e-9, time.perf_counter() - started), 1)}
-            accelerator.log({"loss": record["loss"], "tokens_per_s": record["tokens_per_s"]}, step=step)
+            for part in ("text_loss", "unit_loss"):  # stage 2 logs both halves of the joint loss
+                if getattr(output, part, None) is not None:
+                    record[part] = round(float(accelerator.reduce(getattr(output, part).detach(), "mean")), 5)
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
             if accelerator.is_main_process:
                 append_log(out / "log.jsonl", record)
             if batches_done % per_epoch == 0:
@@ -201,10 +247,12 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
             if step >= total:
                 break
     loss_held = held_out_loss(model, collate, held) if held else None
-    accelerator.log({"held_out_loss": loss_held or 0.0}, step=step)
+    units_held = held_out_loss(model, collate, held, part="unit") if held and units is not None else None
+    accelerator.log({"held_out_loss": loss_held or 0.0, **({"held_out_unit_loss": units_held} if units_held else {})},
+                    step=step)
     summary = {"stage": config.stage, "steps": step, "train_examples": len(train_set), "held_out_examples": len(held),
-               "held_out_loss": loss_held, "seconds": round(time.perf_counter() - started, 1),
-               "processes": accelerator.num_processes}
+               "held_out_loss": loss_held, "held_out_unit_loss": units_held,
+               "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes}
     if accelerator.is_main_process:
         final = merge_lora(accelerator.unwrap_model(model))
         with atomic_dir(out / "final") as tmp:

@@ -15,7 +15,7 @@ from emoslm.train.stages import STAGES
 def train_config(recipe_path: Path, stage: str, **overrides: Any) -> TrainConfig:
     """Defaults, then the recipe's ``train`` keys, then its ``train.stages[STAGE]`` keys, then ``overrides``."""
     if stage not in STAGES:
-        raise DataError(f"--stage '{stage}': use 1-1 or 1-2")
+        raise DataError(f"--stage '{stage}': use one of {', '.join(STAGES)}")
     recipe = load_recipe(recipe_path)
     section = dict(recipe.train)
     per_stage = (section.pop("stages", None) or {}).get(stage, {})
@@ -25,13 +25,13 @@ def train_config(recipe_path: Path, stage: str, **overrides: Any) -> TrainConfig
     unknown = sorted(set(values) - known)
     if unknown:
         raise DataError(f"{recipe_path}: train: unknown key(s) {unknown}; known: {sorted(known - {'stage'})}")
-    for key in ("data", "out", "init"):
+    for key in ("data", "out", "init", "unit_decoder"):
         if values.get(key):
             values[key] = str(recipe.resolve(values[key]))
     values["out"] = str(Path(values.get("out") or "runs/train") / stage)
-    if stage == "1-2" and not values.get("init"):
-        first = Path(values["out"]).parent / "1-1" / "final"
-        values["init"] = str(first) if first.exists() else None
+    if stage in ("1-2", "2") and not values.get("init"):  # each stage starts from the one before it
+        before = Path(values["out"]).parent / {"1-2": "1-1", "2": "1-2"}[stage] / "final"
+        values["init"] = str(before) if before.exists() else None
     for key, value in overrides.items():
         if value is not None:
             values[key] = str(value) if isinstance(value, Path) else value

@@ -198,18 +198,18 @@ class UnitDecoder:
         as CosyVoice's growing hops). Its audio comes from the vocoder run on the chunk with
         ``vocoder_context`` mel frames of history; the last ``overlap`` frames are held back and
         cross-faded with the next chunk's rendering of them."""
-        spk, sty = self.speaker_vector(speaker), self.style_vector(style)
-        stream = _MelStream(self, spk, sty, chunk_units, max_chunk_units)
-        joiner = _AudioJoiner(self.vocoder, vocoder_context, overlap)
+        streamer = self.streamer(speaker, style, chunk_units, max_chunk_units, vocoder_context, overlap)
         for chunk in chunks:
-            for mel in stream.feed(np.asarray(getattr(chunk, "codes", chunk), np.int64)):
-                if (audio := joiner.feed(mel)).size:
-                    yield audio
-        for mel in stream.flush():
-            if (audio := joiner.feed(mel)).size:
-                yield audio
-        if (tail := joiner.flush()).size:
-            yield tail
+            yield from streamer.feed(getattr(chunk, "codes", chunk))
+        yield from streamer.flush()
+
+    def streamer(self, speaker: str | np.ndarray | None = None, style: str | Prosody | np.ndarray | None = None,
+                 chunk_units: int = 10, max_chunk_units: int = 50, vocoder_context: int = 16, overlap: int = 4
+                 ) -> UnitStreamer:
+        """``decode_stream`` as a push object, for a caller that interleaves units with other work (the unified
+        model writes text and units in lock-step): ``feed(codes)`` and ``flush()`` return ready audio chunks."""
+        return UnitStreamer(_MelStream(self, self.speaker_vector(speaker), self.style_vector(style), chunk_units,
+                                       max_chunk_units), _AudioJoiner(self.vocoder, vocoder_context, overlap))
 
     # ---- folders
     def save_pretrained(self, folder: str | Path) -> None:
@@ -224,17 +224,40 @@ class UnitDecoder:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
                       str(tmp / WEIGHTS))
 
+    @staticmethod
+    def config_of(folder: str | Path) -> DecoderConfig:
+        return DecoderConfig(**_read_config(Path(folder), "emoslm-unit-decoder", "a unit decoder (emoslm units train)"))
+
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> UnitDecoder:
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        config = DecoderConfig(**_read_config(folder, "emoslm-unit-decoder", "a unit decoder (emoslm units train)"))
+        config = cls.config_of(folder)
         model = UnitToMel(config)
         model.load_state_dict(load_file(str(folder / WEIGHTS)))
         speakers = {k: np.asarray(v, np.float32) for k, v in json.loads((folder / SPEAKERS).read_text()).items()} \
             if (folder / SPEAKERS).exists() else {}
         return cls(config, model, speakers)
+
+
+class UnitStreamer:
+    """Units pushed in pieces → audio chunks as soon as each is ready (see ``UnitDecoder.decode_stream``)."""
+
+    def __init__(self, mels: _MelStream, joiner: _AudioJoiner) -> None:
+        self.mels, self.joiner = mels, joiner
+
+    def feed(self, codes: Any) -> list[np.ndarray]:
+        return self._audio(self.mels.feed(np.asarray(codes, np.int64).reshape(-1)))
+
+    def flush(self) -> list[np.ndarray]:
+        chunks = self._audio(self.mels.flush())
+        if (tail := self.joiner.flush()).size:
+            chunks.append(tail)
+        return chunks
+
+    def _audio(self, mels: Iterator[np.ndarray]) -> list[np.ndarray]:
+        return [audio for mel in mels if (audio := self.joiner.feed(mel)).size]
 
 
 class _MelStream:

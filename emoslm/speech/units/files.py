@@ -45,6 +45,20 @@ def load_decoder(folder: Path) -> Any:
     return CosyVoiceDecoder(folder)
 
 
+def tokenizer_of(decoder: Path) -> Path | None:
+    """The tokenizer folder an emoslm decoder was trained on (its config records it; older folders stored
+    it relative to the run's working directory, then it is found in the same run layout)."""
+    from emoslm.speech.units.decoder import UnitDecoder
+
+    source = UnitDecoder.config_of(decoder).tokenizer
+    if not source:
+        return None
+    path = Path(source)
+    if not path.is_absolute() and not path.exists():
+        path = Path(decoder).resolve().parent.parent / path.parent.name / "final"
+    return path
+
+
 def write_units(units: Units, path: Path | None = None) -> str:
     text = json.dumps({"rate": units.rate, "codes": [int(c) for c in units.codes]})
     if path:

@@ -30,13 +30,12 @@ class UnitVoice(Voice):
     def from_folder(cls, decoder: str | Path, lang: str = "en", speaker: str | None = None) -> UnitVoice:
         """A decoder folder; its tokenizer is the one it was trained on, the source the language's default TTS."""
         from emoslm.speech.units.decoder import UnitDecoder
+        from emoslm.speech.units.files import tokenizer_of
         from emoslm.speech.units.tokenizer import SpeechTokenizer
         from emoslm.speech.voice import voice_pool
 
         model = UnitDecoder.from_pretrained(decoder)
-        source = Path(model.config.tokenizer) if model.config.tokenizer else None
-        if source is not None and not source.is_absolute():  # older folders stored it relative to the run's cwd
-            source = source if source.exists() else Path(decoder).resolve().parent.parent / source.parent.name / "final"
+        source = tokenizer_of(Path(decoder))
         tokenizer = SpeechTokenizer.from_pretrained(source) if source is not None else None
         return cls(model, tokenizer, voice_pool().voice("auto", lang), speaker)
 
