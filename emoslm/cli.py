@@ -402,8 +402,8 @@ def train(
     data: Annotated[Optional[Path], typer.Option(help="IEAT build folder (default: the recipe's train.data).")
                     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: the recipe's train.out/STAGE).")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Checkpoint to start from (1-2 defaults to 1-1's final/, 2 to 1-2's).")
-                    ] = None,
+    init: Annotated[Optional[Path], typer.Option(
+        help="Checkpoint to start from (1-2 defaults to 1-1's final/, 2 to 1-2's).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
 ) -> None:
     """Train the unified spoken LM (`emoslm train RECIPE --stage 1-1|1-2|2`) on data from `emoslm data build`,

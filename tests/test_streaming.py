@@ -164,6 +164,34 @@ def test_transformers_stream_equals_generate():
     assert hf.complete(PROMPT, sampled).text == hf.complete(PROMPT, sampled).text  # seeded, not global RNG
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_lean_path_equals_the_transformers_forward(kind):
+    """Small random Llama / Qwen2 (biases) / Qwen3 (per-head q/k norms) stacks: the lean decode path gives the
+    transformers logits and hidden states, for a prefill and for token-by-token steps."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from emoslm.llm.lean import lean_llm
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(kind, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=101,
+                                  max_position_embeddings=256, head_dim=16)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, 101, (1, 12))
+    with torch.no_grad():
+        full = model(ids, output_hidden_states=True)
+        lean = lean_llm(model, capacity=4)  # grows its cache on the way
+        last, kept = lean.step(model.get_input_embeddings()(ids[:, :7]), keep=(2,))
+        steps = [model.lm_head(last)]
+        for k in range(7, 12):
+            last, kept2 = lean.step(model.get_input_embeddings()(ids[:, k:k + 1]), keep=(2,))
+            steps.append(model.lm_head(last))
+    assert torch.allclose(torch.cat(steps, dim=1), full.logits, atol=1e-5)
+    assert torch.allclose(kept[2], full.hidden_states[2][:, :7], atol=1e-5)
+    assert torch.allclose(kept2[2], full.hidden_states[2][:, 11:], atol=1e-5)
+
+
 # --- the unified model: one KV cache from the think to the reply -------------------------------------
 
 @pytest.mark.slow
@@ -179,11 +207,17 @@ def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_checkpoin
     tokenizer = AutoTokenizer.from_pretrained(slm_checkpoint)
     mel = MelFrontEnd.from_pretrained(slm_checkpoint).tensor(spoken_sentence)
     widths: list[int] = []
-    hook = model.llm.register_forward_pre_hook(
-        lambda _m, _a, kw: widths.append((kw.get("inputs_embeds") if kw.get("inputs_embeds") is not None
-                                          else kw["input_ids"]).shape[1]), with_kwargs=True)
-    out = generate(model, tokenizer, mel, think_budget=10, max_new_tokens=10)
-    hook.remove()
+    from emoslm.llm.lean import LeanStack
+
+    step = LeanStack.step  # SmolLM2 decodes on the lean path: count what each step appends to the cache
+
+    def counted(self, embeds, keep=()):
+        widths.append(embeds.shape[1])
+        return step(self, embeds, keep)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LeanStack, "step", counted)
+        out = generate(model, tokenizer, mel, think_budget=10, max_new_tokens=10)
     prompt = layout(tokenizer, model.speech_length(mel.shape[-1]))
     assert widths[0] == len(prompt.input_ids)  # the prompt is prefilled once ...
     assert sum(1 for w in widths if w > 1) <= 2  # ... and later only the closing tags are appended as a block

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 
 from emoslm.llm.base import Sampling
+from emoslm.llm.lean import lean_llm
 
 
 class TokenLoop:
     """A causal LM stepped one token at a time over one growing KV cache."""
 
     def __init__(self, model: Any, sampling: Sampling, device: str | torch.device = "cpu",
-                 hidden_layer: int | None = None) -> None:
+                 hidden_layer: int | None = None, lean: bool = True) -> None:
         import inspect
 
         from transformers import DynamicCache
@@ -37,6 +38,9 @@ class TokenLoop:
         # transformers 5.2x renamed ``past_key_values`` to ``cache``; take whichever this version has
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.cache = DynamicCache()
+        # the lean path (``lean.py``) for Llama-family stacks: the same arithmetic without transformers' per-call
+        # overhead (identical logits, tested); anything else keeps the transformers forward
+        self.lean = lean_llm(model) if lean else None
         self.length = 0  # positions in the cache
         self.seen: list[int] = []  # ids the repetition penalty looks at (prompt ids + generated)
         self.logits: torch.Tensor | None = None  # next-token logits after the last feed
@@ -65,6 +69,14 @@ class TokenLoop:
             embeds = self.model.get_input_embeddings()(torch.tensor([ids], device=self.device))
             self.seen.extend(ids)
         n = embeds.shape[1]
+        if self.lean is not None:
+            keep = (self.hidden_layer,) if self.hidden_layer is not None else ()
+            last, kept = self.lean.step(embeds, keep)
+            self.length += n
+            self.logits = self.model.lm_head(last[:, -1:])[:, -1, :].float()
+            if self.hidden_layer is not None:
+                self.hidden = kept[self.hidden_layer][:, -1]
+            return
         positions = torch.arange(self.length, self.length + n, device=self.device)[None]
         out = self.model(inputs_embeds=embeds, **{self.cache_arg: self.cache}, use_cache=True,
                          attention_mask=torch.ones((1, self.length + n), dtype=torch.long, device=self.device),

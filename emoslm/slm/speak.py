@@ -178,7 +178,11 @@ class UnitWriter:
     def __init__(self, branch: SpeechBranch, temperature: float = 0.0, max_steps: int = 400, seed: int = 0) -> None:
         from transformers import DynamicCache
 
+        from emoslm.llm.lean import LeanStack, supports
+
         self.branch, self.spec = branch, branch.spec
+        body = branch.body  # the lean path when the LLM family has one (as the text stream's TokenLoop)
+        self.lean = LeanStack(body.layers, body.norm, body.rotary_emb, body.config) if supports(body.config) else None
         self.cache = DynamicCache()
         self.temperature, self.max_steps, self.steps = temperature, max_steps, 0
         self.device = next(branch.parameters()).device
@@ -191,8 +195,13 @@ class UnitWriter:
         """One step from the newest text token's (1, hidden) state → up to ``group`` units."""
         if self.done:
             return []
-        logits, _ = self.branch(self.branch.inputs(text_hidden[:, None], self.previous), cache=self.cache)
-        scores = logits[0, -1].float()  # (group, vocab)
+        inputs = self.branch.inputs(text_hidden[:, None], self.previous)
+        if self.lean is not None:
+            last = self.lean.step(inputs)[0][0, -1]
+            scores = torch.stack([head(last) for head in self.branch.heads]).float()  # (group, vocab)
+        else:
+            logits, _ = self.branch(inputs, cache=self.cache)
+            scores = logits[0, -1].float()
         scores[:, self.spec.bos] = float("-inf")
         if self.temperature > 0:
             probs = torch.softmax(scores / self.temperature, dim=-1)
