@@ -34,6 +34,7 @@ bench: setup
 	$(PY) benchmarks/bench_voices.py
 	$(PY) benchmarks/bench_trajectory.py
 	$(PY) benchmarks/bench_units.py
+	$(PY) benchmarks/bench_speak.py
 
 setup: system-deps $(STAMP)
 

@@ -194,7 +194,7 @@ def test_stage_2_learns_units_resumes_exactly_and_the_saved_model_speaks(build, 
 
     units = generate(agent.model, agent.tokenizer, agent.mels.tensor(trim_to_speech(clip, pad=0.3)),
                      think_budget=6, max_new_tokens=8, speak=True).units
-    offline = agent.unit_decoder.decode(units, None, reply_prosody(tag_in_think(reply.think) or "neutral"))
+    offline = agent.own("en").decoder.decode(units, None, reply_prosody(tag_in_think(reply.think) or "neutral"))
     assert len(offline) == len(reply.audio)
     snr = 10 * np.log10(np.sum(offline ** 2) / max(1e-12, np.sum((offline - reply.audio) ** 2)))
     assert snr > 15.0, snr

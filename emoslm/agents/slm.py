@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterator
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +59,13 @@ class SLMAgent(Agent):
         """Whether replies are spoken by the model's own speech branch (see the module's docstring)."""
         return self.speak and self.voice_spec in ("auto", "model") and self.model.speech_branch is not None
 
-    @cached_property
-    def unit_decoder(self) -> Any:
-        from emoslm.speech.units.decoder import UnitDecoder
-
+    def own(self, lang: str) -> Any:
+        """The model's voice: the unit decoder its speech branch was trained for, a ``UnitVoice`` from the pool."""
         folder = Path(self.model.speech_spec.decoder)
         if not (folder / "config.json").exists():
             raise EmoslmError(f"{folder}: the unit decoder this model speaks with is missing; "
                               "keep the units run beside it or use --voice tts")
-        return UnitDecoder.from_pretrained(folder)
+        return self.voices.voice(f"units:{folder}", lang)
 
     def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
         from emoslm.slm.generate import generate_stream
@@ -78,13 +75,13 @@ class SLMAgent(Agent):
         speech = trim_to_speech(audio, pad=0.3)[: 30 * SAMPLE_RATE]
         clock = time.perf_counter()
         own = self.own_voice
-        decoder = self.unit_decoder if own else None  # loaded before the clock matters
+        voice = self.own(lang) if own else None  # loaded before the clock matters
         pieces = generate_stream(self.model, self.tokenizer, self.mels.tensor(speech),
                                  [{"role": t.role, "content": t.text} for t in history],
                                  self.think_budget, self.max_new_tokens, speak=own)
         spoken = Spoken()
         if own:
-            yield from speak_units(pieces, decoder, spoken)
+            yield from speak_units(pieces, voice, spoken)
         else:
             voice = self.voices.voice(self.voice_spec, lang) if self.speak else None
             yield from speak_along(pieces, voice, lambda: reply_prosody(tag_in_think(spoken.think) or "neutral"),
@@ -98,10 +95,10 @@ class SLMAgent(Agent):
                          think_emotion=tag_in_think(spoken.think), audio=spoken.audio))
 
 
-def speak_units(pieces: Generator[Any, None, Any], decoder: Any, spoken: Spoken) -> Iterator[Event]:
-    """Think and reply deltas as events, and the units the model writes turned into audio as they come: a
-    ``UnitStreamer`` (styled by the emotion the think named, known before the first unit) yields each chunk
-    as soon as its look-ahead has arrived, in the same thread — the decoder's work per chunk is small."""
+def speak_units(pieces: Generator[Any, None, Any], voice: Any, spoken: Spoken) -> Iterator[Event]:
+    """Think and reply deltas as events, and the units the model writes turned into audio as they come: the
+    ``UnitVoice``'s streamer (styled by the emotion the think named, known before the first unit) yields each
+    chunk as soon as its look-ahead has arrived, in the same thread — the decoder's work per chunk is small."""
     streamer, decoding = None, 0.0
     while True:
         try:
@@ -112,10 +109,10 @@ def speak_units(pieces: Generator[Any, None, Any], decoder: Any, spoken: Spoken)
         if piece.part == "units":
             clock = time.perf_counter()
             if streamer is None:
-                streamer = decoder.streamer(style=reply_prosody(tag_in_think(spoken.think) or "neutral"))
+                streamer = voice.streamer(reply_prosody(tag_in_think(spoken.think) or "neutral"))
             ready = streamer.feed(piece.codes)
             decoding += time.perf_counter() - clock
-            yield from _chunks(ready, decoder.sample_rate, spoken)
+            yield from _chunks(ready, voice.sample_rate, spoken)
         elif piece.text and piece.part == "think":
             spoken.think += piece.text
             yield ThinkDelta(piece.text)
@@ -126,7 +123,7 @@ def speak_units(pieces: Generator[Any, None, Any], decoder: Any, spoken: Spoken)
         clock = time.perf_counter()
         ready = streamer.flush()
         decoding += time.perf_counter() - clock
-        yield from _chunks(ready, decoder.sample_rate, spoken)
+        yield from _chunks(ready, voice.sample_rate, spoken)
     yield Timing("unit_decoder", round(decoding, 4))
 
 

@@ -6,7 +6,10 @@ On held-out clips (never trained on; the ids are in each run's ``run.json``):
 - content: cosine similarity (packaged MiniLM) between the reply the model writes from the audio alone
   and the teacher's reply written from the transcript;
 - emotion in think: the share of clips whose generated think names the recogniser's tag (chance 1/7;
-  the share of the most frequent tag is printed beside it, since a model can learn to always say it).
+  the share of the most frequent tag is printed beside it, since a model can learn to always say it);
+- for a stage 2 run, how the model speaks for itself (``emoslm.eval.speak``): WER of its speech against
+  its own text, the emotion its voice carries against the teacher's spoken reply, first-audio latency
+  split by stage, and the real-time factor.
 """
 
 from __future__ import annotations
@@ -79,9 +82,18 @@ def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
         model = UnifiedSLM.from_pretrained(run / "final")
         rows[f"stage {info['config']['stage']} ({run.name})"] = evaluate_model(
             model, AutoTokenizer.from_pretrained(run / "final"), held_11, held_12, embedder, held_voices=voices)
+    speech = {}
+    for run, info in zip(runs, infos, strict=True):
+        if info["config"]["stage"] == "2":
+            from emoslm.eval.speak import speech_rows, summarise
+
+            spoken = [e for e in load_examples(data, "2") if e.key in held_keys]
+            rows_2 = speech_rows(run / "final", spoken)
+            speech[f"stage 2 ({run.name})"] = {**summarise(rows_2), "samples": rows_2[:5]}
     tags = Counter(e.emotion for e in held_12)
     summary = {"held_out_clips": len(held_keys), "chance_emotion": round(1 / len(TAGS), 4),
-               "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows}
+               "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows,
+               "speech": speech}
     target = out or runs[-1]
     from emoslm.train.listening import plot_curve
 
@@ -116,6 +128,17 @@ def markdown(summary: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {c['epoch']} | {f(c['think_vs_label'])} | {f(c['think_vs_acted'])} | "
                   f"{f(c['recogniser_vs_acted'])} | {f(c['reply_repeats_think'])} |" for c in summary["listening"]]
+    for name, sp in summary.get("speech", {}).items():
+        lines += ["", f"Speaking for itself — {name}, {sp['clips']} held-out clips through `SLMAgent` (own voice):", "",
+                  "| measure | value |", "|---|---|",
+                  f"| WER of its speech vs its own text (Whisper base) | {f(sp['wer_speech_vs_own_text'])} |",
+                  f"| emotion: recogniser on its voice = on the teacher's spoken reply | "
+                  f"{f(sp['emotion_agreement_with_teacher_voice'])} |",
+                  f"| p50 first think / think end / first text / first audio (s) | {f(sp['p50_first_think_s'])} / "
+                  f"{f(sp['p50_think_end_s'])} / {f(sp['p50_first_text_s'])} / {f(sp['p50_first_audio_s'])} |",
+                  f"| real-time factor (turn compute / speech seconds) | {f(sp['rtf'])} |",
+                  f"| clips with speech / mean speech seconds | {sp['spoken_clips']} / {sp['mean_speech_s']} |"]
+        lines += [f"- said: {s['text'][:100]!r} → heard: {s['heard'][:100]!r}" for s in sp["samples"][:3]]
     lines += ["", "Examples (last model):", ""]
     last = list(summary["rows"].values())[-1]
     lines += [f"- [{s['emotion']}] think: {s['think'][:160]} | reply: {s['reply'][:120]}" for s in last["samples"]]

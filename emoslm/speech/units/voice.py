@@ -9,7 +9,7 @@ model's own voice takes, so it can be heard and tested before the speech branch 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,26 @@ from emoslm.speech.voice import Voice, VoiceChunk
 
 
 class UnitVoice(Voice):
-    def __init__(self, decoder: Any, tokenizer: Any | None = None, source: Voice | None = None,
+    """``tokenizer`` and ``source`` may be given as zero-argument factories: they are then loaded on the first
+    ``stream(text)``, so a speaker of units only (the unified model) never loads them."""
+
+    def __init__(self, decoder: Any, tokenizer: Any | None = None, source: Voice | Callable[[], Voice] | None = None,
                  speaker: str | np.ndarray | None = None) -> None:
-        self.decoder, self.tokenizer, self.source, self.speaker = decoder, tokenizer, source, speaker
+        self.decoder, self._tokenizer, self._source, self.speaker = decoder, tokenizer, source, speaker
         self.sample_rate = decoder.sample_rate
         self.name = "units"
+
+    @property
+    def tokenizer(self) -> Any | None:
+        if callable(self._tokenizer) and not hasattr(self._tokenizer, "encode"):
+            self._tokenizer = self._tokenizer()
+        return self._tokenizer
+
+    @property
+    def source(self) -> Voice | None:
+        if callable(self._source) and not isinstance(self._source, Voice):
+            self._source = self._source()
+        return self._source
 
     @classmethod
     def from_folder(cls, decoder: str | Path, lang: str = "en", speaker: str | None = None) -> UnitVoice:
@@ -36,13 +51,18 @@ class UnitVoice(Voice):
 
         model = UnitDecoder.from_pretrained(decoder)
         source = tokenizer_of(Path(decoder))
-        tokenizer = SpeechTokenizer.from_pretrained(source) if source is not None else None
-        return cls(model, tokenizer, voice_pool().voice("auto", lang), speaker)
+        tokenizer = (lambda: SpeechTokenizer.from_pretrained(source)) if source is not None else None
+        return cls(model, tokenizer, lambda: voice_pool().voice("auto", lang), speaker)
 
     def stream_units(self, chunks: Iterable[Any], prosody: Prosody | None = None, text: str = ""
                      ) -> Iterator[VoiceChunk]:
         for audio in self.decoder.decode_stream(chunks, self.speaker, prosody):
             yield VoiceChunk(audio, self.sample_rate, text)
+
+    def streamer(self, prosody: Prosody | None = None) -> Any:
+        """Push units as a generator writes them, get audio as soon as it is ready (``UnitStreamer``): the unified
+        model interleaves these with its text in one thread."""
+        return self.decoder.streamer(self.speaker, prosody)
 
     def stream(self, text: str, prosody: Prosody | None = None) -> Iterator[VoiceChunk]:
         if self.tokenizer is None or self.source is None:

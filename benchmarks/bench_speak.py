@@ -1,0 +1,146 @@
+"""Speaking speed: decoding with the speech branch against plain ``transformers.generate``, and first audio.
+
+Measured side by side in one run on the embedded default (SmolLM2-135M, fp32 unless named), the same
+prompt, the same number of new tokens (greedy, the end token ignored so every variant decodes as many);
+the variants are interleaved round by round and the median of the rounds is kept:
+
+- ``transformers.generate``: the baseline the issue names;
+- the TokenLoop on the ``transformers`` forward (how emoslm decoded before the lean path);
+- the TokenLoop on the lean path (``emoslm.llm.lean``), text only;
+- **speaking**: the lean text stream plus one speech-branch step (top-4 layers, 4 units) per token — the
+  unified model's decoding with its voice;
+- the same two lean variants with bf16 weights (this CPU has AVX512-BF16; tokens may differ slightly).
+
+With ``--run`` (a stage 2 run folder) it also speaks the run's held-out clips through ``SLMAgent`` and
+reports first-audio latency split by stage, WER of the speech against the model's own text, emotion
+agreement and RTF (``emoslm.eval.speak``).
+
+Writes ``benchmarks/results/speak.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from emoslm.llm.base import Sampling  # noqa: E402
+from emoslm.llm.decoding import TokenLoop  # noqa: E402
+from emoslm.slm.generate import from_parts  # noqa: E402
+from emoslm.slm.speak import SpeechSpec, UnitWriter  # noqa: E402
+
+TEXT = "My flight got cancelled for the third time and nobody at the desk will help me at all today."
+GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0)
+
+
+def loop_decode(model, ids: torch.Tensor, tokens: int, lean: bool, speak: bool = False) -> None:
+    llm = model.llm
+    loop = TokenLoop(llm, GREEDY, hidden_layer=model.speech_layer if speak else None, lean=lean)
+    writer = UnitWriter(model.speech_branch, max_steps=10 ** 6) if speak else None
+    loop.feed(ids[0].tolist())
+    for _ in range(tokens):
+        loop.feed([loop.sample()])
+        if writer is not None:
+            writer.step(loop.hidden)
+
+
+def generation(tokens: int, rounds: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model, tokenizer = from_parts()
+    model.add_speech_branch(SpeechSpec(units=1024, layers=4, group=4))
+    model.eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def hf_generate() -> None:
+        model.llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                           min_new_tokens=tokens, do_sample=False, pad_token_id=end)
+
+    half = None
+
+    def bf16(speak: bool) -> None:
+        nonlocal half
+        if half is None:
+            half = copy.deepcopy(model).to(torch.bfloat16).eval()
+        loop_decode(half, ids, tokens, lean=True, speak=speak)
+
+    variants = {"transformers.generate": hf_generate,
+                "TokenLoop, transformers forward": lambda: loop_decode(model, ids, tokens, lean=False),
+                "TokenLoop, lean": lambda: loop_decode(model, ids, tokens, lean=True),
+                "speaking: lean + speech branch": lambda: loop_decode(model, ids, tokens, lean=True, speak=True),
+                "TokenLoop, lean, bf16": lambda: bf16(False),
+                "speaking: lean + speech branch, bf16": lambda: bf16(True)}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for run in variants.values():  # warm-up (and the bf16 copy)
+            run()
+        for _ in range(rounds):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+    return {name: round(tokens / statistics.median(s), 2) for name, s in seconds.items()}
+
+
+def speaking(run: Path, clips: int) -> dict:
+    from emoslm.eval.speak import speech_rows, summarise
+    from emoslm.train.data import load_examples
+
+    info = json.loads((run / "run.json").read_text())
+    held = set(info["held_out_keys"])
+    examples = [e for e in load_examples(Path(info["config"]["data"]), "2") if e.key in held][:clips]
+    rows = speech_rows(run / "final", examples)
+    return {**summarise(rows), "samples": [{k: r[k] for k in ("emotion", "text", "heard", "voice_tag",
+                                                               "teacher_voice_tag", "marks")} for r in rows[:4]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--run", type=Path, default=Path("runs/train-learn-en-200/2"),
+                        help="a stage 2 run folder (skipped when it has no final/)")
+    parser.add_argument("--clips", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args()
+    speeds = generation(args.tokens, args.rounds)
+    base = speeds["transformers.generate"]
+    results = {"tokens": args.tokens, "rounds": args.rounds, "threads": torch.get_num_threads(),
+               "tokens_per_s": speeds, "ratio_over_generate": {k: round(v / base, 3) for k, v in speeds.items()}}
+    if (args.run / "final" / "config.json").exists():
+        results["speaking"] = {"run": str(args.run), **speaking(args.run, args.clips)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speak.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    lines = [f"# Speaking speed (SmolLM2-135M, {args.tokens} new tokens, median of {args.rounds} interleaved "
+             f"rounds, {results['threads']} CPU threads)", "", "| decoding | tokens/s | × transformers.generate |",
+             "|---|---|---|"]
+    lines += [f"| {k} | {v} | {results['ratio_over_generate'][k]}× |" for k, v in speeds.items()]
+    if "speaking" in results:
+        s = results["speaking"]
+        lines += ["", f"## Speaking for itself: {s['run']}, {s['clips']} held-out clips through SLMAgent", "",
+                  "| measure | value |", "|---|---|",
+                  f"| WER of its speech vs its own text (Whisper base) | {s['wer_speech_vs_own_text']} |",
+                  f"| emotion: recogniser on its voice = on the teacher's spoken reply | "
+                  f"{s['emotion_agreement_with_teacher_voice']} |",
+                  f"| p50 first think (prefill) | {s['p50_first_think_s']} s |",
+                  f"| p50 end of think | {s['p50_think_end_s']} s |",
+                  f"| p50 first reply text | {s['p50_first_text_s']} s |",
+                  f"| p50 first audio | {s['p50_first_audio_s']} s |",
+                  f"| RTF (turn compute / speech seconds) | {s['rtf']} |",
+                  f"| clips with speech / mean seconds | {s['spoken_clips']} / {s['mean_speech_s']} |"]
+    (args.out / "speak.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
