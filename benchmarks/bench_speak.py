@@ -9,7 +9,8 @@ the variants are interleaved round by round and the median of the rounds is kept
 - the TokenLoop on the lean path (``emoslm.llm.lean``), text only;
 - **speaking**: the lean text stream plus one speech-branch step (top-4 layers, 4 units) per token — the
   unified model's decoding with its voice;
-- the same two lean variants with bf16 weights (this CPU has AVX512-BF16; tokens may differ slightly).
+- ``transformers.generate`` and the two lean variants with bf16 weights (this CPU has AVX512-BF16; tokens
+  may differ slightly from fp32).
 
 With ``--run`` (a stage 2 run folder) it also speaks the run's held-out clips through ``SLMAgent`` and
 reports first-audio latency split by stage, WER of the speech against the model's own text, emotion
@@ -62,27 +63,25 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
                                         return_tensors="pt", return_dict=True)["input_ids"]
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def hf_generate() -> None:
-        model.llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                           min_new_tokens=tokens, do_sample=False, pad_token_id=end)
+    half = copy.deepcopy(model).to(torch.bfloat16).eval()
 
-    half = None
+    def hf_generate(llm) -> None:
+        llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                     min_new_tokens=tokens, do_sample=False, pad_token_id=end)
 
     def bf16(speak: bool) -> None:
-        nonlocal half
-        if half is None:
-            half = copy.deepcopy(model).to(torch.bfloat16).eval()
         loop_decode(half, ids, tokens, lean=True, speak=speak)
 
-    variants = {"transformers.generate": hf_generate,
+    variants = {"transformers.generate": lambda: hf_generate(model.llm),
                 "TokenLoop, transformers forward": lambda: loop_decode(model, ids, tokens, lean=False),
                 "TokenLoop, lean": lambda: loop_decode(model, ids, tokens, lean=True),
                 "speaking: lean + speech branch": lambda: loop_decode(model, ids, tokens, lean=True, speak=True),
+                "transformers.generate, bf16": lambda: hf_generate(half.llm),
                 "TokenLoop, lean, bf16": lambda: bf16(False),
                 "speaking: lean + speech branch, bf16": lambda: bf16(True)}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
-        for run in variants.values():  # warm-up (and the bf16 copy)
+        for run in variants.values():  # warm-up
             run()
         for _ in range(rounds):
             for name, run in variants.items():
@@ -110,14 +109,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--run", type=Path, default=Path("runs/train-learn-en-200/2"),
                         help="a stage 2 run folder (skipped when it has no final/)")
-    parser.add_argument("--clips", type=int, default=20)
+    parser.add_argument("--clips", type=int, default=20, help="held-out clips to speak (0: speed only)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
     speeds = generation(args.tokens, args.rounds)
     base = speeds["transformers.generate"]
     results = {"tokens": args.tokens, "rounds": args.rounds, "threads": torch.get_num_threads(),
                "tokens_per_s": speeds, "ratio_over_generate": {k: round(v / base, 3) for k, v in speeds.items()}}
-    if (args.run / "final" / "config.json").exists():
+    if args.clips and (args.run / "final" / "config.json").exists():
         results["speaking"] = {"run": str(args.run), **speaking(args.run, args.clips)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speak.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))

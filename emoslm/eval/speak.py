@@ -84,3 +84,38 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "p50_first_text_s": p50("first_text"), "p50_first_audio_s": p50("first_audio"),
             "rtf": round(sum(r["compute_s"] for r in rows) / speech, 3) if speech else None,
             "mean_speech_s": round(speech / len(rows), 2) if rows else None}
+
+
+def plot_losses(run: Path, out: Path) -> Path | None:
+    """Stage 2's two losses per step (``RUN/log.jsonl``) → ``out/stage2-losses.png``."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = run / "log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    rows = [r for r in rows if "unit_loss" in r]
+    if not rows:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    steps = [r["step"] for r in rows]
+    axis.plot(steps, [r["unit_loss"] for r in rows], label="unit loss (per unit)")
+    axis.plot(steps, [r["text_loss"] for r in rows], label="text loss (per token)")
+    config = run / "final" / "config.json"
+    speech = json.loads(config.read_text()).get("speech") if config.exists() else None
+    if speech:
+        vocab = speech["units"] + 2
+        axis.axhline(float(np.log(vocab)), color="grey", linestyle=":", label=f"uniform over {vocab:,} units")
+    axis.set_xlabel("step")
+    axis.set_ylabel("nats")
+    axis.set_title(f"stage 2: {run}")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "stage2-losses.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

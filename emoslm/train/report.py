@@ -85,11 +85,12 @@ def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
     speech = {}
     for run, info in zip(runs, infos, strict=True):
         if info["config"]["stage"] == "2":
-            from emoslm.eval.speak import speech_rows, summarise
+            from emoslm.eval.speak import plot_losses, speech_rows, summarise
 
             spoken = [e for e in load_examples(data, "2") if e.key in held_keys]
             rows_2 = speech_rows(run / "final", spoken)
             speech[f"stage 2 ({run.name})"] = {**summarise(rows_2), "samples": rows_2[:5]}
+            plot_losses(run, out or runs[-1])
     tags = Counter(e.emotion for e in held_12)
     summary = {"held_out_clips": len(held_keys), "chance_emotion": round(1 / len(TAGS), 4),
                "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows,
