@@ -72,12 +72,14 @@ def branch_config(llm_config: PretrainedConfig, spec: SpeechSpec) -> PretrainedC
     fields.update(num_hidden_layers=spec.layers, vocab_size=spec.vocab, tie_word_embeddings=False)
     if isinstance(fields.get("layer_types"), list):  # per-layer attention kinds (Qwen3): keep the top ones
         fields["layer_types"] = fields["layer_types"][-spec.layers:]
-    for key in ("max_window_layers",):
-        fields.pop(key, None)
+    fields.pop("max_window_layers", None)  # Qwen2's sliding-window layer count refers to the whole stack
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
 class SpeechBranch(nn.Module):
+    """The top-k copy (``body``: the LLM's base-model class with k layers and the unit vocabulary as its
+    embedding table) and the multi-token heads (one per unit of a step)."""
+
     def __init__(self, llm_config: PretrainedConfig, spec: SpeechSpec) -> None:
         super().__init__()
         self.spec = spec
