@@ -14,7 +14,7 @@ the variants are interleaved round by round and the median of the rounds is kept
 
 With ``--run`` (a stage 2 run folder) it also speaks the run's held-out clips through ``SLMAgent`` and
 reports first-audio latency split by stage, WER of the speech against the model's own text, emotion
-agreement and RTF (``emoslm.eval.speak``).
+agreement and RTF (``emoslm.train.speaking``).
 
 Writes ``benchmarks/results/speak.{json,md}``.
 """
@@ -92,8 +92,8 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
 
 
 def speaking(run: Path, clips: int) -> dict:
-    from emoslm.eval.speak import speech_rows, summarise
     from emoslm.train.data import load_examples
+    from emoslm.train.speaking import speech_rows, summarise
 
     info = json.loads((run / "run.json").read_text())
     held = set(info["held_out_keys"])

@@ -55,7 +55,7 @@ def test_unknown_model_in_verify():
 
 def test_train_mistakes_are_one_line(tmp_path):
     for args, words in [(["train", "recipes/tiny.yaml"], "usage"), (["train", "report"], "usage"),
-                        (["train", "recipes/tiny.yaml", "--stage", "2-1"], "use 1-1 or 1-2"),
+                        (["train", "recipes/tiny.yaml", "--stage", "2-1"], "use one of 1-1, 1-2, 2"),
                         (["train", "recipes/tiny.yaml", "--stage", "1-1", "--data", str(tmp_path)],
                          "not an IEAT build"),
                         (["train", "report", str(tmp_path)], "not a finished training run")]:
