@@ -115,6 +115,7 @@ class Spoken:
     def __init__(self) -> None:
         self.think, self.text, self.chunks, self.tts_seconds = "", "", [], 0.0
         self.result: Any = None  # the pieces generator's own return value
+        self.marks: dict[str, float] = {}  # seconds thinking, then writing
 
     @property
     def audio(self) -> np.ndarray | None:
@@ -176,6 +177,35 @@ class Speaker:
         self.clauses.put(None)
 
 
+def written(pieces: Generator[Any, None, Any], spoken: Spoken) -> Iterator[tuple[Any, Event | None]]:
+    """Each piece of a think-then-reply stream with the delta event it makes (None for an empty piece or one
+    that is not text, such as the speech branch's units); the think and reply gather in ``spoken``, the
+    stream's return value in ``spoken.result``, the seconds spent thinking and then writing in
+    ``spoken.marks``. The caller closes ``pieces`` when it stops early."""
+    started = time.perf_counter()
+    for piece in _with_result(pieces, spoken):
+        event: Event | None = None
+        if piece.text and piece.part == "think":
+            spoken.think += piece.text
+            event = ThinkDelta(piece.text)
+        elif piece.text and piece.part == "reply":
+            spoken.marks.setdefault("think", time.perf_counter() - started)
+            spoken.text += piece.text
+            event = TextDelta(piece.text)
+        yield piece, event
+    spoken.marks.setdefault("think", time.perf_counter() - started)
+    spoken.marks["write"] = time.perf_counter() - started - spoken.marks["think"]
+
+
+def _with_result(pieces: Generator[Any, None, Any], spoken: Spoken) -> Iterator[Any]:
+    while True:
+        try:
+            yield next(pieces)
+        except StopIteration as end:
+            spoken.result = end.value
+            return
+
+
 def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody: Prosody | Any,
                 spoken: Spoken, by_clause: bool = True) -> Iterator[Event]:
     """Think and reply deltas as events, the reply spoken clause by clause as soon as each clause is written.
@@ -188,31 +218,17 @@ def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody:
     the LLM has finished.
     """
     clauses = Clauses()
-    started = time.perf_counter()
-    marks: dict[str, float] = {}
     speaker = Speaker(voice, prosody, spoken) if voice is not None else None
     try:
-        while True:
-            try:
-                piece = next(pieces)
-            except StopIteration as end:
-                spoken.result = end.value
-                break
+        for piece, event in written(pieces, spoken):
             if speaker is not None:
                 yield from speaker.ready()
-            if not piece.text:
+            if event is None:
                 continue
-            if piece.part == "think":
-                spoken.think += piece.text
-                yield ThinkDelta(piece.text)
-                continue
-            marks.setdefault("think", time.perf_counter() - started)
-            spoken.text += piece.text
-            yield TextDelta(piece.text)
-            for clause in clauses.feed(piece.text) if by_clause and speaker else []:
-                speaker.say(clause)
-        marks.setdefault("think", time.perf_counter() - started)
-        marks["write"] = time.perf_counter() - started - marks["think"]
+            yield event
+            if isinstance(event, TextDelta) and by_clause and speaker is not None:
+                for clause in clauses.feed(piece.text):
+                    speaker.say(clause)
         if speaker is not None:
             rest = clauses.flush() if by_clause else [t for t in [spoken.text.strip()] if t]  # blocking: at once
             for clause in rest:
@@ -222,7 +238,7 @@ def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody:
         pieces.close()
         if speaker is not None:
             speaker.stop()
-    for stage, seconds in marks.items():
+    for stage, seconds in spoken.marks.items():
         yield Timing(stage, round(seconds, 4))
     if spoken.chunks:
         yield Timing("tts", round(spoken.tts_seconds, 4))

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from emoslm.agents.base import Agent, Spoken, speak_along
-from emoslm.agents.events import AudioChunk, Done, Event, Reply, TextDelta, ThinkDelta, Timing, Transcript, Turn
+from emoslm.agents.base import Agent, Spoken, speak_along, written
+from emoslm.agents.events import AudioChunk, Done, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.errors import EmoslmError
 from emoslm.ieat.think import tag_in_think
@@ -100,30 +100,27 @@ def speak_units(pieces: Generator[Any, None, Any], voice: Any, spoken: Spoken) -
     ``UnitVoice``'s streamer (styled by the emotion the think named, known before the first unit) yields each
     chunk as soon as its look-ahead has arrived, in the same thread — the decoder's work per chunk is small."""
     streamer, decoding = None, 0.0
-    while True:
-        try:
-            piece = next(pieces)
-        except StopIteration as end:
-            spoken.result = end.value
-            break
-        if piece.part == "units":
+    try:
+        for piece, event in written(pieces, spoken):
+            if event is not None:
+                yield event
+            if piece.part != "units":
+                continue
             clock = time.perf_counter()
             if streamer is None:
                 streamer = voice.streamer(reply_prosody(tag_in_think(spoken.think) or "neutral"))
             ready = streamer.feed(piece.codes)
             decoding += time.perf_counter() - clock
             yield from _chunks(ready, voice.sample_rate, spoken)
-        elif piece.text and piece.part == "think":
-            spoken.think += piece.text
-            yield ThinkDelta(piece.text)
-        elif piece.text:
-            spoken.text += piece.text
-            yield TextDelta(piece.text)
+    finally:
+        pieces.close()
     if streamer is not None:
         clock = time.perf_counter()
         ready = streamer.flush()
         decoding += time.perf_counter() - clock
         yield from _chunks(ready, voice.sample_rate, spoken)
+    for stage, seconds in spoken.marks.items():
+        yield Timing(stage, round(seconds, 4))
     yield Timing("unit_decoder", round(decoding, 4))
 
 

@@ -185,7 +185,7 @@ class UnitWriter:
         self.branch, self.spec = branch, branch.spec
         body = branch.body  # the lean path when the LLM family has one (as the text stream's TokenLoop)
         self.lean = LeanStack(body.layers, body.norm, body.rotary_emb, body.config) if supports(body.config) else None
-        self.cache = DynamicCache()
+        self.cache = DynamicCache() if self.lean is None else None
         self.temperature, self.max_steps, self.steps = temperature, max_steps, 0
         self.device = next(branch.parameters()).device
         self.previous = torch.full((1, 1, self.spec.group), self.spec.bos, device=self.device)
