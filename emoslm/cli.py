@@ -395,8 +395,9 @@ def perception_evaluate(
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    args: Annotated[list[str], typer.Argument(help="RECIPE (a YAML recipe with a train section), or "
-                                                   "`report RUN...` to compare finished runs.")],
+    args: Annotated[list[str], typer.Argument(help="RECIPE (a YAML recipe with a train section), "
+                                                   "`report RUN...` to compare finished runs, or `probe RUN...` "
+                                                   "for linear probes of the emotion along the listening path.")],
     stage: Annotated[Optional[str], typer.Option(help="1-1 (speech-text alignment), 1-2 (IEAT) or 2 "
                                                       "(the speech branch: the model's own voice).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="IEAT build folder (default: the recipe's train.data).")
@@ -405,10 +406,14 @@ def train(
     init: Annotated[Optional[Path], typer.Option(
         help="Checkpoint to start from (1-2 defaults to 1-1's final/, 2 to 1-2's).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
+    fit: Annotated[str, typer.Option(help="probe: fit the probes on the build's training voices (build) or on "
+                                          "the recogniser's acted corpus (corpus).")] = "build",
 ) -> None:
     """Train the unified spoken LM (`emoslm train RECIPE --stage 1-1|1-2|2`) on data from `emoslm data build`,
     or compare runs on held-out clips (`emoslm train report RUN...`): held-out loss, reply content from audio
-    vs the teacher's, and how often the think names the user's emotion. Killed runs resume exactly."""
+    vs the teacher's, and how often the think names the user's emotion. `emoslm train probe RUN...`: where the
+    emotion is lost (linear probes for the acted tag at the encoder, subsampler, adapter and LLM layers, fitted on
+    the training voices and scored on the held-out ones). Killed runs resume exactly."""
     if args[0] == "report":
         from emoslm.train.report import report
 
@@ -417,6 +422,16 @@ def train(
         with console.status("generating on the held-out clips"):
             report([Path(a) for a in args[1:]])
         console.print((Path(args[-1]) / "report.md").read_text(), highlight=False, markup=False)
+        return
+    if args[0] == "probe":
+        from emoslm.train.probes import probe_runs
+
+        if len(args) < 2:
+            raise EmoslmError("usage: emoslm train probe RUN [RUN...] [--data BUILD] [--out DIR]")
+        bar, progress = rich_progress(err)
+        with bar:
+            target = probe_runs([Path(a) for a in args[1:]], data=data, out=out, progress=progress, fit_on=fit)
+        console.print((target / f"probes-{fit}.md").read_text(), highlight=False, markup=False)
         return
     from emoslm.train.loop import train as run_training
     from emoslm.train.recipe import train_config
