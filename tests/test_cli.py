@@ -58,7 +58,10 @@ def test_train_mistakes_are_one_line(tmp_path):
                         (["train", "recipes/tiny.yaml", "--stage", "2-1"], "use one of 1-1, 1-2, 2"),
                         (["train", "recipes/tiny.yaml", "--stage", "1-1", "--data", str(tmp_path)],
                          "not an IEAT build"),
-                        (["train", "report", str(tmp_path)], "not a finished training run")]:
+                        (["train", "report", str(tmp_path)], "not a finished training run"),
+                        (["train", "probe"], "usage"),
+                        (["train", "probe", str(tmp_path)], "not a finished training run"),
+                        (["train", "probe", str(tmp_path), "--fit", "words"], "use build or corpus")]:
         result = _cli(*args)
         assert result.returncode == 2 and words in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0

@@ -34,6 +34,7 @@ from emoslm.train.data import load_examples, provenance_by_key
 from emoslm.train.frames import FrameCache
 
 C_GRID = (0.003, 0.03, 0.3)
+FIT_ON = ("build", "corpus")
 
 
 @dataclass
@@ -185,6 +186,8 @@ def probe_runs(runs: list[Path], data: Path | None = None, out: Path | None = No
     from emoslm.slm.generate import from_parts
     from emoslm.slm.model import UnifiedSLM
 
+    if fit_on not in FIT_ON:
+        raise DataError(f"unknown probe data '{fit_on}'; use build or corpus")
     infos = []
     for run in runs:
         if not (run / "run.json").exists() or not (run / "final" / "config.json").exists():
