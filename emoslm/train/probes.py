@@ -117,8 +117,9 @@ def probe(x_fit: np.ndarray, fit: list[Clip], x_test: np.ndarray, test: list[Cli
     scores = {c: cv_accuracy(c) for c in C_GRID}
     best = max(scores, key=lambda c: (scores[c], -c))
     predicted = [TAGS[k] for k in LinearClassifier.fit(x_fit, y_fit, best, seed).predict_proba(x_test).argmax(1)]
-    return {"held_out_accuracy": _share([p == c.acted for p, c in zip(predicted, test, strict=True)]),
-            "cv_accuracy": round(scores[best], 4), "c": best,
+    hits = [p == c.acted for p, c in zip(predicted, test, strict=True)]
+    return {"held_out_accuracy": _share(hits), "cv_accuracy": round(scores[best], 4), "c": best,
+            "by_voice": _by_voice(hits, test),
             "confusion": {t: dict(Counter(p for p, c in zip(predicted, test, strict=True) if c.acted == t))
                           for t in TAGS}}
 
@@ -129,7 +130,8 @@ def references(clips: list[Clip], held_voices: set[str]) -> dict[str, float | No
     commonest = Counter(c.acted for c in clips if c.voice not in held_voices).most_common(1)[0][0]
     labelled = [c for c in test if c.label]
     return {"chance": round(1 / len(TAGS), 4), "commonest_tag": _share([c.acted == commonest for c in test]),
-            "recogniser": _share([c.label == c.acted for c in labelled]), "recogniser_clips": len(labelled)}
+            "recogniser": _share([c.label == c.acted for c in labelled]), "recogniser_clips": len(labelled),
+            "recogniser_by_voice": _by_voice([c.label == c.acted for c in labelled], labelled)}
 
 
 def corpus_clips(lang: str, avoid: set[str]) -> list[Clip]:
@@ -226,7 +228,14 @@ def markdown(summary: dict[str, Any]) -> str:
               f"{_fmt(refs['recogniser'])} |",
               f"| always the commonest tag of the training voices | {_fmt(refs['commonest_tag'])} |",
               f"| chance | {refs['chance']:.3f} |", ""]
-    return "\n".join(lines)
+    columns = [("the recogniser", refs["recogniser_by_voice"]), ("prosodic features", prosody["by_voice"])]
+    columns += [(f"{name}: {point}", row[point]["by_voice"]) for name, row in summary["models"].items()
+                for point in ("encoder", "adapter") if point in row]
+    lines += ["Per held-out voice:", "", "| voice | " + " | ".join(c for c, _ in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for voice in summary["held_out_voices"]:
+        lines.append(f"| {voice} | " + " | ".join(_fmt(values.get(voice)) for _, values in columns) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -255,6 +264,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _by_voice(hits: list[bool], clips: list[Clip]) -> dict[str, float | None]:
+    return {v: _share([h for h, c in zip(hits, clips, strict=True) if c.voice == v])
+            for v in sorted({c.voice for c in clips})}
 
 
 def _share(hits: list[bool]) -> float | None:
