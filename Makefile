@@ -10,7 +10,7 @@ APT_PKGS := espeak-ng sox flite
 # pip warns about every configured-but-absent local index; keep the real messages only
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: demo test test-quick setup system-deps browser bench lint clean
+.PHONY: demo test test-quick setup system-deps browser bench learn lint clean
 
 demo: setup
 	$(VENV)/bin/emoslm demo
@@ -35,6 +35,17 @@ bench: setup
 	$(PY) benchmarks/bench_trajectory.py
 	$(PY) benchmarks/bench_units.py
 	$(PY) benchmarks/bench_speak.py
+
+# Issue 13's learning run on the embedded default: >= 1,500 English IEAT items, stage 1-1, stage 1-2 (the
+# learning curve of hearing on held-out voices each epoch), the report and the linear probes. Every step
+# resumes where a killed run stopped; hours on a 2-core CPU (the build alone ~2.5 h).
+LEARN := runs/train-learn-en
+learn: setup
+	nice -n 10 $(VENV)/bin/emoslm data build recipes/learn-en.yaml --out runs/ieat-learn-en --limit 1600
+	$(VENV)/bin/emoslm train recipes/learn-en.yaml --stage 1-1
+	$(VENV)/bin/emoslm train recipes/learn-en.yaml --stage 1-2
+	$(VENV)/bin/emoslm train report $(LEARN)/1-1 $(LEARN)/1-2 --out reports/learn-en
+	$(VENV)/bin/emoslm train probe $(LEARN)/1-1 $(LEARN)/1-2 --out reports/learn-en
 
 setup: system-deps $(STAMP)
 

@@ -419,9 +419,10 @@ def train(
 
         if len(args) < 2:
             raise EmoslmError("usage: emoslm train report RUN [RUN...] (run folders with final/)")
+        target = out or Path(args[-1])
         with console.status("generating on the held-out clips"):
-            report([Path(a) for a in args[1:]])
-        console.print((Path(args[-1]) / "report.md").read_text(), highlight=False, markup=False)
+            report([Path(a) for a in args[1:]], target)
+        console.print((target / "report.md").read_text(), highlight=False, markup=False)
         return
     if args[0] == "probe":
         from emoslm.train.probes import probe_runs

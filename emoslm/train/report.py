@@ -96,6 +96,7 @@ def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
                "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows,
                "speech": speech}
     target = out or runs[-1]
+    target.mkdir(parents=True, exist_ok=True)
     from emoslm.train.listening import plot_curve
 
     summary["plots"] = [str(p) for p in plot_curve(runs[-1], target)]
