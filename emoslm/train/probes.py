@@ -38,7 +38,9 @@ FIT_ON = ("build", "corpus")
 
 
 @dataclass
-class Clip:
+class ProbeClip:
+    """A clip the probes read: its voice (held out or not) and the emotion it was acted with (the gold)."""
+
     key: str
     audio: Path
     voice: str
@@ -46,11 +48,11 @@ class Clip:
     label: str  # the recogniser's tag ("" where the build kept no stage 1-2 sample of the item)
 
 
-def build_clips(build: Path) -> list[Clip]:
+def build_clips(build: Path) -> list[ProbeClip]:
     """Every clip of a build that emoslm voiced with a known acted emotion (the probe's gold)."""
     acted = provenance_by_key(build, "acted_emotion")
     labels = {e.key: e.emotion for e in load_examples(build, "1-2") if not e.history}
-    clips = [Clip(e.key, e.audio, e.voice, acted.get(e.key, ""), labels.get(e.key, ""))
+    clips = [ProbeClip(e.key, e.audio, e.voice, acted.get(e.key, ""), labels.get(e.key, ""))
              for e in load_examples(build, "1-1")]
     clips = [c for c in clips if c.acted in TAGS and c.voice]
     if not clips:
@@ -65,7 +67,7 @@ def pool(hidden: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def representations(model: Any, clips: list[Clip], llm_layers: tuple[int, ...] | None = None,
+def representations(model: Any, clips: list[ProbeClip], llm_layers: tuple[int, ...] | None = None,
                     progress: Start = silent) -> dict[str, np.ndarray]:
     """Pooled features of every clip at each point of ``model``'s listening path (one row per clip)."""
     model.eval()
@@ -88,7 +90,7 @@ def representations(model: Any, clips: list[Clip], llm_layers: tuple[int, ...] |
     return {name: np.stack(value) for name, value in rows.items()}
 
 
-def prosody_features(clips: list[Clip], progress: Start = silent) -> np.ndarray:
+def prosody_features(clips: list[ProbeClip], progress: Start = silent) -> np.ndarray:
     """The recogniser's hand-made prosodic features of every clip (a reference readout that needs no model)."""
     from emoslm.perception.features import AcousticFeaturizer
 
@@ -101,7 +103,7 @@ def prosody_features(clips: list[Clip], progress: Start = silent) -> np.ndarray:
     return np.stack(rows)
 
 
-def probe(x_fit: np.ndarray, fit: list[Clip], x_test: np.ndarray, test: list[Clip], seed: int = 0
+def probe(x_fit: np.ndarray, fit: list[ProbeClip], x_test: np.ndarray, test: list[ProbeClip], seed: int = 0
           ) -> dict[str, Any]:
     """Fit on ``fit`` (C by voice-grouped cross-validation there), score on ``test`` (other voices)."""
     from emoslm.perception.classifier import LinearClassifier
@@ -124,7 +126,7 @@ def probe(x_fit: np.ndarray, fit: list[Clip], x_test: np.ndarray, test: list[Cli
                           for t in TAGS}}
 
 
-def references(clips: list[Clip], held_voices: set[str]) -> dict[str, float | None]:
+def references(clips: list[ProbeClip], held_voices: set[str]) -> dict[str, float | None]:
     """Chance, always the commonest acted tag of the training voices, and the recogniser, on the held-out clips."""
     test = [c for c in clips if c.voice in held_voices]
     commonest = Counter(c.acted for c in clips if c.voice not in held_voices).most_common(1)[0][0]
@@ -134,7 +136,7 @@ def references(clips: list[Clip], held_voices: set[str]) -> dict[str, float | No
             "recogniser_by_voice": _by_voice([c.label == c.acted for c in labelled], labelled)}
 
 
-def corpus_clips(lang: str, avoid: set[str]) -> list[Clip]:
+def corpus_clips(lang: str, avoid: set[str]) -> list[ProbeClip]:
     """The recogniser corpus's training-voice clips of ``lang`` (acted labels; rendered if missing) — many more
     clips to fit a probe on than a small build has; ``avoid`` drops voices the probe is scored on."""
     from emoslm.perception import corpus
@@ -145,7 +147,7 @@ def corpus_clips(lang: str, avoid: set[str]) -> list[Clip]:
               and corpus.VOICE_BY_NAME[c.voice].engine + ":" + corpus.VOICE_BY_NAME[c.voice].voice not in avoid]
     root = corpus.corpus_root()
     corpus.synthesize(chosen, root)
-    return [Clip(c.id, root / c.path, c.voice, c.emotion, "") for c in chosen]
+    return [ProbeClip(c.id, root / c.path, c.voice, c.emotion, "") for c in chosen]
 
 
 def run_probes(models: dict[str, Any], build: Path, held_voices: tuple[str, ...], out: Path,
@@ -153,16 +155,12 @@ def run_probes(models: dict[str, Any], build: Path, held_voices: tuple[str, ...]
     """Probe each named model's listening path; scored on the build's clips of the held-out voices, fitted on
     the build's other clips (``fit_on="build"``) or on the recogniser corpus's (``"corpus"``: words there may
     carry the emotion, the build's chit-chat words do not, so a probe that learned words fails the test).
-    Writes probes.json, probes.md and probes.png."""
+    Writes probes-FIT.json, .md and .png into ``out``."""
+    _check_fit(fit_on)
     clips = build_clips(build)
     held = set(held_voices)
     test = [c for c in clips if c.voice in held]
-    if fit_on == "corpus":
-        fit = corpus_clips("en", held)
-    elif fit_on == "build":
-        fit = [c for c in clips if c.voice not in held]
-    else:
-        raise DataError(f"unknown probe data '{fit_on}'; use build or corpus")
+    fit = corpus_clips("en", held) if fit_on == "corpus" else [c for c in clips if c.voice not in held]
     if not test or not fit:
         raise DataError(f"{build}: probes need clips of both training and held-out voices {sorted(held)}")
     summary: dict[str, Any] = {
@@ -188,8 +186,7 @@ def probe_runs(runs: list[Path], data: Path | None = None, out: Path | None = No
     from emoslm.slm.generate import from_parts
     from emoslm.slm.model import UnifiedSLM
 
-    if fit_on not in FIT_ON:
-        raise DataError(f"unknown probe data '{fit_on}'; use build or corpus")
+    _check_fit(fit_on)  # before any model loads
     infos = []
     for run in runs:
         if not (run / "run.json").exists() or not (run / "final" / "config.json").exists():
@@ -266,7 +263,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _by_voice(hits: list[bool], clips: list[Clip]) -> dict[str, float | None]:
+def _check_fit(fit_on: str) -> None:
+    if fit_on not in FIT_ON:
+        raise DataError(f"unknown probe data '{fit_on}'; use {' or '.join(FIT_ON)}")
+
+
+def _by_voice(hits: list[bool], clips: list[ProbeClip]) -> dict[str, float | None]:
     return {v: _share([h for h, c in zip(hits, clips, strict=True) if c.voice == v])
             for v in sorted({c.voice for c in clips})}
 
