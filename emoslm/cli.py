@@ -402,7 +402,9 @@ def train(
                                                       "(the speech branch: the model's own voice).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="IEAT build folder (default: the recipe's train.data).")
                     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: the recipe's train.out/STAGE).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: the recipe's train.out/STAGE); for "
+                                                     "report and probe, the report's folder (default: the last RUN).")
+                   ] = None,
     init: Annotated[Optional[Path], typer.Option(
         help="Checkpoint to start from (1-2 defaults to 1-1's final/, 2 to 1-2's).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
