@@ -75,13 +75,14 @@ def representations(model: Any, clips: list[ProbeClip], llm_layers: tuple[int, .
     front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
     cache = FrameCache(model.encoder, front_end)
     device = next(model.parameters()).device
+    decoder = model.llm.get_decoder()  # the layers without the LM head: no vocabulary-sized logits per frame
     rows: dict[str, list[np.ndarray]] = {}
     step = progress("probe features", len(clips))
     for clip in clips:
         frames = torch.from_numpy(cache(clip.audio))[None].to(device)
         sub = model.subsampler(frames)
         adapted = model.adapter(sub)
-        hidden = model.llm(inputs_embeds=adapted, output_hidden_states=True).hidden_states
+        hidden = decoder(inputs_embeds=adapted, output_hidden_states=True).hidden_states
         points = {"encoder": frames[0], "subsampler": sub[0], "adapter": adapted[0]}
         points.update({f"llm layer {n}": hidden[n][0] for n in layers})
         for name, value in points.items():
