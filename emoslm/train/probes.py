@@ -184,21 +184,16 @@ def probe_runs(runs: list[Path], data: Path | None = None, out: Path | None = No
                fit_on: str = "build") -> Path:
     """`emoslm train probe RUN...`: the untrained adapter and each finished run's model, on the first run's
     build (or ``data``) and held-out voices; returns the folder the report went to (default: the last run)."""
-    from emoslm.slm.generate import from_parts
     from emoslm.slm.model import UnifiedSLM
+    from emoslm.train.report import finished_runs, untrained_model
 
     _check_fit(fit_on)  # before any model loads
-    infos = []
-    for run in runs:
-        if not (run / "run.json").exists() or not (run / "final" / "config.json").exists():
-            raise DataError(f"{run}: not a finished training run (no run.json and final/); train it first")
-        infos.append(json.loads((run / "run.json").read_text())["config"])
+    infos = [info["config"] for info in finished_runs(runs)]
     config = infos[0]
     voices = tuple(config.get("held_out_voices") or ())
     if not voices:
         raise DataError(f"{runs[0]}: the run held out no voices (train.held_out_voices); probes score on them")
-    torch.manual_seed(config["seed"])
-    models = {"untrained adapter": from_parts(config["llm"], config["encoder"], adapter_dim=config["adapter_dim"])[0]}
+    models = {"untrained adapter": untrained_model(config)[0]}
     for run, info in zip(runs, infos, strict=True):
         models[f"stage {info['stage']} ({run.name})"] = UnifiedSLM.from_pretrained(run / "final")
     target = out or runs[-1]

@@ -53,19 +53,32 @@ def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: 
     return result
 
 
-def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
-    """Compare the untrained model, and the final model of each run, on the first run's held-out clips."""
-    from transformers import AutoTokenizer
-
-    from emoslm.perception.text_emotion import load_sentence_model
-    from emoslm.slm.generate import from_parts
-    from emoslm.slm.model import UnifiedSLM
-
+def finished_runs(runs: list[Path]) -> list[dict[str, Any]]:
+    """Each run's ``run.json``; a folder without it and ``final/`` is one clear error."""
     infos = []
     for run in runs:
         if not (run / "run.json").exists() or not (run / "final" / "config.json").exists():
             raise EmoslmError(f"{run}: not a finished training run (no run.json and final/); train it first")
         infos.append(json.loads((run / "run.json").read_text()))
+    return infos
+
+
+def untrained_model(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The run's LLM and encoder with a fresh adapter seeded as the run was: the "before training" row."""
+    from emoslm.slm.generate import from_parts
+
+    torch.manual_seed(config["seed"])
+    return from_parts(config["llm"], config["encoder"], adapter_dim=config["adapter_dim"])
+
+
+def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
+    """Compare the untrained model, and the final model of each run, on the first run's held-out clips."""
+    from transformers import AutoTokenizer
+
+    from emoslm.perception.text_emotion import load_sentence_model
+    from emoslm.slm.model import UnifiedSLM
+
+    infos = finished_runs(runs)
     held_keys = set().union(*(set(i["held_out_keys"]) for i in infos))
     if any(set(i["train_keys"]) & held_keys for i in infos):
         raise EmoslmError("a held-out clip of one run was trained on by another; use the same seed and data")
@@ -74,8 +87,7 @@ def report(runs: list[Path], out: Path | None = None) -> dict[str, Any]:
     held_12 = [e for e in load_examples(data, "1-2") if e.key in held_keys]
     embedder = load_sentence_model()
     config = infos[0]["config"]
-    torch.manual_seed(config["seed"])
-    untrained, tokenizer = from_parts(config["llm"], config["encoder"], adapter_dim=config["adapter_dim"])
+    untrained, tokenizer = untrained_model(config)
     voices = tuple(config.get("held_out_voices") or ())
     rows = {"untrained adapter": evaluate_model(untrained, tokenizer, held_11, held_12, embedder, held_voices=voices)}
     for run, info in zip(runs, infos, strict=True):
