@@ -7,6 +7,8 @@ Measured side by side in one run on the embedded default (SmolLM2-135M + Whisper
 - generation: new tokens per second of ``UnifiedSLM`` generating from speech embeddings against the
   plain ``transformers`` ``generate`` of the same LLM on the same prompt given as text (the ratio is the
   cost of listening: the speech positions and the Whisper encoder);
+- evaluation: held-out clips decoded one at a time (``generate``) against 16 at a time over a left-padded
+  batch (``generate_batch``), on the same clips with the same budgets; the texts must be identical;
 - peak resident memory of the process.
 
 Writes ``benchmarks/results/slm.{json,md}``.
@@ -99,21 +101,42 @@ def generation_speed(mel: torch.Tensor, tokens: int) -> dict[str, float]:
             "speech_positions": sum(prompt.speech_mask), "text_prompt_tokens": int(text_ids.shape[1])}
 
 
+def evaluation_speed(mel: torch.Tensor, clips: int, think: int, reply: int) -> dict[str, float]:
+    """Think + reply for ``clips`` crops of the clip (3-5 s, so the batch is padded): one at a time vs batched."""
+    from emoslm.slm.generate import generate, generate_batch
+
+    model, tokenizer = from_parts()
+    model.eval()
+    mels = [mel[:, : int(mel.shape[1] * (0.6 + 0.4 * i / max(1, clips - 1)))] for i in range(clips)]
+    start = time.perf_counter()
+    alone = [generate(model, tokenizer, m, think_budget=think, max_new_tokens=reply) for m in mels]
+    one_at_a_time = time.perf_counter() - start
+    start = time.perf_counter()
+    together = generate_batch(model, tokenizer, mels, think_budget=think, max_new_tokens=reply, batch_size=clips)
+    batched = time.perf_counter() - start
+    tokens = sum(g.think_tokens + g.reply_tokens for g in alone)
+    return {"clips": clips, "tokens": tokens, "one_at_a_time_tokens_per_s": round(tokens / one_at_a_time, 1),
+            "batched_tokens_per_s": round(tokens / batched, 1), "ratio": round(one_at_a_time / batched, 2),
+            "identical_texts": sum(a == b for a, b in zip(alone, together, strict=True))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--clips", type=int, default=16, help="evaluation: clips decoded (and the batch size)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
     torch.manual_seed(0)
     mel = mel_of()
     results = {"train_tokens_per_s": {s: round(training_speed(s, mel, args.steps), 1) for s in ("1-1", "1-2")},
                "generation": generation_speed(mel, args.tokens),
+               "evaluation": evaluation_speed(mel, args.clips, 48, 64),
                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
                "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "slm.json").write_text(json.dumps(results, indent=2))
-    g = results["generation"]
+    g, e = results["generation"], results["evaluation"]
     lines = ["# UnifiedSLM speed (SmolLM2-135M + Whisper tiny.en, CPU)", "",
              "| measure | value |", "|---|---|",
              f"| training tokens/s, stage 1-1 (adapter) | {results['train_tokens_per_s']['1-1']} |",
@@ -123,6 +146,11 @@ def main() -> None:
              f"| generation tokens/s, plain transformers on the text prompt | {g['plain_transformers_tokens_per_s']} |",
              f"| ratio UnifiedSLM / plain | **{g['ratio_slm_over_plain']}×** |",
              f"| prompt: speech positions vs text tokens | {g['speech_positions']} vs {g['text_prompt_tokens']} |",
+             f"| evaluation tokens/s, {e['clips']} clips one at a time (`generate`) | "
+             f"{e['one_at_a_time_tokens_per_s']} |",
+             f"| evaluation tokens/s, the same clips batched (`generate_batch`) | {e['batched_tokens_per_s']} |",
+             f"| ratio batched / one at a time | **{e['ratio']}×** |",
+             f"| clips whose think and reply are identical both ways | {e['identical_texts']} of {e['clips']} |",
              f"| peak RSS | {results['peak_rss_gb']} GB |"]
     (args.out / "slm.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

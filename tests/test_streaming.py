@@ -235,6 +235,30 @@ def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_checkpoin
     assert out.reply and (expected.startswith(out.reply) or out.reply.startswith(expected[:20]))
 
 
+@pytest.mark.slow
+def test_batched_generation_writes_what_one_clip_at_a_time_writes(slm_checkpoint, spoken_sentence):
+    """Evaluation decodes held-out clips in left-padded batches; greedy, it must write the same think and
+    reply as ``generate`` on each clip alone (clips of different lengths, one with an earlier turn)."""
+    from transformers import AutoTokenizer
+
+    from emoslm.slm.generate import generate, generate_batch
+    from emoslm.slm.model import UnifiedSLM
+    from emoslm.speech.mel_front_end import MelFrontEnd
+
+    model = UnifiedSLM.from_pretrained(slm_checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(slm_checkpoint)
+    front_end = MelFrontEnd.from_pretrained(slm_checkpoint)
+    half = spoken_sentence[: len(spoken_sentence) // 2]
+    mels = [front_end.tensor(spoken_sentence), front_end.tensor(half), front_end.tensor(spoken_sentence)]
+    earlier = [{"role": "user", "content": "I lost my keys."}, {"role": "assistant", "content": "Oh no."}]
+    histories = [None, None, earlier]
+    alone = [generate(model, tokenizer, m, h, think_budget=10, max_new_tokens=10)
+             for m, h in zip(mels, histories, strict=True)]
+    together = generate_batch(model, tokenizer, mels, histories, think_budget=10, max_new_tokens=10, batch_size=2)
+    assert together == alone
+    assert all(g.think_tokens > 0 for g in together)
+
+
 # --- agents ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

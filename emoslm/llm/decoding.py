@@ -23,8 +23,6 @@ class TokenLoop:
 
     def __init__(self, model: Any, sampling: Sampling, device: str | torch.device = "cpu",
                  hidden_layer: int | None = None, lean: bool = True) -> None:
-        import inspect
-
         from transformers import DynamicCache
         from transformers.generation.logits_process import (
             LogitsProcessorList,
@@ -35,8 +33,7 @@ class TokenLoop:
         )
 
         self.model, self.device = model, torch.device(device)
-        # transformers 5.2x renamed ``past_key_values`` to ``cache``; take whichever this version has
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.cache_arg = cache_arg(model)
         self.cache = DynamicCache()
         # the lean path (``lean.py``) for Llama-family stacks: the same arithmetic without transformers' per-call
         # overhead (identical logits, tested); anything else keeps the transformers forward
@@ -119,6 +116,15 @@ class Detokenizer:
     @property
     def text(self) -> str:
         return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+
+def cache_arg(model: Any) -> str:
+    """The keyword a causal LM takes its KV cache by: transformers 5.2x renamed ``past_key_values`` to
+    ``cache``. A PEFT wrapper forwards keywords to the model it wraps, so that model's signature decides."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def end_ids(tokenizer: Any) -> set[int]:

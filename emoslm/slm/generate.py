@@ -25,7 +25,7 @@ import torch
 from emoslm.errors import EmoslmError
 from emoslm.ieat.think import THINK_CLOSE, Incremental, Piece, clean_reply, open_think
 from emoslm.llm.base import ChatTemplate, Sampling, StopMatcher
-from emoslm.llm.decoding import Detokenizer, TokenLoop, end_ids
+from emoslm.llm.decoding import Detokenizer, TokenLoop, cache_arg, end_ids
 from emoslm.slm.model import UnifiedSLM, UnifiedSLMConfig
 from emoslm.slm.speak import UnitPiece, UnitWriter
 from emoslm.streams import drain
@@ -157,3 +157,113 @@ def generate(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list
     """``generate_stream``, drained."""
     sampling = Sampling(temperature=temperature, repeat_penalty=1.0)
     return drain(generate_stream(model, tokenizer, mel, history, think_budget, max_new_tokens, sampling, speak))
+
+
+@dataclass
+class _Row:
+    """One clip's place in ``generate_batch``: which phase it is in, its texts so far and the forced tokens
+    (the think-to-reply bridge) it still has to feed before it samples again."""
+
+    think: Detokenizer
+    reply: Detokenizer
+    phase: str = "think"  # think | reply | done
+    think_tokens: int = 0
+    reply_tokens: int = 0
+    closed: bool = False
+    queued: list[int] = field(default_factory=list)
+
+
+def generate_batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor],
+                   histories: list[list[dict[str, str]] | None] | None = None, think_budget: int = 64,
+                   max_new_tokens: int = 128, batch_size: int = 16) -> list[Generated]:
+    """Greedy think + reply for many clips at once: what ``generate`` writes for each (the same budget, the
+    same bridge), decoded side by side over a left-padded batch. Evaluation scores hundreds of held-out
+    clips; one clip at a time decodes ~12 tokens/s on this CPU, a batch of 16 many times that."""
+    histories = histories or [None] * len(mels)
+    out: list[Generated] = []
+    for start in range(0, len(mels), batch_size):
+        out += _batch(model, tokenizer, mels[start:start + batch_size], histories[start:start + batch_size],
+                      think_budget, max_new_tokens)
+    return out
+
+
+@torch.inference_mode()
+def _batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor], histories: list[Any], think_budget: int,
+           max_new_tokens: int) -> list[Generated]:
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    embeds = []
+    for mel, history in zip(mels, histories, strict=True):
+        prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
+        embeds.append(model.embed(torch.tensor([prompt.input_ids], device=device),
+                                  torch.tensor([prompt.speech_mask], device=device), mel[None].to(device),
+                                  torch.tensor([mel.shape[-1]], device=device))[0])
+    longest = max(e.shape[0] for e in embeds)
+    batch = torch.zeros(len(embeds), longest, embeds[0].shape[-1], dtype=embeds[0].dtype, device=device)
+    mask = torch.zeros(len(embeds), longest, dtype=torch.long, device=device)
+    for b, e in enumerate(embeds):  # left padding: every row's newest token is at the end
+        batch[b, longest - e.shape[0]:], mask[b, longest - e.shape[0]:] = e, 1
+    cache = DynamicCache()
+    keyword = cache_arg(model.llm)
+    logits = _forward(model.llm, keyword, cache, mask, inputs_embeds=batch)
+    ends, pad = end_ids(tokenizer), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = [_Row(Detokenizer(tokenizer), Detokenizer(tokenizer)) for _ in mels]
+    while any(r.phase != "done" for r in rows):
+        feed = [_next(row, int(token), ends, tokenizer, think_budget, max_new_tokens)
+                for row, token in zip(rows, logits.argmax(-1).tolist(), strict=True)]
+        live = torch.tensor([[0 if t is None else 1] for t in feed], device=device)
+        if not live.any():
+            break
+        mask = torch.cat([mask, live], dim=1)
+        ids = torch.tensor([[pad if t is None else t] for t in feed], device=device)
+        logits = _forward(model.llm, keyword, cache, mask, input_ids=ids)
+    return [Generated(_think_text(r), clean_reply(r.reply.text), r.think_tokens, r.reply_tokens, not r.closed)
+            for r in rows]
+
+
+def _forward(llm: Any, keyword: str, cache: Any, mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+    """The next-token logits of every row after appending ``inputs`` (positions count real tokens only)."""
+    n = next(iter(inputs.values())).shape[1]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -n:]
+    out = llm(**inputs, attention_mask=mask, position_ids=positions, **{keyword: cache}, use_cache=True,
+              logits_to_keep=1)
+    return out.logits[:, -1, :].float()
+
+
+def _next(row: _Row, token: int, ends: set[int], tokenizer: Any, think_budget: int, max_new_tokens: int
+          ) -> int | None:
+    """Advance one row by the token its logits chose; returns the token to feed (None: the row is done).
+    Mirrors ``generate_stream``: the think runs to ``</think>``, an end token (not fed) or the budget, then
+    the bridge is fed token by token, then the reply runs to an end token or ``max_new_tokens``."""
+    if row.phase == "done":
+        return None
+    if row.queued:
+        return row.queued.pop(0)
+    if row.phase == "think":
+        if token in ends:
+            _queue_bridge(row, tokenizer)
+            return row.queued.pop(0)  # not closed: the bridge is never empty
+        row.think_tokens += 1
+        row.think.add(token)
+        row.closed = THINK_CLOSE in row.think.text
+        if row.closed or row.think_tokens >= think_budget:
+            _queue_bridge(row, tokenizer)
+        return token
+    if token in ends or row.reply_tokens >= max_new_tokens:
+        row.phase = "done"
+        return None
+    row.reply_tokens += 1
+    row.reply.add(token)
+    return token
+
+
+def _queue_bridge(row: _Row, tokenizer: Any) -> None:
+    after = row.think.text.split(THINK_CLOSE, 1)[1] if row.closed else ""
+    row.queued = tokenizer(_bridge(row.closed, after), add_special_tokens=False)["input_ids"]
+    row.phase = "reply"
+
+
+def _think_text(row: _Row) -> str:
+    """The think as ``generate_stream`` shows it: what comes before ``</think>``, trimmed."""
+    return row.think.text.split(THINK_CLOSE, 1)[0].strip()

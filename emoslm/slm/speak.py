@@ -20,7 +20,6 @@ cache are the LLM library's own.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import ModelOutput
+
+from emoslm.llm.decoding import cache_arg
 
 
 @dataclass
@@ -86,8 +87,7 @@ class SpeechBranch(nn.Module):
         self.body = AutoModel.from_config(branch_config(llm_config, spec))
         hidden = llm_config.hidden_size
         self.heads = nn.ModuleList(nn.Linear(hidden, spec.vocab, bias=False) for _ in range(spec.group))
-        # transformers 5.2x renamed ``past_key_values`` to ``cache`` (as in TokenLoop)
-        self._cache_arg = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
+        self._cache_arg = cache_arg(self.body)
 
     def copy_from(self, llm: nn.Module) -> None:
         """Initialise from the LLM's top layers and final norm; fresh unit embeddings and heads, with the

@@ -35,21 +35,21 @@ def repeats_think(think: str, reply: str, words: int = 6) -> bool:
 
 
 def listen(model: Any, tokenizer: Any, examples: list[Example], acted: dict[str, str],
-           think_budget: int = 48, max_new_tokens: int = 64) -> dict[str, Any]:
-    """Generate think + reply for each held-out clip (from its audio) and score the think's tag."""
-    from emoslm.slm.generate import generate
+           think_budget: int = 48, max_new_tokens: int = 64, batch_size: int = 16) -> dict[str, Any]:
+    """Generate think + reply for each held-out clip (from its audio; greedy, a batch of clips at a time: the
+    same text ``generate`` writes) and score the think's tag."""
+    from emoslm.slm.generate import generate_batch
 
     front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
-    rows = []
     was_training = model.training
     model.eval()
-    for example in examples:
-        out = generate(model, tokenizer, front_end.tensor(load_audio(example.audio)), example.history,
-                       think_budget=think_budget, max_new_tokens=max_new_tokens)
-        rows.append({"id": example.id, "label": example.emotion, "acted": acted.get(example.key, ""),
-                     "think_tag": tag_in_think(out.think) or "none", "voice": example.voice,
-                     "think": out.think, "reply": out.reply, "repeats": repeats_think(out.think, out.reply)})
+    outs = generate_batch(model, tokenizer, [front_end.tensor(load_audio(e.audio)) for e in examples],
+                          [e.history for e in examples], think_budget, max_new_tokens, batch_size)
     model.train(was_training)
+    rows = [{"id": example.id, "label": example.emotion, "acted": acted.get(example.key, ""),
+             "think_tag": tag_in_think(out.think) or "none", "voice": example.voice,
+             "think": out.think, "reply": out.reply, "repeats": repeats_think(out.think, out.reply)}
+            for example, out in zip(examples, outs, strict=True)]
     return summarise(rows)
 
 
