@@ -410,6 +410,8 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
     fit: Annotated[str, typer.Option(help="probe: fit the probes on the build's training voices (build) or on "
                                           "the recogniser's acted corpus (corpus).")] = "build",
+    clips: Annotated[int, typer.Option(help="report: generate think and reply on the first N held-out clips (the "
+                                            "learning curve's, with listen_clips N); losses use all.")] = 160,
 ) -> None:
     """Train the unified spoken LM (`emoslm train RECIPE --stage 1-1|1-2|2`) on data from `emoslm data build`,
     or compare runs on held-out clips (`emoslm train report RUN...`): held-out loss, reply content from audio
@@ -423,7 +425,7 @@ def train(
             raise EmoslmError("usage: emoslm train report RUN [RUN...] (run folders with final/)")
         target = out or Path(args[-1])
         with console.status("generating on the held-out clips"):
-            report([Path(a) for a in args[1:]], target)
+            report([Path(a) for a in args[1:]], target, clips)
         console.print((target / "report.md").read_text(), highlight=False, markup=False)
         return
     if args[0] == "probe":

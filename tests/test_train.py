@@ -119,6 +119,14 @@ def test_stage_1_1_resumes_exactly_and_stage_1_2_trains_lora(build, tmp_path):
     merged = UnifiedSLM.from_pretrained(tmp_path / "lora" / "final")
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
+    from emoslm.train.report import report
+
+    summary = report([tmp_path / "whole", tmp_path / "lora"], tmp_path / "report", clips=1)
+    assert list(summary["rows"]) == ["untrained adapter", "stage 1-1 (whole)", "stage 1-2 (lora)"]
+    assert summary["generated_clips"] == 1 and summary["held_out_clips"] >= 1
+    assert all(r["loss_1_2"] > 0 and r["emotion_in_think"] in (0.0, 1.0) for r in summary["rows"].values())
+    assert "stage 1-2 (lora)" in (tmp_path / "report" / "report.md").read_text()
+
 
 def _two_ranks(*args: str) -> None:
     import os
