@@ -410,8 +410,8 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
     fit: Annotated[str, typer.Option(help="probe: fit the probes on the build's training voices (build) or on "
                                           "the recogniser's acted corpus (corpus).")] = "build",
-    clips: Annotated[int, typer.Option(help="report: generate think and reply on the first N held-out clips (the "
-                                            "learning curve's, with listen_clips N); losses use all.")] = 160,
+    clips: Annotated[int, typer.Option(help="report: score the first N held-out clips (the learning curve's, "
+                                            "with listen_clips N).")] = 160,
 ) -> None:
     """Train the unified spoken LM (`emoslm train RECIPE --stage 1-1|1-2|2`) on data from `emoslm data build`,
     or compare runs on held-out clips (`emoslm train report RUN...`): held-out loss, reply content from audio

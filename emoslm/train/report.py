@@ -32,16 +32,15 @@ from emoslm.train.loop import held_out_loss
 
 
 def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: list[Example], embedder: Any,
-                   think_budget: int = 48, max_new_tokens: int = 64, held_voices: tuple[str, ...] = (),
-                   clips: int | None = None) -> dict[str, Any]:
+                   think_budget: int = 48, max_new_tokens: int = 64, held_voices: tuple[str, ...] = ()
+                   ) -> dict[str, Any]:
     front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
     collate = Collator(tokenizer, model.speech_length, FrameCache(model.encoder, front_end))
     result: dict[str, Any] = {"loss_1_1": held_out_loss(model, collate, held_11) if held_11 else None,
                               "loss_1_2": held_out_loss(model, collate, held_12) if held_12 else None}
-    spoken = held_12[:clips]
-    rows = listen(model, tokenizer, spoken, {}, think_budget, max_new_tokens)["rows"]  # what `generate` writes
+    rows = listen(model, tokenizer, held_12, {}, think_budget, max_new_tokens)["rows"]  # what `generate` writes
     similarities, by_kind = [], {}
-    for example, row in zip(spoken, rows, strict=True):
+    for example, row in zip(held_12, rows, strict=True):
         a, b = embedder.encode([row["reply"] or " ", example.teacher_reply], normalize_embeddings=True)
         similarities.append(float((a * b).sum()))
         by_kind.setdefault("unheard voice" if example.voice in held_voices else "unseen text", []).append(
@@ -73,9 +72,10 @@ def untrained_model(config: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def report(runs: list[Path], out: Path | None = None, clips: int | None = 160) -> dict[str, Any]:
-    """Compare the untrained model, and the final model of each run, on the held-out clips: the loss on all
-    of them, the generated think and reply on the first ``clips`` (None: all) — the same clips stage 1-2's
-    learning curve scores (``listen_clips`` of them), so the report's last row and the curve's end agree."""
+    """Compare the untrained model, and the final model of each run, on the first ``clips`` held-out clips
+    (None: all) — the clips stage 1-2's learning curve scores (``listen_clips`` of them), so the report's
+    last row and the curve's end agree. Losses and generation both: the held-out loss on all 438 stage 1-2
+    clips of the learn-en build took ~6 min per model here, so all clips × three models is long."""
     from transformers import AutoTokenizer
 
     from emoslm.perception.text_emotion import load_sentence_model
@@ -90,17 +90,16 @@ def report(runs: list[Path], out: Path | None = None, clips: int | None = 160) -
     held_12 = [e for e in load_examples(data, "1-2") if e.key in held_keys]
     if clips is not None and clips < 1:
         raise EmoslmError(f"--clips must be at least 1 (got {clips})")
+    held_11, held_12 = held_11[:clips], held_12[:clips]
     embedder = load_sentence_model()
     config = infos[0]["config"]
     untrained, tokenizer = untrained_model(config)
     voices = tuple(config.get("held_out_voices") or ())
-    rows = {"untrained adapter": evaluate_model(untrained, tokenizer, held_11, held_12, embedder, held_voices=voices,
-                                                      clips=clips)}
+    rows = {"untrained adapter": evaluate_model(untrained, tokenizer, held_11, held_12, embedder, held_voices=voices)}
     for run, info in zip(runs, infos, strict=True):
         model = UnifiedSLM.from_pretrained(run / "final")
         rows[f"stage {info['config']['stage']} ({run.name})"] = evaluate_model(
-            model, AutoTokenizer.from_pretrained(run / "final"), held_11, held_12, embedder, held_voices=voices,
-            clips=clips)
+            model, AutoTokenizer.from_pretrained(run / "final"), held_11, held_12, embedder, held_voices=voices)
     speech = {}
     for run, info in zip(runs, infos, strict=True):
         if info["config"]["stage"] == "2":
@@ -110,11 +109,10 @@ def report(runs: list[Path], out: Path | None = None, clips: int | None = 160) -
             rows_2 = speech_rows(run / "final", spoken)
             speech[f"stage 2 ({run.name})"] = {**summarise(rows_2), "samples": rows_2[:5]}
             plot_losses(run, out or runs[-1])
-    spoken = held_12[:clips]
-    tags = Counter(e.emotion for e in spoken)
-    summary = {"held_out_clips": len(held_keys), "generated_clips": len(spoken),
+    tags = Counter(e.emotion for e in held_12)
+    summary = {"held_out_clips": len(held_keys), "generated_clips": len(held_12),
                "chance_emotion": round(1 / len(TAGS), 4),
-               "majority_emotion": round(max(tags.values()) / len(spoken), 4) if spoken else None, "rows": rows,
+               "majority_emotion": round(max(tags.values()) / len(held_12), 4) if held_12 else None, "rows": rows,
                "speech": speech}
     target = out or runs[-1]
     target.mkdir(parents=True, exist_ok=True)
@@ -134,8 +132,8 @@ def markdown(summary: dict[str, Any]) -> str:
         return "–" if v is None else f"{v:.3f}"
 
     lines = ["# Unified model: what training changed", "",
-             f"{summary['held_out_clips']} held-out clips (losses on all; think and reply generated on the first "
-             f"{summary.get('generated_clips', summary['held_out_clips'])}). Emotion in think: chance "
+             f"{summary['held_out_clips']} held-out clips; losses, think and reply on the first "
+             f"{summary.get('generated_clips', summary['held_out_clips'])}. Emotion in think: chance "
              f"{summary['chance_emotion']:.3f}, "
              f"always naming the most frequent tag {f(summary['majority_emotion'])}.", "",
              "| model | held-out loss 1-1 | held-out loss 1-2 | content similarity | emotion in think |",
