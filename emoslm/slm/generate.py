@@ -76,6 +76,17 @@ def layout(tokenizer: Any, speech_length: int, history: list[dict[str, str]] | N
                   [False] * len(head) + [True] * speech_length + [False] * len(tail))
 
 
+def prompt_embeds(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None
+                  ) -> torch.Tensor:
+    """(prompt length, hidden) input embeddings of one clip's prompt, its speech written in (no grad)."""
+    device = next(model.parameters()).device
+    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
+    with torch.inference_mode():
+        return model.embed(torch.tensor([prompt.input_ids], device=device),
+                           torch.tensor([prompt.speech_mask], device=device), mel[None].to(device),
+                           torch.tensor([mel.shape[-1]], device=device))[0]
+
+
 @dataclass
 class Generated:
     think: str
@@ -96,11 +107,8 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
         raise EmoslmError("this checkpoint has no speech branch (train stage 2 to give it a voice); use a TTS voice")
     s = sampling or Sampling(temperature=0.0, repeat_penalty=1.0)
     device = next(model.parameters()).device
-    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
     with torch.inference_mode():
-        embeds = model.embed(torch.tensor([prompt.input_ids], device=device),
-                             torch.tensor([prompt.speech_mask], device=device), mel[None].to(device),
-                             torch.tensor([mel.shape[-1]], device=device))
+        embeds = prompt_embeds(model, tokenizer, mel, history)[None]
     loop = TokenLoop(model.llm, s, device, hidden_layer=model.speech_layer if speak else None)
     ends = end_ids(tokenizer)
     loop.feed(embeds=embeds)
@@ -193,12 +201,7 @@ def _batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor], historie
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    embeds = []
-    for mel, history in zip(mels, histories, strict=True):
-        prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
-        embeds.append(model.embed(torch.tensor([prompt.input_ids], device=device),
-                                  torch.tensor([prompt.speech_mask], device=device), mel[None].to(device),
-                                  torch.tensor([mel.shape[-1]], device=device))[0])
+    embeds = [prompt_embeds(model, tokenizer, mel, history) for mel, history in zip(mels, histories, strict=True)]
     longest = max(e.shape[0] for e in embeds)
     batch = torch.zeros(len(embeds), longest, embeds[0].shape[-1], dtype=embeds[0].dtype, device=device)
     mask = torch.zeros(len(embeds), longest, dtype=torch.long, device=device)
