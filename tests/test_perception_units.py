@@ -88,6 +88,56 @@ def test_boosted_classifier_roundtrip(tmp_path):
     assert np.mean(np.array(TAGS)[again.predict_proba(x).argmax(1)] == np.array(labels)) > 0.9
 
 
+def test_boosted_classifier_reduces_the_embedding_columns(tmp_path):
+    """The trees see the first columns as they are and the rest through a PCA, saved and loaded as one model."""
+    x, labels = _toy_data()
+    noise = np.random.default_rng(1).normal(size=(len(x), 80)).astype(np.float32)
+    wide = np.hstack([x, noise])
+    model = BoostedClassifier.fit(wide, labels, reduce_from=6, components=8)
+    assert model.model[0].transform(wide).shape == (len(x), 6 + 8)
+    model.save(tmp_path / "m.joblib")
+    again = BoostedClassifier.load(tmp_path / "m.joblib")
+    assert np.allclose(again.predict_proba(wide), model.predict_proba(wide))
+    assert np.mean(np.array(TAGS)[again.predict_proba(wide).argmax(1)] == np.array(labels)) > 0.9
+    with pytest.raises(EmoslmError, match="expects 86 features"):
+        again.predict_proba(x)
+
+
+def test_corpus_gives_slow_voices_half_the_scripts_and_speed_copies():
+    from emoslm.perception.corpus import SPEED_COPIES, VOICES, plan, split_scripts
+
+    clips = plan(renditions=2)
+    halves = [v for v in VOICES if v.half is not None and v.split == "train"]
+    assert len({v.lang for v in halves}) == 1 and sorted(v.half for v in halves) == [0, 1]
+    spoken = {v.name: {c.script_id for c in clips if c.voice == v.name and not c.source} for v in halves}
+    first, second = spoken.values()
+    assert not first & second  # complementary halves ...
+    train_scripts = {sid for sid, _, _ in split_scripts(halves[0].lang)["train"]}
+    assert first | second == train_scripts  # ... that cover every training script once
+    by_path = {c.path: c for c in clips}
+    for voice in halves:
+        own = [c for c in clips if c.voice == voice.name]
+        assert {c.id.split(".")[-1] for c in own if not c.source} == {"tr0"}  # one take
+        copies = [c for c in own if c.source]
+        assert len(copies) == len(SPEED_COPIES) * (len(own) - len(copies))
+        assert all(by_path[c.source].voice == voice.name and c.emotion == by_path[c.source].emotion for c in copies)
+    piper = [c for c in clips if c.voice == "piper-joe"]
+    assert {c.id.split(".")[-1] for c in piper} == {"tr0", "tr1"} and not any(c.source for c in piper)
+
+
+def test_speed_copy_is_made_from_its_source(tmp_path):
+    from emoslm.audio import load_audio
+    from emoslm.perception.corpus import VOICE_BY_NAME, make_clip, speed_copy, synthesize
+
+    clip = make_clip(VOICE_BY_NAME["espeak-en-us-m1"], "train", "en-plain-00", SENTENCE, "sad", "neutral", 0)
+    faster = speed_copy(clip, 1.25)
+    synthesize([clip, faster], tmp_path)
+    original, copy = load_audio(tmp_path / clip.path), load_audio(tmp_path / faster.path)
+    assert len(copy) == pytest.approx(len(original) / 1.25, rel=0.01)
+    rows = (tmp_path / "manifest.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and '"speed": 1.25' in rows[1]
+
+
 def test_text_features_english_and_chinese():
     from emoslm.perception.text_emotion import ChineseTextFeatures, EnglishTextFeatures
 

@@ -210,6 +210,16 @@ class EgemapsExtractor:
         return self.smile.process_signal(audio, SAMPLE_RATE).iloc[0].to_numpy(dtype=np.float32)
 
 
+EGEMAPS_DIM = 88  # eGeMAPS v02 functionals
+
+
+def whisper_offset(kinds: tuple[str, ...]) -> int | None:
+    """The first column of the Whisper embedding in ``AcousticFeaturizer(kinds)``'s vectors (it comes last)."""
+    if "whisper" not in kinds:
+        return None
+    return len(PROSODIC_NAMES) * ("prosody" in kinds) + EGEMAPS_DIM * ("egemaps" in kinds)
+
+
 @dataclass
 class AcousticFeaturizer:
     """Concatenates the chosen feature sets into one vector per clip."""

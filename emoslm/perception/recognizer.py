@@ -25,7 +25,7 @@ from emoslm.perception.features import PROSODIC_NAMES, AcousticFeaturizer
 from emoslm.perception.text_emotion import text_featurizer
 from emoslm.textnorm import tokens
 
-RECOGNISER_VERSION = "v4"  # v4: trained with hibari and Kokoro voices too (corpus v4)
+RECOGNISER_VERSION = "v5"  # v5: Kokoro's half-script takes + speed copies; trees on PCA'd Whisper features
 
 
 def recogniser_dir() -> Path:

@@ -23,7 +23,7 @@ from emoslm.errors import EmoslmError
 from emoslm.perception import corpus as corpus_mod
 from emoslm.perception.classifier import BoostedClassifier, LinearClassifier
 from emoslm.perception.corpus import VOICES, Clip
-from emoslm.perception.features import AcousticFeaturizer
+from emoslm.perception.features import AcousticFeaturizer, whisper_offset
 from emoslm.perception.recognizer import RECOGNISER_VERSION, fusion_input, recogniser_dir
 from emoslm.perception.text_emotion import text_featurizer
 from emoslm.progress import Start
@@ -36,6 +36,7 @@ class TrainConfig:
     features: tuple[str, ...] = ("prosody", "whisper")
     voices: tuple[str, ...] = field(default_factory=lambda: tuple(v.name for v in VOICES))
     acoustic_model: str = "boosted"  # boosted (trees) or linear
+    whisper_components: int = 64  # the trees see the Whisper embedding through a PCA this wide (0: all of it)
     c_acoustic: float = 0.05
     c_text: float = 0.5
     c_fusion: float = 1.0
@@ -75,17 +76,17 @@ def text_matrix(clips: list[Clip], lang: str, texts: dict[str, str] | None = Non
     return np.stack([table[t] for t in wanted])
 
 
-def fit_model(kind: str, x: np.ndarray, labels: list[str], c: float, seed: int
-              ) -> LinearClassifier | BoostedClassifier:
+def fit_model(kind: str, x: np.ndarray, labels: list[str], c: float, seed: int, reduce_from: int | None = None,
+              components: int = 64) -> LinearClassifier | BoostedClassifier:
     if kind == "boosted":
-        return BoostedClassifier.fit(x, labels, seed)
+        return BoostedClassifier.fit(x, labels, seed, reduce_from if components else None, components)
     if kind == "linear":
         return LinearClassifier.fit(x, labels, c, seed)
     raise EmoslmError(f"unknown classifier '{kind}'; use boosted or linear")
 
 
 def out_of_fold(x: np.ndarray, labels: list[str], groups: list[str], c: float, seed: int,
-                folds: int = 4, kind: str = "linear") -> np.ndarray:
+                folds: int = 4, kind: str = "linear", **fit: int | None) -> np.ndarray:
     """Probabilities for every row from a model that never saw the row's group."""
     names = sorted(set(groups))
     rng = np.random.default_rng(seed)
@@ -95,7 +96,7 @@ def out_of_fold(x: np.ndarray, labels: list[str], groups: list[str], c: float, s
     probs = np.zeros((len(x), len(TAGS)), np.float32)
     for k in sorted(set(fold.tolist())):
         held = fold == k
-        model = fit_model(kind, x[~held], [y for y, h in zip(labels, held, strict=True) if not h], c, seed)
+        model = fit_model(kind, x[~held], [y for y, h in zip(labels, held, strict=True) if not h], c, seed, **fit)
         probs[held] = model.predict_proba(x[held])
     return probs
 
@@ -113,9 +114,10 @@ def train(config: TrainConfig, progress: Start, out: Path | None = None) -> dict
     x_a = acoustic_matrix(root, train_clips, config.features, progress("acoustic features", len(train_clips)))
     labels = [c.emotion for c in train_clips]
 
-    # Two folds for the trees: each fit takes ~50 s here, and the fusion needs honest, not perfect, estimates.
+    # Two folds for the trees: the fusion needs honest, not perfect, estimates.
+    reduce = {"reduce_from": whisper_offset(config.features), "components": config.whisper_components}
     oof_a = out_of_fold(x_a, labels, [c.voice for c in train_clips], config.c_acoustic, config.seed,
-                        folds=2, kind=config.acoustic_model)
+                        folds=2, kind=config.acoustic_model, **reduce)
     oof_t = np.zeros_like(oof_a)
     text_models = {}
     for lang in sorted({c.lang for c in train_clips}):
@@ -126,7 +128,7 @@ def train(config: TrainConfig, progress: Start, out: Path | None = None) -> dict
                                   config.seed)
         text_models[lang] = LinearClassifier.fit(x_t, lang_labels, config.c_text, config.seed)
     fusion = LinearClassifier.fit(fusion_input(oof_a, oof_t), labels, config.c_fusion, config.seed)
-    acoustic = fit_model(config.acoustic_model, x_a, labels, config.c_acoustic, config.seed)
+    acoustic = fit_model(config.acoustic_model, x_a, labels, config.c_acoustic, config.seed, **reduce)
 
     meta = {
         "version": RECOGNISER_VERSION, "config": asdict(config), "acoustic_features": list(config.features),

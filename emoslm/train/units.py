@@ -137,7 +137,8 @@ def corpus_clips(langs: list[str], progress: Start = silent, render: bool = True
     with their exact prosody."""
     from emoslm.perception import corpus
 
-    plan = [c for c in corpus.plan() if c.lang in langs and c.split in ("train", "test")]
+    # speed copies are left out: their audio no longer matches the prosody the decoder's style input states
+    plan = [c for c in corpus.plan() if c.lang in langs and c.split in ("train", "test") and not c.source]
     plan += source_clips(sources or [], langs)
     root = corpus.corpus_root()
     missing = [c for c in plan if not (root / c.path).exists()]
