@@ -270,6 +270,9 @@ def test_units_evaluation_writes_the_report(clips, trained, small_recogniser, mo
     assert vq["stream_length_diff"] == 0 and vq["stream_snr_db"] > 15
     report = (tmp_path / "report" / "report.md").read_text()
     assert "WER en resynthesis" in report and (tmp_path / "report" / "errors.png").exists()
+    # one voice here, so its row is the language's figure, for the original and for the resynthesis
+    assert list(results["original_by_voice"].values()) == [results["original"]["en"]]
+    assert list(vq["error_by_voice"].values()) == [vq["error"]["en"]] and "Per held-out voice" in report
 
 
 def test_text_sources_add_distinct_sentences_spoken_by_train_voices(tmp_path):

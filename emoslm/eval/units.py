@@ -48,9 +48,15 @@ class Tally:
     audio_s: float = 0.0
     codes: list[np.ndarray] = field(default_factory=list)
     unit_edits: Counter = field(default_factory=Counter)  # Whisper's decoder reading the units directly
+    voice_edits: Counter = field(default_factory=Counter)
+    voice_words: Counter = field(default_factory=Counter)
 
     def error(self, lang: str) -> float | None:
         return self.edits[lang] / self.words[lang] if self.words[lang] else None
+
+    def by_voice(self) -> dict[str, float]:
+        """Error rate per held-out voice: a voice Whisper cannot follow even in the original caps its row."""
+        return {voice: self.voice_edits[voice] / self.voice_words[voice] for voice in sorted(self.voice_words)}
 
     def unit_error(self, lang: str) -> float | None:
         return self.unit_edits[lang] / self.words[lang] if self.words[lang] and self.unit_edits else None
@@ -84,6 +90,7 @@ def evaluate(run: Path, clips: list[Any], out: Path, per_lang: int = 40, progres
         _score(ceiling, clip, originals[clip.id], asr)
         heard[clip.id] = recogniser.acoustic_model.acoustic(originals[clip.id]).tag
     results["original"] = {lang: ceiling.error(lang) for lang in ceiling.words}
+    results["original_by_voice"] = ceiling.by_voice()
     rows: list[dict[str, Any]] = []
     whisper = _whisper_decoder(pairs)
     for pair in pairs:
@@ -157,8 +164,11 @@ def _enrolment(test: list[Any], clips: list[Any], per_voice: int = 8) -> dict[st
 def _score(tally: Tally, clip: Any, audio: np.ndarray, asr: Any) -> str:
     text = asr.transcribe(audio, language=clip.lang).text
     ref = tokens(clip.text)
-    tally.edits[clip.lang] += edit_distance(ref, tokens(text))
+    edits = edit_distance(ref, tokens(text))
+    tally.edits[clip.lang] += edits
     tally.words[clip.lang] += len(ref)
+    tally.voice_edits[clip.voice] += edits
+    tally.voice_words[clip.voice] += len(ref)
     return text
 
 
@@ -169,7 +179,7 @@ def _summary(tally: Tally, tokenizer: Any, decoder: Any, clip: Any, audio: np.nd
 
     codes = np.concatenate(tally.codes)
     stats = codebook_stats(torch.from_numpy(codes), tokenizer.config.codes)
-    return {"error": {lang: tally.error(lang) for lang in tally.words},
+    return {"error": {lang: tally.error(lang) for lang in tally.words}, "error_by_voice": tally.by_voice(),
             "units_error": {lang: tally.unit_error(lang) for lang in tally.words},
             "emotion_agreement": float(np.mean(tally.agree)) if tally.agree else None,
             "codes": tokenizer.config.codes, "rate_hz": tokenizer.rate, **stats,
@@ -244,11 +254,25 @@ def report(results: dict[str, Any]) -> str:
               f"| decoder RTF (units → mel → HiFi-GAN) | – | {cells(lambda p: p['decoder_rtf'])} | ≤ 0.2 |",
               f"| streaming first chunk (ms) | – | {cells(lambda p: p['first_chunk_ms'], '{:.0f}')} | ≤ 150 |",
               f"| streaming vs offline SNR (dB) | – | {cells(lambda p: p['stream_snr_db'], '{:.1f}')} | |", "",
+              *_voice_table(results, names),
               "![error rates](errors.png)", "", "![code use](codes.png)", "",
               "Training (`log.jsonl` of each part): the tokenizer's transcript loss through the frozen Whisper "
               "decoder and its codebook perplexity per batch; each decoder's mel L1.", "",
               "![training](training.png)", ""]
     return "\n".join(lines)
+
+
+def _voice_table(results: dict[str, Any], names: list[str]) -> list[str]:
+    """WER (en voices) / CER (zh voices) per held-out voice, the original beside each resynthesis."""
+    voices = results.get("original_by_voice", {})
+    if not voices:
+        return []
+    lines = ["Per held-out voice (WER for English voices, CER for Mandarin ones):", "",
+             "| voice | original | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for voice, original in voices.items():
+        row = " | ".join(f"{results['pairs'][n].get('error_by_voice', {}).get(voice, float('nan')):.3f}" for n in names)
+        lines.append(f"| {voice} | {original:.3f} | {row} |")
+    return [*lines, ""]
 
 
 def _plots(out: Path, results: dict[str, Any]) -> None:
