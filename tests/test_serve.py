@@ -197,12 +197,18 @@ def test_speech_transcription_and_models(served_light, piper):
 
 @pytest.mark.slow
 def test_realtime_voice_turn_then_barge_in_then_the_next_turn(served, sad_clip, piper):
+    from emoslm.speech.prosody import acted
+
     url = served[0].replace("http", "ws") + "/v1/realtime"
     other = piper.synthesize("Sorry, I want to ask something else: what should I eat tonight?").at()
+    # ~6 s of speech: a partial transcript (Whisper base, language detection, ~2.8 s on a slow 2-core CPU) has
+    # time to come back while the user is still talking; with the 3.5 s sad clip it raced the end of speech
+    talking = piper.synthesize("My cat has been sick all week and I am so worried about her. She has not eaten "
+                               "anything since Monday.", piper.reproducible(acted("sad"))).at()
     with websockets_sync.connect(url, subprotocols=["realtime"], max_size=None) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
         ws.send(json.dumps({"type": "session.update", "session": {"emoslm": {"think": True}}}))
-        append(ws, padded(sad_clip), live=True)
+        append(ws, padded(talking), live=True)
         turn = read_until(ws, lambda e: e["type"] == "response.done")
         order = kinds(turn)
         partial = [e for e in turn if e["type"] == "emoslm.transcript.partial"]
