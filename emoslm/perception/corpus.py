@@ -15,9 +15,10 @@ Design choices that keep the evaluation honest:
 - **conflict set**: emotional words in a neutral or mismatched voice, and neutral words in an
   emotional voice, labelled separately by voice and by words.
 
-Kokoro takes ~1.5 s a clip here, 40 times a Flite clip, so its two training voices each speak one take of
-half the training scripts (complementary halves), and every such clip gets speed-perturbed copies (0.9x,
-1.1x: resampled, so tempo and pitch move together, as a different speaker would). On the held-out voices
+Kokoro takes ~1.5 s a clip on 2 AVX-512 cores (~5 times that with AVX2 only), 40 times a Flite clip,
+so its two training voices each speak one take of half the training scripts (complementary halves), and
+every such clip gets speed-perturbed copies (0.9x, 1.1x: resampled, so tempo and pitch move together, as
+a different speaker would). On the held-out voices
 that scored as the two full takes had (recogniser v5 against v4: fused 0.653 against 0.662, acoustic 0.551
 against 0.528, on 216 clips) for a quarter of the rendering.
 """
@@ -45,7 +46,8 @@ from emoslm.speech.voice import voice_pool
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
 EMOTIONAL = tuple(t for t in TAGS if t != "neutral")
 CORPUS_VERSION = "v4"  # v4: the neural voices (hibari, Kokoro) on both sides of the split
-# v4's clips keep their ids and audio (each is seeded by its id); the plan's later changes only add clips.
+# v4's clips keep their ids and audio (each is seeded by its id): v5's plan drops some (Kokoro's second take and
+# half its scripts) and adds speed copies, but changes none, so a v4 corpus folder is reused as it is.
 SPEED_COPIES = (0.9, 1.1)
 
 

@@ -107,8 +107,7 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
         raise EmoslmError("this checkpoint has no speech branch (train stage 2 to give it a voice); use a TTS voice")
     s = sampling or Sampling(temperature=0.0, repeat_penalty=1.0)
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        embeds = prompt_embeds(model, tokenizer, mel, history)[None]
+    embeds = prompt_embeds(model, tokenizer, mel, history)[None]
     loop = TokenLoop(model.llm, s, device, hidden_layer=model.speech_layer if speak else None)
     ends = end_ids(tokenizer)
     loop.feed(embeds=embeds)
