@@ -82,6 +82,7 @@ class Answer:
 
     id: str = field(default_factory=lambda: new_id("resp"))
     item: str = field(default_factory=lambda: new_id("item"))
+    heard: str = ""  # the user item it answers: the user may have started the next one meanwhile (barge-in)
     text: str = ""
     think: str = ""
 
@@ -280,6 +281,7 @@ class RealtimeSession:
                                 "response starts by itself when the user stops)", "no_input")
         audio, self.committed = self.committed, None
         await self.send(self._begin())
+        self.user_item = new_id("item")  # the next input buffer is a new item
         self.live.answer(audio)
 
     async def on_response_cancel(self, _: dict[str, Any]) -> None:
@@ -289,7 +291,7 @@ class RealtimeSession:
 
     def _begin(self) -> dict[str, Any]:
         """Open a response (the agent's next events belong to it); its ``response.created`` event."""
-        answer = Answer()
+        answer = Answer(heard=self.user_item)
         self.answers.append(answer)
         return {"type": "response.created", "response": {
             "id": answer.id, "object": "realtime.response", "status": "in_progress", "output": []}}
@@ -313,11 +315,11 @@ class RealtimeSession:
     def _answer_events(self, event: Event, answer: Answer) -> list[dict[str, Any]]:
         ids = {"response_id": answer.id, "item_id": answer.item, "output_index": 0, "content_index": 0}
         if isinstance(event, Transcript):
-            return [{"type": "conversation.item.input_audio_transcription.completed", "item_id": self.user_item,
+            return [{"type": "conversation.item.input_audio_transcription.completed", "item_id": answer.heard,
                      "content_index": 0, "transcript": event.text}]
         if isinstance(event, Emotion):
             self.turns += 1
-            return [{"type": "emoslm.emotion", "item_id": self.user_item, "response_id": answer.id,
+            return [{"type": "emoslm.emotion", "item_id": answer.heard, "response_id": answer.id,
                      "turn": self.turns, "estimate": event.estimate.to_json()}]
         if isinstance(event, ThinkDelta):
             answer.think += event.text

@@ -10,8 +10,9 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, ctx: null, capture: null, pending: [], pendingLength: 0,
   turns: [],            // {n, tag, confidence, valence, arousal, firstAudio}
-  current: null,        // the assistant turn being streamed
-  user: null,           // the user turn being heard
+  // by id: a new turn's response.created can come before the cut reply's response.done (barge-in)
+  replies: new Map(),   // response id → the assistant turn being streamed
+  users: new Map(),     // item id → the user turn (its transcript and emotion come after speech_stopped)
   stoppedAt: null,      // performance.now() at speech_stopped (client-side latency)
   playAt: 0, sources: [],
 };
@@ -152,11 +153,16 @@ function startReply(responseId) {
   think.innerHTML = "<summary>think</summary><div class='body'></div>";
   li.appendChild(think);
   const latency = document.createElement("div"); latency.className = "latency"; li.appendChild(latency);
-  state.current = { id: responseId, li, think, latency, chunks: [], first: null };
+  state.replies.set(responseId, { id: responseId, li, think, latency, chunks: [], first: null, turn: null });
+}
+
+function userTurn(itemId) {
+  if (!state.users.has(itemId)) state.users.set(itemId, addTurn("user", ""));
+  return state.users.get(itemId);
 }
 
 function onEvent(e) {
-  const r = state.current;
+  const r = state.replies.get(e.response_id || (e.response && e.response.id));
   switch (e.type) {
     case "input_audio_buffer.speech_started":
       stopPlayback();
@@ -164,16 +170,20 @@ function onEvent(e) {
       break;
     case "input_audio_buffer.speech_stopped":
       state.stoppedAt = performance.now();
-      state.user = addTurn("user", $("partial").textContent.replace("(listening…)", "") || "…");
+      userTurn(e.item_id).querySelector(".text").textContent =
+        $("partial").textContent.replace("(listening…)", "") || "…";
       $("partial").textContent = "";
       break;
     case "emoslm.transcript.partial": $("partial").textContent = e.text; break;
     case "conversation.item.input_audio_transcription.completed":
-      if (!state.user) state.user = addTurn("user", "");
-      state.user.querySelector(".text").textContent = e.transcript;
+      userTurn(e.item_id).querySelector(".text").textContent = e.transcript;
       break;
     case "response.created": startReply(e.response.id); break;
-    case "emoslm.emotion": onEmotion(e.estimate); break;
+    case "emoslm.emotion": {
+      const turn = onEmotion(e.estimate, userTurn(e.item_id));
+      if (r) r.turn = turn;
+      break;
+    }
     case "emoslm.think.delta": if (r) r.think.querySelector(".body").textContent += e.delta; break;
     case "response.output_audio_transcript.delta":
     case "response.output_text.delta":
@@ -198,9 +208,8 @@ function onEvent(e) {
         r.li.appendChild(audio);
       }
       if (status !== "completed") r.latency.textContent += ` · ${status}`;
-      const last = state.turns[state.turns.length - 1];
-      if (last && last.firstAudio === undefined && r.server !== undefined) { last.firstAudio = r.server; drawTable(); }
-      state.current = null; state.user = null;
+      if (r.turn && r.turn.firstAudio === undefined && r.server !== undefined) { r.turn.firstAudio = r.server; drawTable(); }
+      state.replies.delete(r.id);
       break;
     }
     case "error": {
@@ -217,14 +226,14 @@ function showLatency(r) {
   r.latency.textContent = parts.join(" ");
 }
 
-function onEmotion(est) {
-  state.turns.push({ n: state.turns.length + 1, tag: est.tag, confidence: est.confidence, valence: est.valence, arousal: est.arousal });
-  if (state.user) {
-    const chip = document.createElement("span");
-    chip.className = "chip"; chip.style.background = COLORS[est.tag] || "#555"; chip.textContent = est.tag;
-    state.user.querySelector(".who").appendChild(chip);
-  }
+function onEmotion(est, userLi) {
+  const turn = { n: state.turns.length + 1, tag: est.tag, confidence: est.confidence, valence: est.valence, arousal: est.arousal };
+  state.turns.push(turn);
+  const chip = document.createElement("span");
+  chip.className = "chip"; chip.style.background = COLORS[est.tag] || "#555"; chip.textContent = est.tag;
+  userLi.querySelector(".who").appendChild(chip);
   drawChart(); drawPlane(); drawTable();
+  return turn;
 }
 
 function drawChart() {
