@@ -230,7 +230,6 @@ def test_speech_transcription_and_models(served_light, piper):
 
 @pytest.mark.slow
 def test_realtime_voice_turn_then_barge_in_then_the_next_turn(served, sad_clip, piper):
-
     url = served[0].replace("http", "ws") + "/v1/realtime"
     other = piper.synthesize("Sorry, I want to ask something else: what should I eat tonight?").at()
     with websockets_sync.connect(url, subprotocols=["realtime"], max_size=None) as ws:
