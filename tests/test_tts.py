@@ -144,6 +144,17 @@ def test_kokoro_gives_the_same_samples_at_any_thread_count():
     assert np.array_equal(one.synthesize(ZH_LINE).audio, two.synthesize(ZH_LINE).audio)
 
 
+def test_the_pool_gives_kokoro_every_thread_and_the_others_one(monkeypatch):
+    from emoslm.config import settings
+    from emoslm.speech.voice import engine_threads
+
+    monkeypatch.delenv("EMOSLM_TTS_THREADS", raising=False)
+    assert engine_threads("kokoro:jf_alpha") == settings().threads
+    assert engine_threads("piper:piper-en-joe") == engine_threads("hibari") == 1
+    monkeypatch.setenv("EMOSLM_TTS_THREADS", "3")
+    assert engine_threads("kokoro:jf_alpha") == engine_threads("hibari") == 3
+
+
 def test_unknown_kokoro_voice_is_one_clear_line():
     with pytest.raises(EmoslmError, match="unknown Kokoro voice 'af_sky'; use one of jm_kumo"):
         load_tts("kokoro:af_sky")

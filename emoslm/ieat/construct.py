@@ -16,7 +16,6 @@ whichever worker, shard or restart produces it.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import zlib
@@ -28,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from emoslm.audio import SAMPLE_RATE, load_audio, save_audio, trim_to_speech
-from emoslm.config import settings
 from emoslm.errors import BackendError, EmoslmError, MissingPackageError, ModelNotFoundError
 from emoslm.ieat.recipe import Recipe
 from emoslm.ieat.sources import SourceItem
@@ -40,7 +38,7 @@ from emoslm.perception.recognizer import EmotionRecognizer
 from emoslm.speech.prosody import acted
 from emoslm.speech.prosody import reply as reply_prosody
 from emoslm.speech.tts import TTS
-from emoslm.speech.voice import canonical_spec, voice_pool
+from emoslm.speech.voice import voice_pool
 
 PROMPT_VERSION = "ieat-prompts-v2"  # v2: trajectory questions carry the perceived path
 
@@ -110,11 +108,8 @@ class Toolkit:
         return self._recognizer
 
     def tts(self, spec: str | None, lang: str) -> TTS:
-        """Kokoro gets all of the worker's threads (nothing runs beside it in the build: 1.7x on 2 cores) — its
-        output is the same at any thread count, so a build stays byte-identical whatever its workers; Piper's
-        and hibari's are not, and they are fast on one. ``EMOSLM_TTS_THREADS`` overrides (benchmark baseline)."""
-        threads = settings().threads if canonical_spec(spec, lang).startswith("kokoro") else 1
-        return voice_pool().tts(spec, lang, int(os.environ.get("EMOSLM_TTS_THREADS", 0)) or threads)
+        """The pool's engine, with its threads (``engine_threads``: nothing runs beside Kokoro in a build)."""
+        return voice_pool().tts(spec, lang)
 
     def sampling(self, max_tokens: int, seed: int) -> Sampling:
         t = self.recipe.data.teacher

@@ -178,8 +178,9 @@ def corpus_root() -> Path:
 
 
 def engine_for(voice: Voice) -> TTS:
-    """The voice's engine, from the process-wide pool (loaded once, shared with every other caller)."""
-    return voice_pool().tts(f"{voice.engine}:{voice.voice}", voice.lang)
+    """The voice's engine, from the process-wide pool (loaded once, shared with every other caller); one
+    onnxruntime thread, as ``synthesize`` keeps both cores busy with clips side by side."""
+    return voice_pool().tts(f"{voice.engine}:{voice.voice}", voice.lang, threads=1)
 
 
 def synthesize(clips: list[Clip], root: Path, seed: int = 0,

@@ -15,6 +15,7 @@ IEAT builder) gets its engines there, each loaded once.
 from __future__ import annotations
 
 import abc
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -120,6 +121,19 @@ class Clauses:
         return cjk >= self.min_pause_cjk if cjk else len(clause.strip()) >= self.min_pause_chars
 
 
+def engine_threads(key: str) -> int:
+    """onnxruntime threads for a TTS engine: all of them for Kokoro, one for the others.
+
+    Why: Kokoro is the slow voice (RTF 3.2 on one thread of a 2-core AVX2 EPYC, 1.8x faster on two) and its
+    output is the same at any thread count, so builds stay byte-identical; Piper's and hibari's output
+    changes with the thread count, and they are fast on one. ``EMOSLM_TTS_THREADS`` overrides (benchmarks).
+    """
+    from emoslm.config import settings
+
+    override = int(os.environ.get("EMOSLM_TTS_THREADS", 0) or 0)
+    return override or (settings().threads if key.startswith("kokoro") else 1)
+
+
 class VoicePool:
     """Voices and TTS engines by spec, each loaded once and shared by every caller in the process.
 
@@ -132,9 +146,11 @@ class VoicePool:
         self._voices: dict[Any, Voice] = {}
         self._lock = threading.Lock()
 
-    def tts(self, spec: str | None, lang: str = "en", threads: int = 1) -> TTS:
-        """The engine a spec names (``None``/``auto``: the language's default), with ``threads`` of its own."""
+    def tts(self, spec: str | None, lang: str = "en", threads: int | None = None) -> TTS:
+        """The engine a spec names (``None``/``auto``: the language's default), with ``threads`` of its own
+        (None: ``engine_threads``)."""
         key = canonical_spec(spec, lang)
+        threads = threads or engine_threads(key)
         with self._lock:
             if (key, threads) not in self._engines:
                 self._engines[key, threads] = load_tts(key, threads)
