@@ -259,7 +259,8 @@ def serve(
                                            "language-identification pass of Whisper base).")] = "auto",
     partial_every: Annotated[float, typer.Option(help="Realtime: a partial transcript per this many seconds of "
                                                      "speech, when a job worker is idle (0: none; on 2 cores "
-                                                     "they add ~0.3 s to the next turn's ASR).")] = 0.0,
+                                                     "they delay the next turn: ~0.3 s with AVX-512, "
+                                                     "seconds on AVX2).")] = 0.0,
     warm: Annotated[bool, typer.Option(help="Answer one spoken line at start, so the first client waits for no "
                                             "model loading.")] = True,
 ) -> None:
