@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import itertools
 import json
 import os
 import signal
@@ -74,8 +75,7 @@ def talk_until(ws, clip: np.ndarray, heard, most: int = 12, chunk_ms: int = 20) 
     step = 16 * chunk_ms
     for _ in range(most):
         for start in range(0, len(clip), step):
-            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm24_b64(clip[start:start + step])}))
-            time.sleep(chunk_ms / 1000)
+            append(ws, clip[start:start + step], chunk_ms, live=True)
             with contextlib.suppress(TimeoutError):
                 while True:
                     events.append(json.loads(ws.recv(timeout=0)))
@@ -86,12 +86,7 @@ def talk_until(ws, clip: np.ndarray, heard, most: int = 12, chunk_ms: int = 20) 
 
 def compress(names: list[str]) -> list[str]:
     """Runs of the same event type as one ``type ×n`` (a failure message that stays readable)."""
-    runs: list[list] = []
-    for name in names:
-        if runs and runs[-1][0] == name:
-            runs[-1][1] += 1
-        else:
-            runs.append([name, 1])
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(names)]
     return [f"{name} ×{n}" if n > 1 else name for name, n in runs]
 
 
@@ -345,7 +340,6 @@ def test_web_page_hears_a_fake_microphone_and_charts_the_emotion(served, sad_cli
                                              "all => all.every(a => a.src.startsWith('blob:'))")
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
-    print("latency:", latency)
     assert not errors, errors
     assert error_rate("My cat has been sick all week and I am so worried about her.", heard[0]) <= 0.25, heard
     assert error_rate("Thank you so much, that makes me feel a lot better!", heard[1]) <= 0.25, heard

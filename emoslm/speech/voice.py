@@ -130,7 +130,7 @@ def engine_threads(key: str) -> int:
     """
     from emoslm.config import settings
 
-    override = int(os.environ.get("EMOSLM_TTS_THREADS", 0) or 0)
+    override = int(os.environ.get("EMOSLM_TTS_THREADS") or 0)
     return override or (settings().threads if key.startswith("kokoro") else 1)
 
 
