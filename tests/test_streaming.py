@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def test_clauses_cut_at_sentence_ends_and_long_pauses_only():
         "I am sorry, truly, and I know how much this meant to you,"]
     assert cutter.flush() == ["so"]
     assert Clauses().feed("我很难过。你还好吗？") == ["我很难过。", "你还好吗？"]
+
+
+def test_the_first_clause_may_be_half_as_long_so_first_audio_comes_sooner():
+    zh = Clauses()
+    assert zh.feed("你的感受是愤怒（anger），因为同事") == ["你的感受是愤怒（anger），"]  # 7 characters: first only
+    assert zh.feed("填错了，所以") == []  # later clauses wait for 8
+    en = Clauses()
+    assert en.feed("Oh, I hear you, that") == ["Oh, I hear you,"]
+    assert en.feed(" sounds hard, and") == []
 
 
 def test_incremental_emits_only_a_stable_prefix():
@@ -514,3 +524,35 @@ def test_chat_and_eval_run_the_unified_model_through_load_agent(slm_checkpoint, 
     assert run.returncode == 0, run.stderr
     (answered,) = read_dialogues(out / "submission" / "en" / "HD-Track1-T3.jsonl")
     assert all(t.response_text and t.response_audio for t in answered.turns)
+
+
+def test_a_paused_consumer_pauses_the_producer_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emoslm.streams import on_thread
+
+    made = []
+
+    def endless():
+        while True:
+            made.append(len(made))
+            yield made[-1]
+
+    with ThreadPoolExecutor(1) as pool:
+        stream = on_thread(endless(), pool, ahead=3)
+        assert next(stream) == 0
+        time.sleep(0.5)  # the consumer pauses: the producer may fill the hand-over, no more
+        assert len(made) <= 1 + 3 + 1
+        assert [next(stream) for _ in range(5)] == [1, 2, 3, 4, 5]
+        stream.close()  # and closing it while the producer waits on a full hand-over still ends the worker
+    closed = threading.Event()
+
+    def watched():
+        try:
+            yield from endless()
+        finally:
+            closed.set()
+
+    gone = on_thread(watched(), ThreadPoolExecutor(1), ahead=1, patience=0.2)
+    assert next(gone) is not None  # then it neither reads on nor closes: the producer gives up, closed
+    assert closed.wait(timeout=30)

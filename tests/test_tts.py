@@ -17,6 +17,11 @@ def rms(x: np.ndarray) -> float:
 
 def test_speakable_drops_nonverbal_tags():
     assert speakable("I'm fine. [sigh] Really [laughter]!") == "I'm fine. Really !"
+
+
+def test_speakable_drops_latin_glosses_after_chinese_but_keeps_english_brackets():
+    assert speakable("你的感受是愤怒（anger），因为同事 (neutral) 填错了。") == "你的感受是愤怒，因为同事 填错了。"
+    assert speakable("I felt it (anger) again.") == "I felt it (anger) again."
     with pytest.raises(EmoslmError, match="nothing to speak"):
         EspeakTTS().synthesize("[sigh]")
 

@@ -135,6 +135,7 @@ class Speaker:
         self.clauses: queue.Queue[str | None] = queue.Queue()
         self.done: queue.Queue[VoiceChunk | None | BaseException] = queue.Queue()
         self.stopped = threading.Event()
+        self.first_done = threading.Event()  # the first clause was spoken, found unspeakable or failed
         self.worker = threading.Thread(target=self._work, name="emoslm-speaker", daemon=True)
         self.worker.start()
 
@@ -150,18 +151,24 @@ class Speaker:
                 chunk = self.voice.clause(clause, self.prosody)
             except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
                 self.done.put(exc)
+                self.first_done.set()
                 return
             self.spoken.tts_seconds += time.perf_counter() - clock
             if chunk is not None:
                 self.done.put(chunk)
+            self.first_done.set()
         self.done.put(None)
+        self.first_done.set()
 
-    def ready(self, wait: bool = False) -> Iterator[Event]:
-        """Spoken chunks finished so far (``wait``: all of them, after the last clause was given)."""
+    def ready(self, wait: bool = False, first: bool = False) -> Iterator[Event]:
+        """Spoken chunks finished so far (``wait``: all of them, after the last clause was given; ``first``:
+        block until the first clause is spoken)."""
         if wait:
             self.clauses.put(None)
         while True:
             try:
+                if first:
+                    self.first_done.wait()
                 item = self.done.get() if wait else self.done.get_nowait()
             except queue.Empty:
                 return
@@ -216,6 +223,10 @@ def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody:
     first clause is spoken (the unified model's prosody follows its own think). ``by_clause=False`` is
     the blocking pipeline, kept for comparison: the whole reply is spoken in one synthesis call after
     the LLM has finished.
+
+    The writer waits while the first clause is synthesised: first audio is what the listener waits for,
+    and on 2 cores the writer beside the voice made it 2-5 s later (measured on zh turns, AVX2); its next
+    clauses are written while the first one plays.
     """
     clauses = Clauses()
     speaker = Speaker(voice, prosody, spoken) if voice is not None else None
@@ -229,6 +240,8 @@ def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody:
             if isinstance(event, TextDelta) and by_clause and speaker is not None:
                 for clause in clauses.feed(piece.text):
                     speaker.say(clause)
+                    if clauses.given == 1:
+                        yield from speaker.ready(first=True)
         if speaker is not None:
             rest = clauses.flush() if by_clause else [t for t in [spoken.text.strip()] if t]  # blocking: at once
             for clause in rest:

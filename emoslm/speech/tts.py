@@ -36,6 +36,7 @@ NONVERBAL = re.compile(r"\[[^\]]{1,40}\]|\([^)]{0,20}(laugh|sigh|cough|sob)[^)]{
 
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
+GLOSS = re.compile(r"(?<=[\u4e00-\u9fff])\s*[（(]\s*[A-Za-z][A-Za-z '-]{0,30}[）)]")
 _CJK_PUNCT = str.maketrans({"。": ". ", "，": ", ", "！": "! ", "？": "? ", "；": "; ", "：": ": ", "、": ", "})
 
 
@@ -50,8 +51,9 @@ def to_pinyin(text: str) -> str:
 
 
 def speakable(text: str) -> str:
-    """Drop non-verbal tags such as ``[sigh]`` (a TTS would read them out) and tidy spaces."""
-    return re.sub(r"\s+", " ", NONVERBAL.sub(" ", text)).strip()
+    """Drop non-verbal tags such as ``[sigh]`` (a TTS would read them out), Latin glosses in brackets after
+    Chinese ("愤怒（anger）": a Mandarin voice would spell the letters out) and tidy spaces."""
+    return re.sub(r"\s+", " ", NONVERBAL.sub(" ", GLOSS.sub("", text))).strip()
 
 
 @dataclass

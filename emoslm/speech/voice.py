@@ -90,11 +90,13 @@ class Clauses:
     """Growing text in, finished clauses out.
 
     A clause ends at a sentence end (followed by a blank, so "3.5" stays whole) or, once it is long
-    enough to be worth a separate synthesis call, at a comma-like pause. ``flush`` gives the rest.
+    enough to be worth a separate synthesis call, at a comma-like pause. The first clause may be half as
+    long: first audio waits for it to be written and synthesised, and a slow voice (Kokoro's Mandarin on
+    an AVX2 CPU) needs seconds per second of speech. ``flush`` gives the rest.
     """
 
     def __init__(self, min_pause_chars: int = 24, min_pause_cjk: int = 8) -> None:
-        self.buffer = ""
+        self.buffer, self.given = "", 0
         self.min_pause_chars, self.min_pause_cjk = min_pause_chars, min_pause_cjk
 
     def feed(self, delta: str) -> list[str]:
@@ -104,6 +106,7 @@ class Clauses:
             clause, self.buffer = self.buffer[:cut].strip(), self.buffer[cut:]
             if clause:
                 out.append(clause)
+                self.given += 1
         return out
 
     def flush(self) -> list[str]:
@@ -117,8 +120,9 @@ class Clauses:
         return min(ends) if ends else None
 
     def _long_enough(self, clause: str) -> bool:
+        share = 2 if self.given == 0 else 1
         cjk = len(re.findall(r"[\u4e00-\u9fff]", clause))
-        return cjk >= self.min_pause_cjk if cjk else len(clause.strip()) >= self.min_pause_chars
+        return cjk * share >= self.min_pause_cjk if cjk else len(clause.strip()) * share >= self.min_pause_chars
 
 
 def engine_threads(key: str) -> int:
