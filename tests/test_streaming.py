@@ -373,6 +373,28 @@ def test_live_input_in_chunks_gives_the_whole_clip_transcript(plain, spoken_sent
     assert events[-1].reply.audio is not None and events[-1].reply.timings["first_audio"] > 0
 
 
+def test_live_input_without_a_language_answers_in_the_language_its_partial_heard(plain, spoken_sentence,
+                                                                                 monkeypatch):
+    from emoslm.agents import Conversation
+    from emoslm.agents.live import LANG_FROM_PARTIAL, LiveSession
+
+    asked = []  # (seconds of audio, language asked for) of every transcription
+    original = plain.asr.transcribe
+    monkeypatch.setattr(plain.asr, "transcribe",
+                        lambda audio, language=None: asked.append((len(audio) / 16_000, language)) or original(
+                            audio, language))
+    session = LiveSession(Conversation(plain), None)
+    _feed(session, _padded(spoken_sentence))
+    session.wait()
+    events = list(session.events())
+    partials = [e for e in events if isinstance(e, Transcript) and e.partial]
+    assert partials and all(e.lang == "en" for e in partials)
+    assert all(language is None for _, language in asked[:-1])  # each partial detected the language
+    long_enough = [seconds for seconds, _ in asked[:-1] if seconds >= LANG_FROM_PARTIAL]
+    assert long_enough and asked[-1][1] == "en"  # the final transcript did not detect it again
+    assert events[-1].reply.transcript == plain.respond([], spoken_sentence, "en").transcript
+
+
 def test_barge_in_cancels_the_reply_and_the_next_turn_goes_on(plain, spoken_sentence, piper):
     from emoslm.agents import Conversation
     from emoslm.agents.live import LiveSession

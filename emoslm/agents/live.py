@@ -14,6 +14,11 @@ the last voiced frame; ``SpeechStopped`` reports both moments so that wait stays
 A server shares one agent between many sessions: it passes ``run`` (how a reply job is started: its
 bounded turn queue) and ``offer`` (how a partial-transcript job is started when a worker is idle, or
 skipped); alone, a session starts a thread per reply and transcribes partials in ``feed``'s thread.
+
+A session without a fixed language answers in the language its partial transcript heard (once at least
+``LANG_FROM_PARTIAL`` seconds of speech were heard): the final transcript then skips Whisper's language
+detection, one encoder pass sooner after the user stops. A partial whose utterance has ended before
+its job started is not transcribed at all.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from concurrent.futures import CancelledError, Future
 import numpy as np
 
 from emoslm.agents.conversation import Conversation
-from emoslm.agents.events import Cancelled, Error, Event, SpeechStarted, SpeechStopped
+from emoslm.agents.events import Cancelled, Error, Event, SpeechStarted, SpeechStopped, Transcript
 from emoslm.audio import SAMPLE_RATE
 from emoslm.errors import EmoslmError, MissingPackageError
 
@@ -60,6 +65,9 @@ class StreamingVAD:
         self.iterator.reset_states()
 
 
+LANG_FROM_PARTIAL = 1.5  # seconds of speech under which a partial's detected language is not trusted
+
+
 class LiveSession:
     """One live conversation: push microphone audio in, read the agent's events out."""
 
@@ -85,6 +93,7 @@ class LiveSession:
         self._offer = offer
         self._listening: Future | None = None  # a partial transcript being made (with ``offer``)
         self._utterance = 0  # counts utterances, so a late partial of an ended one is dropped
+        self._heard_lang: str | None = None  # the language a partial of this utterance was heard in
 
     # --- input --------------------------------------------------------------------------------------
     def feed(self, chunk: np.ndarray) -> None:
@@ -122,8 +131,12 @@ class LiveSession:
         utterance = self._utterance
 
         def listen() -> None:
+            if utterance != self._utterance:  # the user stopped before this job could start
+                return
             for event in self.conversation.agent.listen(speech, self.lang):
                 if utterance == self._utterance:  # still talking: the partial is news
+                    if isinstance(event, Transcript) and len(speech) >= LANG_FROM_PARTIAL * SAMPLE_RATE:
+                        self._heard_lang = event.lang
                     self._emit(event)
 
         if self._offer is None:
@@ -142,7 +155,7 @@ class LiveSession:
     def _start_of_speech(self, sample: int) -> None:
         if self.replying:
             self.stop("barge-in")  # the reply stops at its next event and says so
-        self._speech, self._since_partial = [self._recent], 0
+        self._speech, self._since_partial, self._heard_lang = [self._recent], 0, None
         self._emit(SpeechStarted(at=round(sample / SAMPLE_RATE, 3)))
 
     def _end_of_speech(self, sample: int) -> None:
@@ -150,27 +163,30 @@ class LiveSession:
         audio, self._speech, self._recent = np.concatenate(self._speech), None, np.zeros(0, np.float32)
         self._utterance += 1
         self._emit(SpeechStopped(at=round(sample / SAMPLE_RATE, 3), seconds=round(len(audio) / SAMPLE_RATE, 3)))
-        self.answer(audio, heard_at)
+        self.answer(audio, heard_at, self._heard_lang)
 
-    def answer(self, audio: np.ndarray, heard_at: float | None = None) -> None:
-        """Start the reply to ``audio`` (a turn the caller ended itself, e.g. a committed input buffer)."""
+    def answer(self, audio: np.ndarray, heard_at: float | None = None, lang: str | None = None) -> None:
+        """Start the reply to ``audio`` (a turn the caller ended itself, e.g. a committed input buffer);
+        ``lang`` where the session has none of its own and the language was heard already."""
         heard_at = time.perf_counter() if heard_at is None else heard_at
         previous, cancel = self._reply, threading.Event()
         self._cancel = cancel
+        lang = self.lang or lang
         try:
-            self._reply = self._run(lambda: self._answer(audio, heard_at, previous, cancel))
+            self._reply = self._run(lambda: self._answer(audio, heard_at, previous, cancel, lang))
         except EmoslmError as exc:  # a server's queue is full: this turn gets no reply, and says so
             self._emit(Error(str(exc), t=time.perf_counter() - heard_at))
 
     # --- output -------------------------------------------------------------------------------------
-    def _answer(self, audio: np.ndarray, heard_at: float, previous: Future | None, cancel: threading.Event) -> None:
+    def _answer(self, audio: np.ndarray, heard_at: float, previous: Future | None, cancel: threading.Event,
+                lang: str | None) -> None:
         if previous is not None:
             with contextlib.suppress(CancelledError):  # a server dropped it unstarted at shutdown
                 previous.exception()  # the earlier reply (cancelled by barge-in) has ended: the history is whole
         if cancel.is_set():  # cancelled while it waited for a worker
             self._emit(Cancelled(self._reason, t=time.perf_counter() - heard_at))
             return
-        events = self.conversation.stream(audio, self.lang, heard_at=heard_at)
+        events = self.conversation.stream(audio, lang, heard_at=heard_at)
         try:
             for event in events:
                 if cancel.is_set():
