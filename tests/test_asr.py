@@ -33,6 +33,15 @@ def test_pool_detects_the_language_then_hears_english_with_the_english_model(spo
     assert len(result.pieces) == len(result.segments) >= 1  # the text of each segment too
 
 
+def test_detection_on_the_clips_own_frames_tells_english_from_mandarin(asr_base, spoken_sentence):
+    from emoslm.speech.tts import load_tts
+
+    mandarin = load_tts("kokoro:jf_alpha").synthesize("明天早上我要去做检查，我现在很紧张。").at()
+    for audio, truth in ((spoken_sentence, "en"), (mandarin, "zh"), (spoken_sentence[:16_000], "en")):
+        language, probability = asr_base.detect(audio)
+        assert language == truth and probability > 0.5, (truth, language, probability)
+
+
 def test_base_hears_mandarin():
     from emoslm.perception.asr import FasterWhisperASR
     from emoslm.speech.tts import EspeakTTS

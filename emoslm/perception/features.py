@@ -20,6 +20,7 @@ import numpy as np
 from emoslm.audio import SAMPLE_RATE
 from emoslm.config import settings
 from emoslm.errors import EmoslmError, MissingPackageError
+from emoslm.perception.asr import even_frames
 from emoslm.speech.vocoder import mel_filterbank
 
 FRAME, HOP = 400, 160  # 25 ms windows every 10 ms
@@ -185,9 +186,7 @@ class WhisperEmbedder:
         windows = [audio[i:i + 30 * SAMPLE_RATE] for i in range(0, max(len(audio), 1), 30 * SAMPLE_RATE)]
         pooled = []
         for window in windows:
-            mel = self.mels(window)
-            frames = max(2, mel.shape[1] - mel.shape[1] % 2)
-            mel = np.pad(mel, ((0, 0), (0, max(0, frames - mel.shape[1]))))[:, :frames]
+            mel = even_frames(self.mels(window))
             view = self._ct2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32))
             hidden = np.asarray(self.encoder.encode(view, to_cpu=True))[0]
             pooled.append(np.concatenate([hidden.mean(axis=0), hidden.std(axis=0)]))
