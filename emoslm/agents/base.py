@@ -225,8 +225,8 @@ def speak_along(pieces: Generator[Any, None, Any], voice: Voice | None, prosody:
     the LLM has finished.
 
     The writer waits while the first clause is synthesised: first audio is what the listener waits for,
-    and on 2 cores the writer beside the voice made it 2-5 s later (measured on zh turns, AVX2); its next
-    clauses are written while the first one plays.
+    and the next clauses can be written while it plays. On 2 AVX2 cores the writer beside Kokoro made a
+    zh first clause 8.2 s instead of 6.8 s in one turn, and no measurable difference in two others.
     """
     clauses = Clauses()
     speaker = Speaker(voice, prosody, spoken) if voice is not None else None
