@@ -163,3 +163,21 @@ def test_the_pool_gives_kokoro_every_thread_and_the_others_one(monkeypatch):
 def test_unknown_kokoro_voice_is_one_clear_line():
     with pytest.raises(EmoslmError, match="unknown Kokoro voice 'af_sky'; use one of jm_kumo"):
         load_tts("kokoro:af_sky")
+
+
+def test_loading_a_voice_imports_the_pitch_shift_in_the_background():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, time\n"
+        "from emoslm.speech.voice import VoicePool\n"
+        "assert 'librosa.effects' not in sys.modules\n"
+        "VoicePool().tts('espeak:en')\n"
+        "for _ in range(600):\n"
+        "    if 'librosa.effects' in sys.modules: break\n"
+        "    time.sleep(0.1)\n"
+        "print('librosa.effects' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]

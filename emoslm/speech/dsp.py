@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+
+
+def preload() -> None:
+    """Import what ``pitch_shift`` needs on a background thread, once.
+
+    Why: ``librosa.effects`` pulls in scipy.signal and friends, 4-6 s on a 2-core AVX2 CPU, and that
+    landed on the first emotional clause a process spoke (first audio of a server's first reply). A
+    voice calls this when it is loaded; a clause spoken before the import ends waits for it as before.
+    """
+    global _PRELOADING
+    if _PRELOADING is None:
+        _PRELOADING = threading.Thread(target=_import_effects, name="emoslm-dsp-preload", daemon=True)
+        _PRELOADING.start()
+
+
+def _import_effects() -> None:
+    import librosa.effects  # noqa: F401
+
+
+_PRELOADING: threading.Thread | None = None
 
 
 def pitch_shift(x: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:

@@ -17,9 +17,11 @@ shared by every voice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +98,11 @@ def phonemize(text: str) -> str:
     return english_g2p()(text)
 
 
+def _preload_g2p() -> None:
+    with contextlib.suppress(MissingPackageError):  # English only: the error comes when Mandarin is asked for
+        phonemize("你好。")
+
+
 def _pieces(phonemes: str) -> list[str]:
     """Cut a long phoneme string at punctuation into pieces the model accepts."""
     if len(phonemes) <= MAX_TOKENS:
@@ -120,6 +127,9 @@ class KokoroTTS(TTS):
             raise EmoslmError(f"unknown Kokoro voice '{voice}'; use one of {', '.join(KOKORO_VOICES)}")
         self.model = kokoro_model(threads)
         self.voice, self.name = voice, f"kokoro:{voice}"
+        # misaki's Mandarin front end loads jieba's dictionary on its first sentence (~2.5 s on 2 AVX2 cores):
+        # done in the background now, not on the first reply's first clause
+        threading.Thread(target=_preload_g2p, name="emoslm-g2p-preload", daemon=True).start()
 
     def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
         style = self.model.styles[voice or self.voice]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from emoslm.audio import SAMPLE_RATE
+from emoslm.speech.dsp import preload
 from emoslm.speech.prosody import Prosody
 from emoslm.speech.tts import TTS, canonical_spec, load_tts, speakable
 
@@ -158,6 +159,7 @@ class VoicePool:
         with self._lock:
             if (key, threads) not in self._engines:
                 self._engines[key, threads] = load_tts(key, threads)
+                preload()  # the emotion prosody's pitch shift, imported while nobody waits for it
             return self._engines[key, threads]
 
     def voice(self, spec: str | None, lang: str = "en") -> Voice:
