@@ -420,6 +420,35 @@ def test_barge_in_cancels_the_reply_and_the_next_turn_goes_on(plain, spoken_sent
     assert len(users) == 2 and "stop" in users[1].text.lower()
 
 
+def test_barge_in_while_the_first_clause_is_synthesised_is_acted_on_at_once(plain, spoken_sentence, monkeypatch):
+    """The writer waits for the first clause's audio; a barge-in must not wait for that synthesis too."""
+    from emoslm.agents import Conversation
+    from emoslm.agents.live import LiveSession
+
+    voice = plain.voices.voice(plain.voice_spec, "en")
+    entered, release = threading.Event(), threading.Event()
+    original = voice.clause
+
+    def held(text, prosody):  # the real voice, held back until the test lets it speak (a slow CPU's first clause)
+        entered.set()
+        release.wait(120)
+        return original(text, prosody)
+
+    monkeypatch.setattr(voice, "clause", held)
+    session = LiveSession(Conversation(plain, "en"), "en")
+    _feed(session, _padded(spoken_sentence))
+    try:
+        assert entered.wait(120)  # the first clause is being synthesised, and the writer waits for it
+        session.stop("barge-in")
+        cancelled = next((e for e in session.events(timeout=30) if isinstance(e, Cancelled)), None)
+        assert not release.is_set()
+    finally:
+        release.set()
+    session.wait()
+    assert cancelled is not None and cancelled.reason == "barge-in"  # while the synthesis was still held back
+    assert not any(isinstance(e, Done) for e in session.events())
+
+
 def test_chat_events_prints_one_wire_event_per_line(tmp_path, spoken_sentence):
     import subprocess
     import sys

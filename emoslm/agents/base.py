@@ -14,6 +14,8 @@ error into an ``Error`` event. Agents are context managers (``with load_agent(..
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import queue
 import threading
 import time
@@ -122,6 +124,26 @@ class Spoken:
         return np.concatenate([c.audio for c in self.chunks]) if self.chunks else None
 
 
+_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("emoslm_stop", default=None)
+POLL = 0.05  # seconds between looks at the stop signal while waiting for the voice
+
+
+@contextlib.contextmanager
+def stoppable(stop: threading.Event) -> Iterator[None]:
+    """Streams consumed inside this block stop waiting for their voice as soon as ``stop`` is set.
+
+    A consumer acts on barge-in between events, but a speaking agent can go seconds without one: it
+    waits for the first clause's audio (the writer pauses meanwhile) and, after the text, for the last
+    clauses. Those waits watch ``stop``, so the next event, and with it the cancellation, comes at once.
+    Generators run in the context of whoever calls ``next``, so the consumer's thread sets it here.
+    """
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
 class Speaker:
     """A voice in a worker thread: clauses go in as they are written, spoken chunks come out in order.
 
@@ -162,14 +184,18 @@ class Speaker:
 
     def ready(self, wait: bool = False, first: bool = False) -> Iterator[Event]:
         """Spoken chunks finished so far (``wait``: all of them, after the last clause was given; ``first``:
-        block until the first clause is spoken)."""
+        block until the first clause is spoken). A wait ends early once the consumer's ``stoppable`` signal
+        is set."""
         if wait:
             self.clauses.put(None)
+        stop = _STOP.get()
+        if first:
+            while not self.first_done.wait(POLL if stop else None):
+                if stop is not None and stop.is_set():
+                    return
         while True:
             try:
-                if first:
-                    self.first_done.wait()
-                item = self.done.get() if wait else self.done.get_nowait()
+                item = self._next(wait, stop)
             except queue.Empty:
                 return
             if item is None:
@@ -178,6 +204,17 @@ class Speaker:
                 raise item
             self.spoken.chunks.append(item)
             yield AudioChunk(item.audio, item.sample_rate, item.text)
+
+    def _next(self, block: bool, stop: threading.Event | None) -> VoiceChunk | None | BaseException:
+        """The next finished item; ``queue.Empty`` when there is none yet (or, blocking, once ``stop`` is set)."""
+        if not block:
+            return self.done.get_nowait()
+        while True:
+            try:
+                return self.done.get(timeout=POLL if stop else None)
+            except queue.Empty:
+                if stop is not None and stop.is_set():
+                    raise
 
     def stop(self) -> None:
         self.stopped.set()

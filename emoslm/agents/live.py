@@ -32,6 +32,7 @@ from concurrent.futures import CancelledError, Future
 
 import numpy as np
 
+from emoslm.agents.base import stoppable
 from emoslm.agents.conversation import Conversation
 from emoslm.agents.events import Cancelled, Error, Event, SpeechStarted, SpeechStopped, Transcript
 from emoslm.audio import SAMPLE_RATE
@@ -188,12 +189,13 @@ class LiveSession:
             return
         events = self.conversation.stream(audio, lang, heard_at=heard_at)
         try:
-            for event in events:
-                if cancel.is_set():
-                    events.close()
-                    self._emit(Cancelled(self._reason, t=time.perf_counter() - heard_at))
-                    return
-                self._emit(event)
+            with stoppable(cancel):  # a wait for the voice ends at once on barge-in
+                for event in events:
+                    if cancel.is_set():
+                        events.close()
+                        self._emit(Cancelled(self._reason, t=time.perf_counter() - heard_at))
+                        return
+                    self._emit(event)
         except Exception as exc:  # noqa: BLE001 - a live session reports, it does not die
             self._emit(Error(f"{type(exc).__name__}: {exc}", t=time.perf_counter() - heard_at))
 

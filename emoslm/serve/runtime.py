@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from emoslm.agents.base import Agent
+from emoslm.agents.base import Agent, stoppable
 from emoslm.agents.events import Cancelled, Error, Event
 from emoslm.errors import EmoslmError
 
@@ -224,11 +224,12 @@ class Runtime:
                     return
                 stream = events()
                 try:
-                    for event in stream:
-                        put(event)
-                        if cancel.is_set():
-                            put(Cancelled("cancelled", t=event.t))
-                            return
+                    with stoppable(cancel):  # a wait for the voice ends at once when the reader stops
+                        for event in stream:
+                            put(event)
+                            if cancel.is_set():
+                                put(Cancelled("cancelled", t=event.t))
+                                return
                 finally:
                     stream.close()
             except Exception as exc:  # noqa: BLE001 - reported to the client as an error, logged here
