@@ -10,8 +10,9 @@ agent twice, alternately in the same process (same models, same warm caches):
   synthesis call, and ``respond`` returns it. Its caller has nothing before the turn ends, so first
   text = first audio = whole turn.
 
-Before each turn the benchmark waits as long as the user's clip lasts: the user is talking, as in a
-live conversation, and the agent may use that time (the teacher prefills its next prompt's head).
+Each turn is a replayed recording, so the dialogue loop gives the agent up to the clip's duration for
+the work a live conversation does while the user talks (``Agent.settle``: the teacher prefills its
+next prompt's head); the clock starts after that, at the end of the user's speech.
 
 Writes ``benchmarks/results/latency.{json,md}``: p50/p90 per language and mode, the ratio, and the
 mean seconds per stage of the streaming turns.
@@ -24,14 +25,13 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from emoslm.agents import Conversation, load_agent  # noqa: E402
-from emoslm.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from emoslm.audio import load_audio  # noqa: E402
 from emoslm.config import configure_threads  # noqa: E402
 from emoslm.demo import pick_dialogues  # noqa: E402
 from emoslm.dialogues import examples_dir, read_dialogues  # noqa: E402
@@ -56,14 +56,11 @@ def play(lang: str, dialogues_per_lang: int, voices: Path) -> dict[str, list[dic
                 conversation = Conversation(agent, lang)
                 for turn in dialogue.turns:
                     audio = load_audio(voices / turn.split_audio_file)
-                    time.sleep(len(audio) / SAMPLE_RATE)  # the user speaks the turn
-                    start = time.perf_counter()
                     reply = conversation.respond(audio)
-                    waited = time.perf_counter() - start
                     if mode == "streaming":
                         rows[mode].append(dict(reply.timings))
-                    else:
-                        rows[mode].append({**reply.timings, **dict.fromkeys(METRICS, waited)})
+                    else:  # respond returns with the whole turn: nothing reached the caller before
+                        rows[mode].append({**reply.timings, **dict.fromkeys(METRICS, reply.timings["total"])})
                 print(f"{lang} {dialogue.dialogue_id} {mode}: first audio "
                       f"{[round(r['first_audio'], 2) for r in rows[mode][-len(dialogue.turns):]]}", flush=True)
     return rows

@@ -338,6 +338,31 @@ def test_teacher_respond_equals_its_stream_and_the_conversation_keeps_emotions(t
     assert all(blocking.think not in t.text for t in talk.history)  # the think is never history
 
 
+@pytest.mark.slow
+def test_a_replayed_clip_gives_the_next_turns_prefill_the_time_the_user_spoke(teacher, sad_clip, monkeypatch):
+    """Live, the teacher prefills the next turn's prompt while the user talks; a recording replayed straight
+    after the last reply must not make Whisper share the CPU with that prefill (the demo's latency)."""
+    from concurrent.futures import Future
+
+    from emoslm.agents import Conversation
+
+    prefill: Future = Future()  # the previous turn's prefill, still running; it ends 0.5 s into the clip
+    monkeypatch.setattr(teacher, "_warming", prefill)
+    threading.Timer(0.5, prefill.set_result, [None]).start()
+    finished_first = []
+    original = teacher.asr.transcribe
+    monkeypatch.setattr(teacher.asr, "transcribe", lambda audio, language=None: finished_first.append(
+        prefill.done()) or original(audio, language))
+    Conversation(teacher, "en").respond(sad_clip)  # a recording (no heard_at): the clip lasts 4 s
+    assert finished_first == [True]
+    prefill = Future()  # live input says when the user stopped: the turn starts at once
+    monkeypatch.setattr(teacher, "_warming", prefill)
+    threading.Timer(0.5, prefill.set_result, [None]).start()
+    finished_first.clear()
+    list(Conversation(teacher, "en").stream(sad_clip, heard_at=time.perf_counter()))
+    assert finished_first == [False]
+
+
 @pytest.fixture(scope="module")
 def plain():
     from emoslm.agents import load_agent

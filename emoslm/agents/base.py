@@ -87,6 +87,12 @@ class Agent(abc.ABC):
         if heard.text:
             yield Transcript(heard.text, lang or heard.language, partial=True)
 
+    def settle(self, seconds: float) -> None:
+        """A recorded clip is replayed: the user would have been talking for ``seconds``, time in which work
+        the agent started for the next turn (a prompt prefill) gets done in a live dialogue. Waiting for it
+        here, at most that long, keeps a replayed turn's latency what a live user would see. Agents without
+        such work return at once."""
+
     def respond(self, history: list[Turn], audio: np.ndarray, lang: str | None = None) -> Reply:
         """The whole reply: ``stream``, drained."""
         return reply_of(self.stream(history, audio, lang))

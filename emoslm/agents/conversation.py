@@ -15,6 +15,7 @@ import numpy as np
 
 from emoslm.agents.base import Agent, reply_of
 from emoslm.agents.events import Done, Emotion, Error, Event, Reply, TextDelta, Transcript, Turn
+from emoslm.audio import SAMPLE_RATE
 
 
 class Conversation:
@@ -23,8 +24,13 @@ class Conversation:
         self.history: list[Turn] = list(history or [])
 
     def stream(self, audio: np.ndarray, lang: str | None = None, heard_at: float | None = None) -> Iterator[Event]:
-        """The agent's events for the user's newest clip; the history grows when the turn ends."""
+        """The agent's events for the user's newest clip; the history grows when the turn ends.
+
+        Without ``heard_at`` the clip is a recording that ends now: the agent is given the time it took to
+        say (``Agent.settle``) for the work a live dialogue does while the user talks."""
         heard, emotion, said, finished = "", None, "", False
+        if heard_at is None:
+            self.agent.settle(len(audio) / SAMPLE_RATE)
         try:
             for event in self.agent.stream(self.history, audio, lang or self.lang, heard_at):
                 if isinstance(event, Transcript) and not event.partial:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -55,6 +55,10 @@ class TeacherAgent(Agent):
         self.trajectory = trajectory  # False: trajectory questions get no perceived path (the ablation)
         self._side = ThreadPoolExecutor(2, thread_name_prefix="emoslm-teacher")  # acoustic model; next-turn prefill
         self._warming: Future | None = None  # the next turn's prompt head, prefilled while the user speaks
+
+    def settle(self, seconds: float) -> None:
+        if self._warming is not None:  # on 2 cores the prefill beside Whisper made a zh transcript ~2 s slower
+            wait([self._warming], timeout=seconds)
 
     def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
         clock = time.perf_counter()
