@@ -177,6 +177,7 @@ def test_stage_2_learns_units_resumes_exactly_and_the_saved_model_speaks(build, 
     final = tmp_path / "whole" / "final"
     agent = SLMAgent(final, think_budget=6, max_new_tokens=8)
     assert agent.own_voice and agent.model.speech_spec.decoder == str(unit_decoder.resolve())
+    assert agent.text is not None and agent.text.hidden_layer == agent.model.speech_layer  # llama.cpp writes
     clip = load_audio(build / "audio" / "clips" / "c2.wav")
     events = list(agent.stream([], clip, "en"))
     kinds = [type(e) for e in events]
@@ -193,11 +194,30 @@ def test_stage_2_learns_units_resumes_exactly_and_the_saved_model_speaks(build, 
     from emoslm.speech.prosody import reply as reply_prosody
 
     units = generate(agent.model, agent.tokenizer, agent.mels.tensor(trim_to_speech(clip, pad=0.3)),
-                     think_budget=6, max_new_tokens=8, speak=True).units
+                     think_budget=6, max_new_tokens=8, speak=True, text=agent.text).units
     offline = agent.own("en").decoder.decode(units, None, reply_prosody(tag_in_think(reply.think) or "neutral"))
     assert len(offline) == len(reply.audio)
     snr = 10 * np.log10(np.sum(offline ** 2) / max(1e-12, np.sum((offline - reply.audio) ** 2)))
     assert snr > 15.0, snr
+
+
+def test_the_llama_cpp_text_stream_speaks_what_the_torch_stream_speaks(speaking):
+    """The branch fed by llama.cpp's layer-n states (exact f32 export) writes the torch path's units."""
+    from emoslm.slm.generate import generate
+    from emoslm.slm.llama_text import llama_text
+
+    model, tokenizer = speaking
+    mel = _clip()
+    text = llama_text(model, "f32")
+    try:
+        assert text.hidden_layer == model.speech_layer
+        fast = generate(model, tokenizer, mel, think_budget=8, max_new_tokens=12, speak=True, text=text)
+    finally:
+        text.close()
+    slow = generate(model, tokenizer, mel, think_budget=8, max_new_tokens=12, speak=True)
+    assert (fast.think, fast.reply) == (slow.think, slow.reply) and fast.units
+    same = sum(a == b for a, b in zip(fast.units, slow.units))
+    assert len(fast.units) == len(slow.units) and same >= 0.95 * len(slow.units)  # float sums in another order
 
 
 def test_stage_2_errors_are_clear(build, unit_decoder, tmp_path):

@@ -24,13 +24,6 @@ class TokenLoop:
     def __init__(self, model: Any, sampling: Sampling, device: str | torch.device = "cpu",
                  hidden_layer: int | None = None, lean: bool = True) -> None:
         from transformers import DynamicCache
-        from transformers.generation.logits_process import (
-            LogitsProcessorList,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
 
         self.model, self.device = model, torch.device(device)
         self.cache_arg = cache_arg(model)
@@ -43,19 +36,7 @@ class TokenLoop:
         self.logits: torch.Tensor | None = None  # next-token logits after the last feed
         self.hidden_layer = hidden_layer  # keep this layer's hidden state of the last fed token (speech branch)
         self.hidden: torch.Tensor | None = None  # (1, hidden size)
-        self.penalty = (RepetitionPenaltyLogitsProcessor(sampling.repeat_penalty)
-                        if sampling.repeat_penalty and sampling.repeat_penalty != 1.0 else None)
-        steps = LogitsProcessorList()
-        self.greedy = sampling.greedy
-        if not self.greedy:
-            steps.append(TemperatureLogitsWarper(sampling.temperature))
-            if sampling.top_k:
-                steps.append(TopKLogitsWarper(sampling.top_k))
-            if sampling.top_p < 1.0:
-                steps.append(TopPLogitsWarper(sampling.top_p))
-        self.steps = steps
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(0 if sampling.seed is None else int(sampling.seed))
+        self.sampler = Sampler(sampling, self.device)
 
     @torch.inference_mode()
     def feed(self, ids: list[int] | None = None, embeds: torch.Tensor | None = None) -> None:
@@ -84,17 +65,50 @@ class TokenLoop:
         if self.hidden_layer is not None:
             self.hidden = out.hidden_states[self.hidden_layer][:, -1]
 
-    @torch.inference_mode()
     def sample(self) -> int:
         """The next token after what was fed (not yet fed itself: ``feed([token])`` to go on)."""
         assert self.logits is not None, "feed a prompt first"
-        seen = torch.tensor([self.seen], dtype=torch.long, device=self.device)
-        scores = self.logits.clone()
-        if self.penalty is not None and self.seen:
-            scores = self.penalty(seen, scores)
+        return self.sampler(self.logits, self.seen)
+
+
+class Sampler:
+    """The next token from logits, with the processors ``generate`` applies (repetition penalty, then
+    temperature, top-k, top-p), drawn from a private ``torch.Generator``: one rule for every token loop."""
+
+    def __init__(self, sampling: Sampling, device: str | torch.device = "cpu") -> None:
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.device = torch.device(device)
+        self.penalty = (RepetitionPenaltyLogitsProcessor(sampling.repeat_penalty)
+                        if sampling.repeat_penalty and sampling.repeat_penalty != 1.0 else None)
+        steps = LogitsProcessorList()
+        self.greedy = sampling.greedy
+        if not self.greedy:
+            steps.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k:
+                steps.append(TopKLogitsWarper(sampling.top_k))
+            if sampling.top_p < 1.0:
+                steps.append(TopPLogitsWarper(sampling.top_p))
+        self.steps = steps
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0 if sampling.seed is None else int(sampling.seed))
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, seen: list[int]) -> int:
+        """A token for (1, vocab) ``logits`` after the ids ``seen`` so far."""
+        history = torch.tensor([seen], dtype=torch.long, device=self.device)
+        scores = logits.clone()
+        if self.penalty is not None and seen:
+            scores = self.penalty(history, scores)
         if self.greedy:
             return int(scores.argmax(dim=-1))
-        scores = self.steps(seen, scores)
+        scores = self.steps(history, scores)
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 

@@ -99,16 +99,21 @@ class Generated:
 
 def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
                     think_budget: int = 64, max_new_tokens: int = 128, sampling: Sampling | None = None,
-                    speak: bool = False, unit_temperature: float = 0.0, max_unit_steps: int = 400
-                    ) -> Generator[Piece | UnitPiece, None, Generated]:
+                    speak: bool = False, unit_temperature: float = 0.0, max_unit_steps: int = 400,
+                    text: Any = None) -> Generator[Piece | UnitPiece, None, Generated]:
     """Think then reply for one clip (mel: (n_mels, frames)), delta by delta, on one KV cache; with ``speak``
-    (the model must have a speech branch) the reply's units too, in lock-step with its text."""
+    (the model must have a speech branch) the reply's units too, in lock-step with its text. ``text``: a
+    ``LlamaText`` of the model's LLM (``emoslm.slm.llama_text``) decodes the text stream in llama.cpp; the
+    prompt's embeddings and the speech branch stay in PyTorch."""
     if speak and model.speech_branch is None:
         raise EmoslmError("this checkpoint has no speech branch (train stage 2 to give it a voice); use a TTS voice")
     s = sampling or Sampling(temperature=0.0, repeat_penalty=1.0)
     device = next(model.parameters()).device
     embeds = prompt_embeds(model, tokenizer, mel, history)[None]
-    loop = TokenLoop(model.llm, s, device, hidden_layer=model.speech_layer if speak else None)
+    if text is not None:
+        loop = text.loop(s)
+    else:
+        loop = TokenLoop(model.llm, s, device, hidden_layer=model.speech_layer if speak else None)
     ends = end_ids(tokenizer)
     loop.feed(embeds=embeds)
 
@@ -159,11 +164,12 @@ def _bridge(closed: bool, after_close: str) -> str:
 
 
 def generate(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
-             think_budget: int = 64, max_new_tokens: int = 128, temperature: float = 0.0, speak: bool = False
-             ) -> Generated:
+             think_budget: int = 64, max_new_tokens: int = 128, temperature: float = 0.0, speak: bool = False,
+             text: Any = None) -> Generated:
     """``generate_stream``, drained."""
     sampling = Sampling(temperature=temperature, repeat_penalty=1.0)
-    return drain(generate_stream(model, tokenizer, mel, history, think_budget, max_new_tokens, sampling, speak))
+    return drain(generate_stream(model, tokenizer, mel, history, think_budget, max_new_tokens, sampling, speak,
+                                 text=text))
 
 
 @dataclass
