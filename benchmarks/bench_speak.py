@@ -9,8 +9,15 @@ the variants are interleaved round by round and the median of the rounds is kept
 - the TokenLoop on the lean path (``emoslm.llm.lean``), text only;
 - **speaking**: the lean text stream plus one speech-branch step (top-4 layers, 4 units) per token — the
   unified model's decoding with its voice;
-- ``transformers.generate`` and the two lean variants with bf16 weights (this CPU has AVX512-BF16; tokens
-  may differ slightly from fp32).
+- ``transformers.generate`` and the two lean variants with bf16 weights (fast where the CPU has AVX512-BF16;
+  tokens may differ slightly from fp32);
+- the text stream in llama.cpp (the LLM exported to GGUF Q8_0, ``emoslm.slm.llama_text``), alone and with
+  the speech branch fed the layer-n state llama.cpp hands over.
+
+``--first-audio N`` speaks N Piper clips through ``SLMAgent`` with a stage-2-shaped, untrained checkpoint
+(the embedded default's size, a 1,024-unit branch and a unit decoder of the CPU recipe's size), text in
+PyTorch and in llama.cpp side by side: p50 seconds after the user stops to the first think, the end of
+the think, the first reply text and the first audio. It needs no training run.
 
 With ``--run`` (a stage 2 run folder) it also speaks the run's held-out clips through ``SLMAgent`` and
 reports first-audio latency split by stage, WER of the speech against the model's own text, emotion
@@ -64,6 +71,9 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     half = copy.deepcopy(model).to(torch.bfloat16).eval()
+    from emoslm.slm.llama_text import llama_text
+
+    q8 = llama_text(model, "q8_0", speak=True)
 
     def hf_generate(llm) -> None:
         llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
@@ -78,7 +88,10 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
                 "speaking: lean + speech branch": lambda: loop_decode(model, ids, tokens, lean=True, speak=True),
                 "transformers.generate, bf16": lambda: hf_generate(half.llm),
                 "TokenLoop, lean, bf16": lambda: bf16(False),
-                "speaking: lean + speech branch, bf16": lambda: bf16(True)}
+                "speaking: lean + speech branch, bf16": lambda: bf16(True),
+                "llama.cpp Q8_0 text": lambda: llama_decode(q8, ids, tokens),
+                "speaking: llama.cpp Q8_0 text + speech branch":
+                    lambda: llama_decode(q8, ids, tokens, UnitWriter(model.speech_branch, max_steps=10 ** 6))}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
         for run in variants.values():  # warm-up
@@ -88,7 +101,84 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
                 start = time.perf_counter()
                 run()
                 seconds[name].append(time.perf_counter() - start)
+    q8.close()
     return {name: round(tokens / statistics.median(s), 2) for name, s in seconds.items()}
+
+
+def llama_decode(text, ids: torch.Tensor, tokens: int, writer=None) -> None:
+    loop = text.loop(GREEDY)
+    loop.feed(ids[0].tolist())
+    for _ in range(tokens):
+        loop.feed([loop.sample()])
+        if writer is not None:
+            writer.step(loop.hidden)
+
+
+def stage2_shaped(folder: Path) -> Path:
+    """A checkpoint of the embedded default's shape with a voice: SmolLM2 + Whisper tiny.en, a 4-layer branch
+    over 1,024 units and a unit decoder of ``recipes/units-tiny.yaml``'s size, all untrained. What it says is
+    noise; what it computes, and so its latency, is what a trained model of that shape computes."""
+    import numpy as np
+
+    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.speech.units.decoder import DecoderConfig, UnitDecoder
+    from emoslm.speech.units.tokenizer import SpeechTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    SpeechTokenizer(TokenizerConfig(codes=1024)).save_pretrained(folder / "tokenizer")
+    config = DecoderConfig(codes=1024, default_speaker="bench", tokenizer=str(folder / "tokenizer"))
+    UnitDecoder(config, speakers={"bench": np.full(80, -6.0, np.float32)}).save_pretrained(folder / "decoder")
+    model, tokenizer = from_parts()
+    model.add_speech_branch(SpeechSpec(units=1024, layers=4, group=4, decoder=str(folder / "decoder")))
+    model.save_pretrained(folder / "final")
+    tokenizer.save_pretrained(folder / "final")
+    MelFrontEnd.for_mels(model.config.encoder().num_mel_bins).save_pretrained(folder / "final")
+    return folder / "final"
+
+
+SENTENCES = ["My flight got cancelled for the third time and nobody will help me.",
+             "I finally finished the marathon I trained a whole year for.",
+             "My cat has been sick all week and the vet says there is not much left to do.",
+             "Wait, what? I just got an email saying I have been picked for the leadership program.",
+             "I got home from work a bit late today.",
+             "Why do I feel so empty when I should be proud?"]
+
+
+def first_audio(clips: int) -> dict[str, dict[str, float]]:
+    """p50 seconds after the end of the user's speech to the first think delta, the end of the think, the
+    first reply text and the first audio, through ``SLMAgent`` with its own voice (the serving path), with
+    the text stream in PyTorch and in llama.cpp (Q8_0), the clips interleaved (Piper's voice, 48 think tokens)."""
+    import tempfile
+
+    from emoslm.agents.events import AudioChunk, TextDelta, ThinkDelta
+    from emoslm.agents.slm import SLMAgent
+    from emoslm.speech.voice import voice_pool
+
+    piper = voice_pool().tts("piper", "en")
+    audio = [piper.synthesize(SENTENCES[i % len(SENTENCES)]).at(16_000) for i in range(clips)]
+    with tempfile.TemporaryDirectory() as tmp:
+        final = stage2_shaped(Path(tmp))
+        agents = {name: SLMAgent(final, think_budget=48, max_new_tokens=64, text=text)
+                  for name, text in (("PyTorch fp32 text", "torch"), ("llama.cpp Q8_0 text", "llama-cpp"))}
+        marks: dict[str, list[dict[str, float]]] = {name: [] for name in agents}
+        for index, clip in enumerate([audio[0], *audio]):  # the first one warms every model up
+            for name, agent in agents.items():
+                seen: dict[str, float] = {}
+                for event in agent.stream([], clip, "en"):
+                    kind = {ThinkDelta: "think", TextDelta: "text", AudioChunk: "audio"}.get(type(event))
+                    if kind:
+                        seen.setdefault(f"first {kind}", event.t)
+                    if kind == "think":
+                        seen["end of think"] = event.t
+                    if kind == "audio":
+                        break  # the first audio is out: the rest of the turn is not measured
+                if index:
+                    marks[name].append(seen)
+        for agent in agents.values():
+            agent.close()
+    keys = ("first think", "end of think", "first text", "first audio")
+    return {name: {k: round(statistics.median(r[k] for r in rows if k in r), 3) for k in keys}
+            for name, rows in marks.items()}
 
 
 def speaking(run: Path, clips: int) -> dict:
@@ -110,12 +200,16 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/train-learn-en-200/2"),
                         help="a stage 2 run folder (skipped when it has no final/)")
     parser.add_argument("--clips", type=int, default=20, help="held-out clips to speak (0: speed only)")
+    parser.add_argument("--first-audio", type=int, default=6,
+                        help="Piper clips through a stage-2-shaped untrained model, torch vs llama.cpp text (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
     speeds = generation(args.tokens, args.rounds)
     base = speeds["transformers.generate"]
     results = {"tokens": args.tokens, "rounds": args.rounds, "threads": torch.get_num_threads(),
                "tokens_per_s": speeds, "ratio_over_generate": {k: round(v / base, 3) for k, v in speeds.items()}}
+    if args.first_audio:
+        results["first_audio"] = first_audio(args.first_audio)
     if args.clips and (args.run / "final" / "config.json").exists():
         results["speaking"] = {"run": str(args.run), **speaking(args.run, args.clips)}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +218,13 @@ def main() -> None:
              f"rounds, {results['threads']} CPU threads)", "", "| decoding | tokens/s | × transformers.generate |",
              "|---|---|---|"]
     lines += [f"| {k} | {v} | {results['ratio_over_generate'][k]}× |" for k, v in speeds.items()]
+    if "first_audio" in results:
+        keys = ("first think", "end of think", "first text", "first audio")
+        lines += ["", f"## First audio, stage-2-shaped model (untrained), p50 of {args.first_audio} Piper clips "
+                  "through SLMAgent, 48 think tokens, seconds after the user stops", "",
+                  "| text stream | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        lines += [f"| {name} | " + " | ".join(str(row[k]) for k in keys) + " |"
+                  for name, row in results["first_audio"].items()]
     if "speaking" in results:
         s = results["speaking"]
         lines += ["", f"## Speaking for itself: {s['run']}, {s['clips']} held-out clips through SLMAgent", "",

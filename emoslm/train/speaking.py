@@ -28,13 +28,14 @@ from emoslm.textnorm import edit_distance, tokens
 
 
 def speech_rows(final: Path, examples: list[Any], think_budget: int = 48, max_new_tokens: int = 64,
-                progress: Start = silent) -> list[dict[str, Any]]:
-    """One row per held-out example: what the model wrote and said, how it was heard, when it started."""
+                progress: Start = silent, text: str = "auto") -> list[dict[str, Any]]:
+    """One row per held-out example: what the model wrote and said, how it was heard, when it started
+    (``text``: the agent's text stream, ``SLMAgent``'s option)."""
     from emoslm.agents.slm import SLMAgent
     from emoslm.perception.asr import FasterWhisperASR
     from emoslm.perception.recognizer import EmotionRecognizer
 
-    agent = SLMAgent(final, think_budget=think_budget, max_new_tokens=max_new_tokens)
+    agent = SLMAgent(final, think_budget=think_budget, max_new_tokens=max_new_tokens, text=text)
     asr, recogniser = FasterWhisperASR("whisper-base"), EmotionRecognizer()
     rows, advance = [], progress("speaking held-out replies", len(examples))
     for example in examples:
