@@ -71,9 +71,6 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     half = copy.deepcopy(model).to(torch.bfloat16).eval()
-    from emoslm.slm.llama_text import llama_text
-
-    q8 = llama_text(model, "q8_0", speak=True)
 
     def hf_generate(llm) -> None:
         llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
@@ -88,10 +85,7 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
                 "speaking: lean + speech branch": lambda: loop_decode(model, ids, tokens, lean=True, speak=True),
                 "transformers.generate, bf16": lambda: hf_generate(half.llm),
                 "TokenLoop, lean, bf16": lambda: bf16(False),
-                "speaking: lean + speech branch, bf16": lambda: bf16(True),
-                "llama.cpp Q8_0 text": lambda: llama_decode(q8, ids, tokens),
-                "speaking: llama.cpp Q8_0 text + speech branch":
-                    lambda: llama_decode(q8, ids, tokens, UnitWriter(model.speech_branch, max_steps=10 ** 6))}
+                "speaking: lean + speech branch, bf16": lambda: bf16(True)}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
         for run in variants.values():  # warm-up
@@ -101,7 +95,44 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
                 start = time.perf_counter()
                 run()
                 seconds[name].append(time.perf_counter() - start)
-    q8.close()
+    return {name: round(tokens / statistics.median(s), 2) for name, s in seconds.items()}
+
+
+def llama_speeds(tokens: int, rounds: int) -> dict[str, float]:
+    """The llama.cpp rows, in a process of their own with one torch thread, as ``SLMAgent`` runs them: a torch
+    OpenMP team beside llama.cpp's throttles it (55 instead of ~90 tokens/s measured in one process)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, __file__, "--llama-speed", "--tokens", str(tokens), "--rounds",
+                           str(rounds)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def llama_speed(tokens: int, rounds: int) -> dict[str, float]:
+    from emoslm.config import configure_threads
+    from emoslm.slm.llama_text import llama_text
+
+    configure_threads(torch_threads=1)
+    torch.manual_seed(0)
+    model, tokenizer = from_parts()
+    model.add_speech_branch(SpeechSpec(units=1024, layers=4, group=4))
+    model.eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    text = llama_text(model, "q8_0", speak=True)
+    variants = {"llama.cpp Q8_0 text": lambda: llama_decode(text, ids, tokens),
+                "speaking: llama.cpp Q8_0 text + speech branch":
+                    lambda: llama_decode(text, ids, tokens, UnitWriter(model.speech_branch, max_steps=10 ** 6))}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for run in variants.values():  # warm-up
+            run()
+        for _ in range(rounds):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+    text.close()
     return {name: round(tokens / statistics.median(s), 2) for name, s in seconds.items()}
 
 
@@ -147,38 +178,46 @@ SENTENCES = ["My flight got cancelled for the third time and nobody will help me
 def first_audio(clips: int) -> dict[str, dict[str, float]]:
     """p50 seconds after the end of the user's speech to the first think delta, the end of the think, the
     first reply text and the first audio, through ``SLMAgent`` with its own voice (the serving path), with
-    the text stream in PyTorch and in llama.cpp (Q8_0), the clips interleaved (Piper's voice, 48 think tokens)."""
+    the text stream in PyTorch and in llama.cpp (Q8_0), each in a fresh process of its own (the agent sets
+    the process's torch threads), the same clips (Piper's voice, 48 think tokens)."""
+    import subprocess
     import tempfile
 
+    with tempfile.TemporaryDirectory() as tmp:
+        final = stage2_shaped(Path(tmp))
+        out = {}
+        for name, text in (("PyTorch fp32 text", "torch"), ("llama.cpp Q8_0 text", "llama-cpp")):
+            done = subprocess.run([sys.executable, __file__, "--agent-latency", str(final), "--text", text,
+                                   "--first-audio", str(clips)], capture_output=True, text=True, check=True)
+            out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def agent_latency(final: Path, text: str, clips: int) -> dict[str, float]:
+    """One agent's p50 marks over ``clips`` Piper clips (after one warm-up turn)."""
     from emoslm.agents.events import AudioChunk, TextDelta, ThinkDelta
     from emoslm.agents.slm import SLMAgent
     from emoslm.speech.voice import voice_pool
 
     piper = voice_pool().tts("piper", "en")
     audio = [piper.synthesize(SENTENCES[i % len(SENTENCES)]).at(16_000) for i in range(clips)]
-    with tempfile.TemporaryDirectory() as tmp:
-        final = stage2_shaped(Path(tmp))
-        agents = {name: SLMAgent(final, think_budget=48, max_new_tokens=64, text=text)
-                  for name, text in (("PyTorch fp32 text", "torch"), ("llama.cpp Q8_0 text", "llama-cpp"))}
-        marks: dict[str, list[dict[str, float]]] = {name: [] for name in agents}
-        for index, clip in enumerate([audio[0], *audio]):  # the first one warms every model up
-            for name, agent in agents.items():
-                seen: dict[str, float] = {}
-                for event in agent.stream([], clip, "en"):
-                    kind = {ThinkDelta: "think", TextDelta: "text", AudioChunk: "audio"}.get(type(event))
-                    if kind:
-                        seen.setdefault(f"first {kind}", event.t)
-                    if kind == "think":
-                        seen["end of think"] = event.t
-                    if kind == "audio":
-                        break  # the first audio is out: the rest of the turn is not measured
-                if index:
-                    marks[name].append(seen)
-        for agent in agents.values():
-            agent.close()
+    agent = SLMAgent(final, think_budget=48, max_new_tokens=64, text=text)
+    rows = []
+    for index, clip in enumerate([audio[0], *audio]):  # the first one warms every model up
+        seen: dict[str, float] = {}
+        for event in agent.stream([], clip, "en"):
+            kind = {ThinkDelta: "think", TextDelta: "text", AudioChunk: "audio"}.get(type(event))
+            if kind:
+                seen.setdefault(f"first {kind}", event.t)
+            if kind == "think":
+                seen["end of think"] = event.t
+            if kind == "audio":
+                break  # the first audio is out: the rest of the turn is not measured
+        if index:
+            rows.append(seen)
+    agent.close()
     keys = ("first think", "end of think", "first text", "first audio")
-    return {name: {k: round(statistics.median(r[k] for r in rows if k in r), 3) for k in keys}
-            for name, rows in marks.items()}
+    return {k: round(statistics.median(r[k] for r in rows if k in r), 3) for k in keys}
 
 
 def speaking(run: Path, clips: int) -> dict:
@@ -203,8 +242,17 @@ def main() -> None:
     parser.add_argument("--first-audio", type=int, default=6,
                         help="Piper clips through a stage-2-shaped untrained model, torch vs llama.cpp text (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--agent-latency", type=Path, help=argparse.SUPPRESS)  # one agent, in its own process
+    parser.add_argument("--text", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--llama-speed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    speeds = generation(args.tokens, args.rounds)
+    if args.llama_speed:
+        print(json.dumps(llama_speed(args.tokens, args.rounds)))
+        return
+    if args.agent_latency:
+        print(json.dumps(agent_latency(args.agent_latency, args.text, args.first_audio)))
+        return
+    speeds = {**generation(args.tokens, args.rounds), **llama_speeds(args.tokens, args.rounds)}
     base = speeds["transformers.generate"]
     results = {"tokens": args.tokens, "rounds": args.rounds, "threads": torch.get_num_threads(),
                "tokens_per_s": speeds, "ratio_over_generate": {k: round(v / base, 3) for k, v in speeds.items()}}

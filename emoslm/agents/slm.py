@@ -28,6 +28,7 @@ import numpy as np
 from emoslm.agents.base import Agent, Spoken, speak_along, written
 from emoslm.agents.events import AudioChunk, Done, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
+from emoslm.config import configure_threads
 from emoslm.errors import EmoslmError
 from emoslm.ieat.think import tag_in_think
 from emoslm.perception.asr import ASRPool
@@ -59,6 +60,8 @@ class SLMAgent(Agent):
         self.voices, self.voice_spec = voices or voice_pool(), voice
         self.speak, self.think_budget, self.max_new_tokens = speak, think_budget, max_new_tokens
         self.text = self._text_engine(text, gguf)
+        if self.text is not None:  # a torch OpenMP team beside llama.cpp's throttles it (config.configure_threads)
+            configure_threads(torch_threads=1)
 
     def _text_engine(self, engine: str, qtype: str) -> Any:
         """The llama.cpp text stream (None: PyTorch's). ``auto`` takes llama.cpp when it is installed and the
