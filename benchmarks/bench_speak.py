@@ -195,7 +195,7 @@ def first_audio(clips: int) -> dict[str, dict[str, float]]:
 
 def agent_latency(final: Path, text: str, clips: int) -> dict[str, float]:
     """One agent's p50 marks over ``clips`` Piper clips (after one warm-up turn)."""
-    from emoslm.agents.events import AudioChunk, TextDelta, ThinkDelta
+    from emoslm.agents.events import AudioChunk, Done, TextDelta, ThinkDelta
     from emoslm.agents.slm import SLMAgent
     from emoslm.speech.voice import voice_pool
 
@@ -211,12 +211,12 @@ def agent_latency(final: Path, text: str, clips: int) -> dict[str, float]:
                 seen.setdefault(f"first {kind}", event.t)
             if kind == "think":
                 seen["end of think"] = event.t
-            if kind == "audio":
-                break  # the first audio is out: the rest of the turn is not measured
+            if isinstance(event, Done) and event.reply.audio is not None:  # untrained: speech to the step cap
+                seen["rtf"] = event.reply.timings["slm"] / (len(event.reply.audio) / event.reply.sample_rate)
         if index:
             rows.append(seen)
     agent.close()
-    keys = ("first think", "end of think", "first text", "first audio")
+    keys = ("first think", "end of think", "first text", "first audio", "rtf")
     return {k: round(statistics.median(r[k] for r in rows if k in r), 3) for k in keys}
 
 
@@ -267,9 +267,10 @@ def main() -> None:
              "|---|---|---|"]
     lines += [f"| {k} | {v} | {results['ratio_over_generate'][k]}× |" for k, v in speeds.items()]
     if "first_audio" in results:
-        keys = ("first think", "end of think", "first text", "first audio")
+        keys = ("first think", "end of think", "first text", "first audio", "rtf")
         lines += ["", f"## First audio, stage-2-shaped model (untrained), p50 of {args.first_audio} Piper clips "
-                  "through SLMAgent, 48 think tokens, seconds after the user stops", "",
+                  "through SLMAgent, 48 think tokens, seconds after the user stops; RTF = the turn's compute / "
+                  "its seconds of speech (untrained, every turn speaks to the 400-step cap: 32 s)", "",
                   "| text stream | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         lines += [f"| {name} | " + " | ".join(str(row[k]) for k in keys) + " |"
                   for name, row in results["first_audio"].items()]
