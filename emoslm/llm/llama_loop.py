@@ -17,6 +17,7 @@ with the one ``Sampler``, so ``generate_stream`` takes either.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from pathlib import Path
@@ -162,7 +163,8 @@ class LlamaText:
             self.model = None
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit llama_cpp may be torn down first
+            self.close()
 
 
 class LlamaLoop:
