@@ -197,7 +197,8 @@ def transcribe(
 AgentOpt = Annotated[str, typer.Option(
     "--agent", help="teacher (ASR → emotion → injected think → LLM → voice), plain (ASR → LLM, no emotion), "
                     "slm:DIR (the unified model hears the audio itself and, after stage 2, speaks with its own "
-                    "voice; --voice tts for a TTS instead) or http(s)://HOST:PORT (a remote emoslm server).")]
+                    "voice; --voice tts for a TTS instead; its text runs in llama.cpp, slm:DIR?text=torch for "
+                    "PyTorch) or http(s)://HOST:PORT (a remote emoslm server).")]
 
 
 @app.command()
