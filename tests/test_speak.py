@@ -216,8 +216,9 @@ def test_the_llama_cpp_text_stream_speaks_what_the_torch_stream_speaks(speaking)
         text.close()
     slow = generate(model, tokenizer, mel, think_budget=8, max_new_tokens=12, speak=True)
     assert (fast.think, fast.reply) == (slow.think, slow.reply) and fast.units
-    same = sum(a == b for a, b in zip(fast.units, slow.units))
-    assert len(fast.units) == len(slow.units) and same >= 0.95 * len(slow.units)  # float sums in another order
+    assert len(fast.units) == len(slow.units)
+    same = sum(a == b for a, b in zip(fast.units, slow.units, strict=True))
+    assert same >= 0.95 * len(slow.units)  # float sums in another order
 
 
 def test_stage_2_errors_are_clear(build, unit_decoder, tmp_path):
