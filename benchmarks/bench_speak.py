@@ -61,13 +61,34 @@ def loop_decode(model, ids: torch.Tensor, tokens: int, lean: bool, speak: bool =
             writer.step(loop.hidden)
 
 
-def generation(tokens: int, rounds: int) -> dict[str, float]:
+def speaking_model() -> tuple:
+    """The embedded default with a fresh 4-layer branch over 1,024 units (seeded), its tokenizer and the
+    benchmark prompt's ids."""
     torch.manual_seed(0)
     model, tokenizer = from_parts()
     model.add_speech_branch(SpeechSpec(units=1024, layers=4, group=4))
     model.eval()
     ids = tokenizer.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)["input_ids"]
+    return model, tokenizer, ids
+
+
+def interleaved(variants: dict, tokens: int, rounds: int) -> dict[str, float]:
+    """Tokens/s of each variant: one warm-up each, then ``rounds`` rounds in turn, the median kept."""
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for run in variants.values():
+            run()
+        for _ in range(rounds):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+    return {name: round(tokens / statistics.median(s), 2) for name, s in seconds.items()}
+
+
+def generation(tokens: int, rounds: int) -> dict[str, float]:
+    model, tokenizer, ids = speaking_model()
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     half = copy.deepcopy(model).to(torch.bfloat16).eval()
@@ -86,21 +107,12 @@ def generation(tokens: int, rounds: int) -> dict[str, float]:
                 "transformers.generate, bf16": lambda: hf_generate(half.llm),
                 "TokenLoop, lean, bf16": lambda: bf16(False),
                 "speaking: lean + speech branch, bf16": lambda: bf16(True)}
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.inference_mode():
-        for run in variants.values():  # warm-up
-            run()
-        for _ in range(rounds):
-            for name, run in variants.items():
-                start = time.perf_counter()
-                run()
-                seconds[name].append(time.perf_counter() - start)
-    return {name: round(tokens / statistics.median(s), 2) for name, s in seconds.items()}
+    return interleaved(variants, tokens, rounds)
 
 
 def llama_speeds(tokens: int, rounds: int) -> dict[str, float]:
-    """The llama.cpp rows, in a process of their own with one torch thread, as ``SLMAgent`` runs them: a torch
-    OpenMP team beside llama.cpp's throttles it (55 instead of ~90 tokens/s measured in one process)."""
+    """The llama.cpp rows, in a process of their own with one torch thread, as ``SLMAgent`` runs them (the
+    torch rows' two-thread OpenMP team would otherwise be alive beside llama.cpp's)."""
     import subprocess
 
     done = subprocess.run([sys.executable, __file__, "--llama-speed", "--tokens", str(tokens), "--rounds",
@@ -113,27 +125,15 @@ def llama_speed(tokens: int, rounds: int) -> dict[str, float]:
     from emoslm.slm.llama_text import llama_text
 
     configure_threads(torch_threads=1)
-    torch.manual_seed(0)
-    model, tokenizer = from_parts()
-    model.add_speech_branch(SpeechSpec(units=1024, layers=4, group=4))
-    model.eval()
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)["input_ids"]
+    model, _, ids = speaking_model()
     text = llama_text(model, "q8_0", speak=True)
     variants = {"llama.cpp Q8_0 text": lambda: llama_decode(text, ids, tokens),
                 "speaking: llama.cpp Q8_0 text + speech branch":
                     lambda: llama_decode(text, ids, tokens, UnitWriter(model.speech_branch, max_steps=10 ** 6))}
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.inference_mode():
-        for run in variants.values():  # warm-up
-            run()
-        for _ in range(rounds):
-            for name, run in variants.items():
-                start = time.perf_counter()
-                run()
-                seconds[name].append(time.perf_counter() - start)
-    text.close()
-    return {name: round(tokens / statistics.median(s), 2) for name, s in seconds.items()}
+    try:
+        return interleaved(variants, tokens, rounds)
+    finally:
+        text.close()
 
 
 def llama_decode(text, ids: torch.Tensor, tokens: int, writer=None) -> None:
