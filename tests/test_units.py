@@ -290,3 +290,21 @@ def test_text_sources_add_distinct_sentences_spoken_by_train_voices(tmp_path):
     assert clips == source_clips([{"type": "jsonl", "path": str(manifest), "name": "q"}], ["en"])  # seeded
     with pytest.raises(EmoslmError, match="units.sources"):
         source_clips([{"type": "nonsense"}], ["en"])
+
+
+def test_length_batches_cover_every_clip_once_with_little_padding():
+    from emoslm.train.data import LengthBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 1300, size=1000).tolist()
+    sampler = LengthBatches(lengths, batch_size=16, seed=3, window=10)
+    first = list(sampler)
+    assert len(first) == len(sampler)
+    assert sorted(i for b in first for i in b) == list(range(1000))  # every clip once per epoch
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in first)
+    shuffled = rng.permutation(1000).tolist()
+    random_padded = sum(16 * max(lengths[i] for i in shuffled[k:k + 16]) for k in range(0, 1000, 16))
+    assert padded < 0.6 * random_padded
+    assert list(sampler) == first  # the same epoch is the same order (resume, every rank)
+    sampler.set_epoch(1)
+    assert list(sampler) != first

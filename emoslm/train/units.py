@@ -27,7 +27,8 @@ import yaml
 from emoslm.errors import DataError, EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.speech.units.decoder import DecoderConfig, UnitDecoder, UnitToMel, style_vector
-from emoslm.speech.units.tokenizer import Bottleneck, SpeechTokenizer, TokenizerConfig
+from emoslm.speech.units.tokenizer import ENCODER_RATE, Bottleneck, SpeechTokenizer, TokenizerConfig
+from emoslm.train.data import LengthBatches
 from emoslm.train.loop import accelerator_for, append_log, epoch_batches, resume_position, save_checkpoint, write_json
 
 PARTS = ("tokenizer", "kmeans", "decoder", "decoder-kmeans")
@@ -182,9 +183,15 @@ class WhisperText:
 
 
 class FramesAndText(torch.utils.data.Dataset):
+    """Encoder frames and transcript ids of each clip; ``lengths`` (frames, from the audio's length) lets
+    ``fit`` batch clips of similar length."""
+
     def __init__(self, clips: list[SpeechClip], frames: Callable[[Path], np.ndarray], text: WhisperText) -> None:
+        import soundfile
+
         self.clips, self.frames = clips, frames
         self.ids = [text.ids(c.text, c.lang)[:200] for c in clips]
+        self.lengths = [math.ceil(soundfile.info(str(c.audio)).duration * ENCODER_RATE) for c in clips]
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -255,8 +262,12 @@ def fit(part: PartConfig, out: Path, model: torch.nn.Module, dataset: torch.util
     out.mkdir(parents=True, exist_ok=True)
     accelerator = accelerator_for(part, out)
     torch.manual_seed(part.seed)
-    loader = DataLoader(dataset, batch_size=part.batch_size, shuffle=True, collate_fn=collate, drop_last=False,
-                        generator=torch.Generator().manual_seed(part.seed))
+    if hasattr(dataset, "lengths"):  # clips of similar length together: far less padding
+        loader = DataLoader(dataset, batch_sampler=LengthBatches(dataset.lengths, part.batch_size, part.seed),
+                            collate_fn=collate)
+    else:
+        loader = DataLoader(dataset, batch_size=part.batch_size, shuffle=True, collate_fn=collate, drop_last=False,
+                            generator=torch.Generator().manual_seed(part.seed))
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=part.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / 50) *
                                                  0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, part.steps)))))
