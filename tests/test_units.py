@@ -270,6 +270,8 @@ def test_units_evaluation_writes_the_report(clips, trained, small_recogniser, mo
     assert vq["stream_length_diff"] == 0 and vq["stream_snr_db"] > 15
     report = (tmp_path / "report" / "report.md").read_text()
     assert "WER en resynthesis" in report and (tmp_path / "report" / "errors.png").exists()
+    # the vocoder's ceiling: the original's own mel through HiFi-GAN keeps espeak's words
+    assert 0.0 <= results["vocoded"]["en"] <= 0.5 and "through the vocoder" in report
     # one voice here, so its row is the language's figure, for the original and for the resynthesis
     assert list(results["original_by_voice"].values()) == [results["original"]["en"]]
     assert list(vq["error_by_voice"].values()) == [vq["error"]["en"]] and "Per held-out voice" in report

@@ -5,7 +5,8 @@ encode → decode every held-out clip with the voice enrolled from its other cli
 from the clip itself, then
 
 - **intelligibility**: Whisper base transcribes the resynthesis; WER (en) / CER (zh, simplified) against
-  the text, next to the same figure for the original clip (the ceiling);
+  the text, next to the same figure for the original clip and for the original's mel through the vocoder
+  (the two ceilings: the voice's own, and what the vocoder leaves of it);
 - **emotion survival**: the recogniser's acoustic tag on the resynthesis vs on the original clip;
 - **codebook**: codes used and perplexity of the held-out units;
 - **speed**: tokenizer and decoder real-time factors, and the streaming decoder's first-chunk latency
@@ -91,6 +92,7 @@ def evaluate(run: Path, clips: list[Any], out: Path, per_lang: int = 40, progres
         heard[clip.id] = recogniser.acoustic_model.acoustic(originals[clip.id]).tag
     results["original"] = {lang: ceiling.error(lang) for lang in ceiling.words}
     results["original_by_voice"] = ceiling.by_voice()
+    results["vocoded"] = vocoder_ceiling(UnitDecoder.from_pretrained(pairs[0].decoder).vocoder, test, originals, asr)
     rows: list[dict[str, Any]] = []
     whisper = _whisper_decoder(pairs)
     for pair in pairs:
@@ -124,6 +126,18 @@ def evaluate(run: Path, clips: list[Any], out: Path, per_lang: int = 40, progres
     training_curves(run, out)
     (out / "report.md").write_text(report(results))
     return results
+
+
+def vocoder_ceiling(vocoder: Any, test: list[Any], originals: dict[str, np.ndarray], asr: Any
+                    ) -> dict[str, float | None]:
+    """Error rate of each original clip's own mel through the vocoder: what a perfect unit-to-mel network
+    would reach, so a resynthesis figure splits into what the vocoder loses and what the units lose."""
+    from emoslm.speech.vocoder import log_mel
+
+    tally = Tally()
+    for clip in test:
+        _score(tally, clip, vocoder.mel_to_audio(log_mel(originals[clip.id])), asr)
+    return {lang: tally.error(lang) for lang in tally.words}
 
 
 def _whisper_decoder(pairs: list[Pair]) -> tuple[Any, Any] | None:
@@ -245,6 +259,9 @@ def report(results: dict[str, Any]) -> str:
             name = "WER en" if lang == "en" else "CER zh"
             errors = cells(lambda p, lang=lang: p["error"].get(lang))
             lines.append(f"| {name} resynthesis | {results['original'][lang]:.3f} | {errors} | {target} |")
+            if results.get("vocoded", {}).get(lang) is not None:
+                lines.append(f"| {name}, the original's mel through the vocoder | {results['vocoded'][lang]:.3f} | "
+                             f"{' | '.join('–' for _ in names)} | |")
             direct = cells(lambda p, lang=lang: p.get("units_error", {}).get(lang))
             lines.append(f"| {name}, Whisper's decoder reading the units | – | {direct} | |")
     lines += [f"| emotion agreement (resynth vs original) | 1 | {cells(lambda p: p['emotion_agreement'])} | ≥ 0.70 |",
