@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
-from emoslm.errors import EmoslmError  # noqa: E402
+from emoslm.errors import BackendError, EmoslmError  # noqa: E402
 from emoslm.llm.base import Sampling  # noqa: E402
 
 GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0)
@@ -89,7 +89,10 @@ def test_the_llama_cpp_loop_writes_what_the_torch_loop_writes_and_shows_the_same
     text = LlamaText(exact, hidden_layer=layer)
     try:
         tokens, states = _greedy(text.loop(GREEDY), llm, ids)
+        stale = text.loop(GREEDY)
         again, _ = _greedy(text.loop(GREEDY), llm, ids)  # a new loop starts from an empty context
+        with pytest.raises(BackendError, match="one at a time"):  # the older loop's tokens are gone
+            stale.feed(ids[:3])
     finally:
         text.close()
     assert tokens == torch_tokens == again

@@ -82,6 +82,7 @@ class LlamaText:
         self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama.llama_model_n_embd(self.model)
         self.captured: np.ndarray | None = None
+        self.generation = 0  # loops started on this context; only the newest may feed it
         self._want = f"l_out-{hidden_layer - 1}".encode() if hidden_layer else None  # HF's hidden_states[n]
         self._ggml = _ggml() if self._want else None
         self._callback = llama.ggml_backend_sched_eval_callback(self._observe)  # kept alive with the context
@@ -113,9 +114,10 @@ class LlamaText:
         return True
 
     def loop(self, sampling: Sampling) -> LlamaLoop:
-        """A fresh generation: the context's memory is cleared."""
+        """A fresh generation: the context's memory is cleared, so an older loop on it can no longer feed."""
         self.api.llama_memory_clear(self.api.llama_get_memory(self.ctx), True)
         self.captured = None
+        self.generation += 1
         return LlamaLoop(self, sampling)
 
     def decode_embeddings(self, rows: np.ndarray, start: int) -> None:
@@ -173,6 +175,7 @@ class LlamaLoop:
 
     def __init__(self, text: LlamaText, sampling: Sampling) -> None:
         self.text, self.sampler = text, Sampler(sampling)
+        self.generation = text.generation
         self.length = 0
         self.seen: list[int] = []
         self.logits: torch.Tensor | None = None
@@ -180,6 +183,9 @@ class LlamaLoop:
 
     def feed(self, ids: list[int] | None = None, embeds: torch.Tensor | None = None) -> None:
         """Append token ids, or (batch 1) input embeddings, and compute the next logits (and layer state)."""
+        if self.generation != self.text.generation:  # one context: a second loop cleared this one's tokens
+            raise BackendError("another generation started on this llama.cpp context; it runs one at a time "
+                               "(give each concurrent user an agent of its own)")
         if embeds is None:
             if not ids:
                 return
