@@ -154,22 +154,19 @@ class LengthBatches(torch.utils.data.Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order, span = torch.randperm(len(self.lengths), generator=generator).tolist(), self.batch_size * self.window
         batches = []
         for start in range(0, len(order), span):
             window = sorted(order[start:start + span], key=lambda i: self.lengths[i])
             batches += [window[k:k + self.batch_size] for k in range(0, len(window), self.batch_size)]
-        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        yield from (batches[i] for i in torch.randperm(len(batches), generator=generator).tolist())
 
     def __len__(self) -> int:
         span = self.batch_size * self.window
         full, rest = divmod(len(self.lengths), span)
         return full * self.window + math.ceil(rest / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
 
 
 class Collator:

@@ -343,7 +343,8 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
     decoder = load_whisper_decoder(config.encoder).requires_grad_(False)
     text = WhisperText(config.encoder)
     dataset = FramesAndText(train_clips, frames, text)
-    held_batch = collate_frames([FramesAndText(held, frames, text)[i] for i in range(len(held))]) if held else None
+    held_set = FramesAndText(held, frames, text)
+    held_batch = collate_frames([held_set[i] for i in range(len(held))]) if held else None
     torch.manual_seed(part.seed)
     bottleneck = Bottleneck(config)
     last: dict[str, Any] = {}
