@@ -76,7 +76,7 @@ def run(variant: str, steps: int, threads: int) -> None:
             memory, memory_mask = rebuild(quantised, mask)
             return norm(memory), memory_mask
 
-        model.final, model._memory = norm, normed
+        model.final, model._memory = norm, normed  # as a submodule, the norm is trained with the rest
     if "cont" in variant:
         model.quantizer.forward = lambda x, mask: (nn.functional.normalize(x, dim=-1),
                                                    torch.zeros(x.shape[:2], dtype=torch.long), x.sum() * 0)
@@ -110,13 +110,14 @@ def run(variant: str, steps: int, threads: int) -> None:
     def loss_of(batch: dict[str, torch.Tensor], training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         result = model(batch["frames"], batch["mask"])
         commit = config.commitment * result["commit"]
-        distance = frame_distance(result["memory"], batch["frames"], result["memory_mask"])
+        if training and ("rec" in variant or step < pre):
+            distance = frame_distance(result["memory"], batch["frames"], result["memory_mask"])
         if training and step < pre:
             return distance, distance + commit
         logits = decode_logits(train_decoder if training else decoder, batch["ids"], result["memory"],
                                result["memory_mask"])
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
-        total = ce + commit + (distance if "rec" in variant and training else 0)
+        total = ce + commit + (distance if training and "rec" in variant else 0)
         if "kl" in variant and training:
             with torch.no_grad():
                 teacher = decode_logits(decoder, batch["ids"], batch["frames"], batch["mask"])
