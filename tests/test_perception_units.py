@@ -55,6 +55,20 @@ def test_whisper_embedding(spoken_sentence):
     assert embedder.embed(long).shape == (768,)
 
 
+def test_whisper_embedding_clip_parallel_matches_serial(spoken_sentence):
+    """The corpus is featurised two clips at a time (``parallel``); the rows must be the serial ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clips = [spoken_sentence[: len(spoken_sentence) * k // 4] for k in (2, 3, 4)] * 2
+    serial = [WhisperEmbedder().embed(c) for c in clips]
+    parallel = WhisperEmbedder(parallel=2)
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(parallel.embed, clips))
+    assert not np.allclose(serial[0], serial[2])  # the clips differ, so a mix-up would show
+    for a, b in zip(serial, together, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
 def _toy_data(seed=0):
     rng = np.random.default_rng(seed)
     labels = [TAGS[i % 5] for i in range(200)]
