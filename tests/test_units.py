@@ -257,6 +257,28 @@ def test_recipe_rejects_unknown_settings(tmp_path):
         load_recipe(path)
 
 
+@pytest.mark.parametrize("name", ["units-tiny.yaml", "units-gpu.yaml"])
+def test_committed_units_recipes_load_and_build(name):
+    """The GPU recipe cannot be trained here; this at least catches a setting it misspells or a decoder shape
+    it cannot build (its 4,096-code, 512-channel decoder runs one forward pass on random units)."""
+    from dataclasses import replace
+
+    from emoslm.speech.units.decoder import UnitToMel
+    from emoslm.train.units import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / name)
+    assert recipe.part("tokenizer").steps > 0 and recipe.part("decoder").steps > 0
+    config = replace(recipe.decoder, codes=recipe.tokenizer.codes, unit_rate=recipe.tokenizer.rate)
+    model = UnitToMel(config)
+    units = 25
+    codes = torch.randint(0, config.codes, (2, units))
+    mel = model(codes, torch.zeros(2, config.n_mels), torch.zeros(2, 4))
+    assert mel.shape == (2, config.n_mels, units * config.upsample)
+    if name == "units-gpu.yaml":  # CosyVoice v1's shape: 4,096 codes at 50 Hz, bf16 on the accelerator
+        assert (recipe.tokenizer.codes, recipe.tokenizer.rate) == (4096, 50.0)
+        assert recipe.part("tokenizer").mixed_precision == "bf16"
+
+
 @pytest.mark.slow
 def test_units_evaluation_writes_the_report(clips, trained, small_recogniser, monkeypatch, tmp_path):
     from emoslm.eval.units import evaluate
