@@ -106,7 +106,7 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
     bar, progress = rich_progress(console)
     with bar:
         if not (recogniser_dir() / "meta.json").exists():
-            console.print("training the emotion recogniser once (~4 min on 2 AVX-512 cores, longer on AVX2; cached)")
+            console.print("training the emotion recogniser once (4-13 min on 2 cores, by CPU; cached)")
         ensure_recogniser(progress)
     results: list[TurnResult] = []
     answered: list[Dialogue] = []
