@@ -263,7 +263,7 @@ def test_committed_units_recipes_load_and_build(name):
     it cannot build (its 4,096-code, 512-channel decoder runs one forward pass on random units)."""
     from dataclasses import replace
 
-    from emoslm.speech.units.decoder import UnitToMel
+    from emoslm.speech.units.decoder import STYLE_DIM, UnitToMel
     from emoslm.train.units import load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / name)
@@ -272,7 +272,7 @@ def test_committed_units_recipes_load_and_build(name):
     model = UnitToMel(config)
     units = 25
     codes = torch.randint(0, config.codes, (2, units))
-    mel = model(codes, torch.zeros(2, config.n_mels), torch.zeros(2, 4))
+    mel = model(codes, torch.zeros(2, config.n_mels), torch.zeros(2, STYLE_DIM))
     assert mel.shape == (2, config.n_mels, units * config.upsample)
     if name == "units-gpu.yaml":  # CosyVoice v1's shape: 4,096 codes at 50 Hz, bf16 on the accelerator
         assert (recipe.tokenizer.codes, recipe.tokenizer.rate) == (4096, 50.0)
