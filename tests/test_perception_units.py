@@ -41,7 +41,11 @@ def test_prosodic_features_follow_the_voice(piper):
         assert vector.shape == (len(PROSODIC_NAMES),) and np.all(np.isfinite(vector))
         return dict(zip(PROSODIC_NAMES, vector, strict=True))
 
-    plain, low, soft = features(Prosody()), features(Prosody(pitch=-4)), features(Prosody(energy=0.4))
+    # Piper's sampling noise off (variability 0): with it on, the measured drop of a -4 semitone shift
+    # ranged 1.3-3.3 semitones over runs and the test failed now and then; without it, the same 2.6 every run
+    still = {"variability": 0.0}
+    plain, low, soft = (features(Prosody(**still)), features(Prosody(pitch=-4, **still)),
+                        features(Prosody(energy=0.4, **still)))
     assert low["f0_p50"] < plain["f0_p50"] - 2  # semitones
     assert soft["loud_mean"] < plain["loud_mean"] - 5  # dB
     assert 60 < 27.5 * 2 ** (plain["f0_p50"] / 12) < 160  # Joe is a low male voice, no octave errors
