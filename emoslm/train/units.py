@@ -448,6 +448,17 @@ def speaker_table(decoder: UnitDecoder, clips: list[SpeechClip], per_voice: int 
     return table
 
 
+def decoder_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The unit-to-mel network's loss: L1 on the real mel frames, plus the style head's error (weight 0.1)."""
+    predicted = net(batch["codes"], batch["speaker"], batch["style"])
+    mask = batch["mel_mask"][:, None, :]
+    l1 = ((predicted - batch["mel"]).abs() * mask).sum() / (mask.sum() * predicted.shape[1]).clamp(min=1)
+    inner = net.module if hasattr(net, "module") else net
+    style = inner.predict_style(batch["mel"], batch["speaker"])
+    style_loss = torch.nn.functional.mse_loss(style, batch["style"])
+    return l1 + 0.1 * style_loss, {"mel_l1": float(l1.detach()), "style_mse": float(style_loss.detach())}
+
+
 def train_decoder(recipe: UnitsRecipe, clips: list[SpeechClip], tokenizer_dir: Path, out: Path,
                   progress: Start = silent, stop_after: int | None = None, part_name: str = "decoder"
                   ) -> UnitDecoder | None:
@@ -474,16 +485,7 @@ def train_decoder(recipe: UnitsRecipe, clips: list[SpeechClip], tokenizer_dir: P
     torch.manual_seed(part.seed)
     model = UnitToMel(config)
 
-    def loss_of(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        predicted = net(batch["codes"], batch["speaker"], batch["style"])
-        mask = batch["mel_mask"][:, None, :]
-        l1 = ((predicted - batch["mel"]).abs() * mask).sum() / (mask.sum() * predicted.shape[1]).clamp(min=1)
-        inner = net.module if hasattr(net, "module") else net
-        style = inner.predict_style(batch["mel"], batch["speaker"])
-        style_loss = torch.nn.functional.mse_loss(style, batch["style"])
-        return l1 + 0.1 * style_loss, {"mel_l1": float(l1.detach()), "style_mse": float(style_loss.detach())}
-
-    trained = fit(part, out, model, dataset, collate_units, loss_of, progress, stop_after)
+    trained = fit(part, out, model, dataset, collate_units, decoder_loss, progress, stop_after)
     if trained is None:
         return None
     result = UnitDecoder(config, trained.cpu(), decoder.speakers)

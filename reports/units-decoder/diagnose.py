@@ -182,16 +182,8 @@ def train(variant: str, steps: int) -> None:
     part = replace(r.part("decoder"), steps=steps, stage=f"decoder-{variant}")
     dataset = units.UnitsAndMel(train_clips, x, mels, speakers, config.upsample, part.crop_units, part.seed)
 
-    def loss_of(net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        predicted = net(batch["codes"], batch["speaker"], batch["style"])
-        mask = batch["mel_mask"][:, None, :]
-        l1 = ((predicted - batch["mel"]).abs() * mask).sum() / (mask.sum() * predicted.shape[1]).clamp(min=1)
-        inner = net.module if hasattr(net, "module") else net
-        style = nn.functional.mse_loss(inner.predict_style(batch["mel"], batch["speaker"]), batch["style"])
-        return l1 + 0.1 * style, {"mel_l1": float(l1.detach()), "style_mse": float(style.detach())}
-
     began = time.perf_counter()
-    trained = units.fit(part, RUN / variant, model, dataset, collate, loss_of, logged)
+    trained = units.fit(part, RUN / variant, model, dataset, collate, units.decoder_loss, logged)
     torch.save({"config": asdict(config), "state": trained.state_dict()}, RUN / variant / "model.pt")
     print(json.dumps({"variant": variant, "steps": steps, "minutes": round((time.perf_counter() - began) / 60, 1)}))
 
