@@ -171,6 +171,34 @@ def test_kmeans_baseline_encodes(clips, tmp_path):
     assert np.array_equal(codes, tokenizer.encode(audio).codes) and len(set(codes.tolist())) > 1
 
 
+def test_middle_layer_kmeans_standardises_its_frames_and_reloads(clips, tmp_path):
+    from dataclasses import replace
+
+    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.speech.whisper_ct2 import load_whisper_encoder
+
+    base = recipe(codes=16)
+    tokenizer = train_kmeans(replace(base, tokenizer=replace(base.tokenizer, layers=4, standardise=True)), clips,
+                             tmp_path / "km4")
+    again = SpeechTokenizer.from_pretrained(tmp_path / "km4" / "final")
+    assert (again.config.layers, again.config.standardise) == (4, True) and len(again.encoder.layers) == 4
+    assert again.bottleneck.mean.abs().max() > 0.1 and not torch.allclose(again.bottleneck.std, torch.ones(512))
+    audio = load_audio(clips[1].audio)
+    codes = again.encode(audio).codes
+    assert np.array_equal(codes, tokenizer.encode(audio).codes) and len(set(codes.tolist())) > 1
+
+    full = load_whisper_encoder("whisper-base")  # the 4th layer's output of the whole encoder, by hand
+    with torch.inference_mode():
+        x = MelFrontEnd.for_mels(80).tensor(audio)[None]
+        x = torch.nn.functional.gelu(full.conv2(torch.nn.functional.gelu(full.conv1(x)))).permute(0, 2, 1)
+        x = x + full.embed_positions.weight[: x.shape[1]]
+        for layer in full.layers[:4]:
+            x = layer(x, attention_mask=None)
+    assert torch.allclose(again.frames(audio), x[0], atol=1e-4)
+    with pytest.raises(EmoslmError, match="has 6 encoder layers, not 7"):
+        load_whisper_encoder("whisper-base", 7)
+
+
 def test_cosyvoice_loader_says_what_is_missing(tmp_path):
     from emoslm.speech.units.cosyvoice import CosyVoiceDecoder, CosyVoiceTokenizer
 

@@ -114,8 +114,11 @@ def _self_attention_and_ffn(t: Callable[[str], Any], src: str, dst: str) -> dict
     }
 
 
-def load_whisper_encoder(model: str = "whisper-tiny.en") -> Any:
-    """A ``transformers`` WhisperEncoder with the weights of a CTranslate2 Whisper (registry name or folder)."""
+def load_whisper_encoder(model: str = "whisper-tiny.en", layers: int = 0) -> Any:
+    """A ``transformers`` WhisperEncoder with the weights of a CTranslate2 Whisper (registry name or folder).
+
+    ``layers`` > 0 keeps only the first ``layers`` layers and drops the final LayerNorm (it belongs to the
+    last layer): a middle layer's frames, where k-means finds phones (``reports/units-decoder``)."""
     try:
         from transformers import WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -133,6 +136,13 @@ def load_whisper_encoder(model: str = "whisper-tiny.en") -> Any:
     if unexpected or any(not m.endswith("k_proj.bias") for m in missing):
         raise EmoslmError(f"{model}: the converted Whisper encoder does not fit (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")
+    if 0 < layers < len(encoder.layers):
+        import torch
+
+        encoder.layers, encoder.layer_norm = encoder.layers[:layers], torch.nn.Identity()
+    elif layers > len(encoder.layers):
+        raise EmoslmError(f"{model} has {len(encoder.layers)} encoder layers, not {layers}; "
+                          f"set the tokenizer's layers to at most {len(encoder.layers)} (0: all)")
     return encoder.eval()
 
 

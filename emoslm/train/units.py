@@ -319,13 +319,14 @@ def fit(part: PartConfig, out: Path, model: torch.nn.Module, dataset: torch.util
 # ---------------------------------------------------------------- the parts
 
 
-def frame_cache(encoder_name: str, clips: list[SpeechClip], progress: Start = silent) -> Any:
-    """Whisper encoder frames of every clip, computed once (shared with the unified model's cache)."""
+def frame_cache(encoder_name: str, clips: list[SpeechClip], progress: Start = silent, layers: int = 0) -> Any:
+    """Whisper encoder frames (of its first ``layers`` layers, 0: all) of every clip, computed once (shared
+    with the unified model's cache, which the weights' hash keeps apart from a middle layer's)."""
     from emoslm.speech.mel_front_end import MelFrontEnd
     from emoslm.speech.whisper_ct2 import load_whisper_encoder
     from emoslm.train.frames import FrameCache
 
-    encoder = load_whisper_encoder(encoder_name)
+    encoder = load_whisper_encoder(encoder_name, layers)
     cache = FrameCache(encoder, MelFrontEnd.for_mels(int(encoder.config.num_mel_bins)))
     cache.fill([c.audio for c in clips], progress("encoder frames", len(clips)))
     return cache
@@ -339,7 +340,7 @@ def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, pro
     config, part = recipe.tokenizer, recipe.part("tokenizer")
     train_clips = _pick(clips, "train", recipe.max_clips)
     held = [c for c in clips if c.split == "test"][:48]  # unheard voices speaking unseen texts
-    frames = frame_cache(config.encoder, train_clips + held, progress)
+    frames = frame_cache(config.encoder, train_clips + held, progress, config.layers)
     decoder = load_whisper_decoder(config.encoder).requires_grad_(False)
     text = WhisperText(config.encoder)
     dataset = FramesAndText(train_clips, frames, text)
@@ -411,21 +412,24 @@ def codebook_stats(codes: torch.Tensor, size: int) -> dict[str, float]:
 
 def train_kmeans(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, progress: Start = silent,
                  max_frames: int = 100_000) -> SpeechTokenizer:
-    """The baseline: MiniBatchKMeans centroids of L2-normalised (pooled) encoder frames of the train clips."""
+    """The baseline: MiniBatchKMeans centroids of L2-normalised (pooled, and where the recipe says
+    standardised) encoder frames of the train clips."""
     from sklearn.cluster import MiniBatchKMeans
 
     config = TokenizerConfig(**{**asdict(recipe.tokenizer), "kind": "kmeans"})
     train_clips = _pick(clips, "train", recipe.max_clips)
-    frames = frame_cache(config.encoder, train_clips, progress)
+    frames = frame_cache(config.encoder, train_clips, progress, config.layers)
     bottleneck = Bottleneck(config)
     pooled = []
     for clip in train_clips:
         x = torch.from_numpy(frames(clip.audio))[None]
-        pooled.append(torch.nn.functional.normalize(bottleneck.pool(x, torch.ones(x.shape[:2], dtype=torch.bool))[0][0],
-                                                    dim=-1).numpy())
-    data = np.concatenate(pooled)
+        pooled.append(bottleneck.pool(x, torch.ones(x.shape[:2], dtype=torch.bool))[0][0])
     rng = np.random.default_rng(recipe.part("kmeans").seed)
-    data = data[rng.permutation(len(data))[:max_frames]]
+    sample = torch.cat(pooled)[torch.from_numpy(rng.permutation(sum(len(p) for p in pooled))[:max_frames])]
+    if config.standardise:
+        bottleneck.mean.copy_(sample.mean(0))
+        bottleneck.std.copy_(sample.std(0) + 1e-5)
+    data = bottleneck.kmeans_rows(sample).numpy()
     kmeans = MiniBatchKMeans(n_clusters=min(config.codes, len(data)), batch_size=4096, n_init=1, max_iter=30,
                              random_state=recipe.part("kmeans").seed).fit(data)
     centroids = torch.zeros(config.codes, config.width)
@@ -469,7 +473,7 @@ def train_decoder(recipe: UnitsRecipe, clips: list[SpeechClip], tokenizer_dir: P
     tokenizer = SpeechTokenizer.from_pretrained(tokenizer_dir)
     part = recipe.part(part_name)
     train_clips = _pick(clips, "train", recipe.max_clips)
-    frames = frame_cache(tokenizer.config.encoder, train_clips, progress)
+    frames = frame_cache(tokenizer.config.encoder, train_clips, progress, tokenizer.config.layers)
     codes = [tokenizer.encode_frames(frames(c.audio)) for c in train_clips]
     mels = [log_mel(load_audio(c.audio)) for c in train_clips]
     every = np.concatenate([m[:, ::4] for m in mels], axis=1)
