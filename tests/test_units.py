@@ -18,7 +18,15 @@ from emoslm.audio import load_audio, save_audio  # noqa: E402
 from emoslm.errors import EmoslmError  # noqa: E402
 from emoslm.speech.units.decoder import UnitDecoder, style_vector  # noqa: E402
 from emoslm.speech.units.tokenizer import SpeechTokenizer, TokenizerConfig, Units  # noqa: E402
-from emoslm.train.units import PartConfig, SpeechClip, UnitsRecipe, train_decoder, train_kmeans, train_tokenizer  # noqa: E402
+from emoslm.train.units import (  # noqa: E402
+    PartConfig,
+    SpeechClip,
+    UnitsRecipe,
+    train_decoder,
+    train_kmeans,
+    train_parts,
+    train_tokenizer,
+)
 
 LINES = {"en": ["I can't believe you did that again.", "The weather is lovely today.",
                 "Please leave me alone for a while.", "We finally won the match last night!",
@@ -280,12 +288,15 @@ def test_recipe_rejects_unknown_settings(tmp_path):
     path.write_text("units:\n  train: {tokenizer: {steps: 3}, seed: 4}\n")
     assert load_recipe(path).part("tokenizer").seed == 4 and load_recipe(path).part("tokenizer").steps == 3
     assert load_recipe(path).part("decoder").stage == "decoder" and load_recipe(path).part("decoder").seed == 4
+    path.write_text("units:\n  tokenizer: {kind: kmeans}\n")
+    with pytest.raises(EmoslmError, match="--part kmeans,decoder-kmeans"):
+        train_parts(path, tmp_path / "run", ["tokenizer", "kmeans"])
     path.write_text("units:\n  max_clip: 3\n")
     with pytest.raises(EmoslmError, match="max_clip"):
         load_recipe(path)
 
 
-@pytest.mark.parametrize("name", ["units-tiny.yaml", "units-gpu.yaml"])
+@pytest.mark.parametrize("name", ["units-tiny.yaml", "units-gpu.yaml", "units-kmeans.yaml"])
 def test_committed_units_recipes_load_and_build(name):
     """The GPU recipe cannot be trained here; this at least catches a setting it misspells or a decoder shape
     it cannot build (its 4,096-code, 512-channel decoder runs one forward pass on random units)."""

@@ -506,6 +506,9 @@ def train_parts(recipe_path: Path, out: Path, parts: list[str], progress: Start 
     if unknown:
         raise EmoslmError(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
     recipe = load_recipe(recipe_path)
+    if recipe.tokenizer.kind != "vq" and any(p in parts for p in ("tokenizer", "decoder")):
+        raise EmoslmError(f"{recipe_path}: its tokenizer is {recipe.tokenizer.kind}, which has no VQ tokenizer to "
+                          f"train; pass --part kmeans,decoder-kmeans")
     out.mkdir(parents=True, exist_ok=True)
     if Path(recipe_path).resolve() != (out / "recipe.yaml").resolve():
         shutil.copyfile(recipe_path, out / "recipe.yaml")  # the evaluation reads the languages from it
