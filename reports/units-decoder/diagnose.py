@@ -11,6 +11,10 @@ clips:
   embedding): the ceiling of this decoder fed everything the encoder keeps, with no quantiser at all;
 - ``kmeans-centred``: 1,024 k-means units of frames less their clip's mean (a voice's constant offset);
 - ``kmeans-4096``: 4,096 k-means units (CosyVoice's codebook size);
+- ``kmeans-layerL``: 1,024 k-means units of the output of the encoder's first L layers (of 6; L = 6 is the
+  usual frames), each dimension standardised on the training frames (HuBERT's best units come from a middle
+  layer, and in Whisper's frames a few dimensions dwarf the rest; ``kmeans-layer6`` is the usual frames,
+  standardised);
 - ``original`` and ``vocoded`` (no training): the clips as they are, and their own mel through HiFi-GAN.
 
 The decoder is the library's ``UnitToMel``, trained by the library's loop (``emoslm.train.units.fit``) with
@@ -18,7 +22,7 @@ the same L1 mel + style loss; only the input layer differs. Decoding uses each c
 the voice's speaker vector enrolled from its other clips (the held-out voices were never heard in training).
 
     python reports/units-decoder/diagnose.py prepare            # render the English corpus, frames, k-means
-    python reports/units-decoder/diagnose.py fit kmeans-centred|kmeans-4096
+    python reports/units-decoder/diagnose.py fit kmeans-centred|kmeans-4096|kmeans-layer4
     python reports/units-decoder/diagnose.py train VARIANT STEPS
     python reports/units-decoder/diagnose.py eval VARIANT [CLIPS [SPEAKER [SPLITS]]] >> reports/units-decoder/runs.jsonl
 
@@ -103,6 +107,11 @@ def inputs(variant: str, clips: list, frames) -> list[np.ndarray]:  # noqa: ANN0
 
     if variant == "frames":
         return [np.asarray(frames(c.audio), np.float32) for c in clips]
+    if variant.startswith("kmeans-layer"):
+        layer, folder = int(variant.removeprefix("kmeans-layer")), RUN / variant
+        centroids, (mean, std) = np.load(folder / "centroids.npy"), np.load(folder / "standard.npy")
+        cache = layer_frames(layer, clips)
+        return [(_unit_rows((cache(c.audio) - mean) / std) @ centroids.T).argmax(1) for c in clips]
     if variant in ("kmeans-centred", "kmeans-4096"):
         centroids, centre = np.load(RUN / variant / "centroids.npy"), variant == "kmeans-centred"
         return [(_unit_rows(_centred(frames(c.audio)) if centre else frames(c.audio)) @ centroids.T).argmax(1)
@@ -119,6 +128,39 @@ def _centred(x: np.ndarray) -> np.ndarray:
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+
+
+def layer_frames(layer: int, clips: list):  # noqa: ANN201 - a FrameCache of the first ``layer`` layers
+    """Frames after the encoder's first ``layer`` layers (the final LayerNorm only after the last layer),
+    computed once under the run folder."""
+    import copy
+
+    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.speech.whisper_ct2 import load_whisper_encoder
+    from emoslm.train.frames import FrameCache
+
+    encoder = copy.deepcopy(load_whisper_encoder(recipe().tokenizer.encoder))
+    if layer < len(encoder.layers):
+        encoder.layers, encoder.layer_norm = encoder.layers[:layer], nn.Identity()
+    cache = FrameCache(encoder, MelFrontEnd.for_mels(int(encoder.config.num_mel_bins)), RUN / f"frames-layer{layer}")
+    cache.fill([c.audio for c in clips], logged(f"layer {layer} frames", len(clips)))
+    return cache
+
+
+def fit_layer(variant: str, max_frames: int = 100_000) -> None:
+    """``kmeans-layerL``: 1,024 codes of the first L layers' frames, standardised per dimension, L2-normalised."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    _, clips, _ = data()
+    cache = layer_frames(int(variant.removeprefix("kmeans-layer")), clips)
+    rows = np.concatenate([cache(c.audio) for c in clips if c.split == "train"])
+    rows = rows[np.random.default_rng(0).permutation(len(rows))[:max_frames]]
+    mean, std = rows.mean(0), rows.std(0) + 1e-5
+    rows = _unit_rows((rows - mean) / std)
+    kmeans = MiniBatchKMeans(n_clusters=1024, batch_size=4096, n_init=1, max_iter=30, random_state=0).fit(rows)
+    (RUN / variant).mkdir(parents=True, exist_ok=True)
+    np.save(RUN / variant / "standard.npy", np.stack([mean, std]).astype(np.float32))
+    np.save(RUN / variant / "centroids.npy", _unit_rows(kmeans.cluster_centers_).astype(np.float32))
 
 
 def fit_kmeans(variant: str, max_frames: int = 100_000) -> None:
@@ -263,7 +305,7 @@ if __name__ == "__main__":
     elif command == "train":
         train(rest[0], int(rest[1]))
     elif command == "fit":
-        fit_kmeans(rest[0])
+        (fit_layer if rest[0].startswith("kmeans-layer") else fit_kmeans)(rest[0])
     elif command == "eval":
         evaluate(rest[0], int(rest[1]) if len(rest) > 1 else 40, rest[2] if len(rest) > 2 else "own",
                  tuple(rest[3].split(",")) if len(rest) > 3 else ("test", "train"))

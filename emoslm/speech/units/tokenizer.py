@@ -9,10 +9,11 @@ Whisper *decoder*, whose transcript loss trains the bottleneck (``emoslm.train.u
 decoder needs to write the words survives the bottleneck; some tempo and pitch survive too.
 
 ``kind: kmeans`` is the baseline the literature warns about: k-means centroids of the L2-normalised
-frames, no training signal from the text. Which frames matters more than the quantiser: k-means of Whisper
-base's 4th layer (of 6), each dimension standardised (``layers: 4``, ``standardise: true``), keeps the words
-that k-means of the last layer loses (resynthesis WER 0.39 against 0.76 on unheard voices and texts,
-``reports/units-decoder``). Both kinds share this class, the folder format
+frames, no training signal from the text. How the frames are compared matters more than the quantiser: in
+Whisper base's last layer five of 512 dimensions hold 31 % of the squared norm and the constant mean 27 %
+(in its 4th layer five hold 76 %), so a cosine k-means mostly sorts frames by those. Standardising each
+dimension first (``standardise: true``) cut the resynthesis WER on unheard voices and texts from 0.76 to
+0.43, and the 4th layer's frames (``layers: 4``) to 0.39 (``reports/units-decoder``). Both kinds share this class, the folder format
 (``config.json`` + ``model.safetensors``; the encoder is named, not copied) and ``encode``.
 """
 
@@ -131,7 +132,7 @@ class Bottleneck(nn.Module):
         d = config.width
         if config.kind == "kmeans":
             self.register_buffer("centroids", torch.zeros(config.codes, d))
-            if config.standardise:  # a middle layer's residual stream has a few dimensions that dwarf the rest
+            if config.standardise:  # a few dimensions (and the mean) otherwise decide the cosine
                 self.register_buffer("mean", torch.zeros(d))
                 self.register_buffer("std", torch.ones(d))
             return
