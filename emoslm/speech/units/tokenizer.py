@@ -13,8 +13,9 @@ frames, no training signal from the text. How the frames are compared matters mo
 Whisper base's last layer five of 512 dimensions hold 31 % of the squared norm and the constant mean 27 %
 (in its 4th layer five hold 76 %), so a cosine k-means mostly sorts frames by those. Standardising each
 dimension first (``standardise: true``) cut the resynthesis WER on unheard voices and texts from 0.76 to
-0.43, and the 4th layer's frames (``layers: 4``) to 0.39 (``reports/units-decoder``). Both kinds share this class, the folder format
-(``config.json`` + ``model.safetensors``; the encoder is named, not copied) and ``encode``.
+0.43, and the 4th layer's frames (``layers: 4``) to 0.39 (``reports/units-decoder``). Both kinds share
+this class, the folder format (``config.json`` + ``model.safetensors``; the encoder is named, not copied)
+and ``encode``.
 """
 
 from __future__ import annotations
