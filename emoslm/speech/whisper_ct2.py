@@ -140,7 +140,7 @@ def load_whisper_encoder(model: str = "whisper-tiny.en", layers: int = 0) -> Any
         import torch
 
         encoder.layers, encoder.layer_norm = encoder.layers[:layers], torch.nn.Identity()
-    elif layers > len(encoder.layers):
+    elif layers < 0 or layers > len(encoder.layers):
         raise EmoslmError(f"{model} has {len(encoder.layers)} encoder layers, not {layers}; "
                           f"set the tokenizer's layers to at most {len(encoder.layers)} (0: all)")
     return encoder.eval()
