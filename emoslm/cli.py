@@ -102,6 +102,26 @@ def models_verify(names: Annotated[Optional[list[str]], typer.Argument(help="Mod
         raise typer.Exit(1)
 
 
+@app.command()
+def doctor(models: Annotated[bool, typer.Option(help="Also load every model and run its one-second job.")] = True
+           ) -> None:
+    """What a support question needs: the CPU and its instruction sets, what llama.cpp was built for and how,
+    each native runtime's version and threads, where models live, then `models verify`. Paste it in a report."""
+    from emoslm.doctor import facts
+
+    table = Table(title="emoslm doctor")
+    for col in ("", "", ""):
+        table.add_column(col)
+    rows = facts()
+    for fact in rows:
+        table.add_row(fact.section, fact.name, f"[red]{fact.value}[/]" if fact.warn else fact.value)
+    console.print(table)
+    if models:
+        models_verify(None)
+    if any(f.warn for f in rows):
+        raise typer.Exit(1)
+
+
 @data_app.command("voice-examples")
 def voice_examples(
     out: Annotated[Path, typer.Option(help="Folder for the audio (gitignored).")] = Path("runs/voices"),
@@ -357,9 +377,12 @@ def perception_train(
                         ] = "prosody,whisper",
     classifier: Annotated[str, typer.Option(help="Acoustic classifier: boosted or linear.")] = "boosted",
     voices: Annotated[Optional[str], typer.Option(help="Comma-separated voice names (default: all).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the recogniser (default: the one emoslm uses, "
+                                                     "in $EMOSLM_HOME/perception).")] = None,
 ) -> None:
     """Build the synthetic acted corpus (cached), extract features and train the acoustic, text and fusion
-    models into $EMOSLM_HOME/perception. Seeded; reruns reuse the corpus and features."""
+    models into $EMOSLM_HOME/perception. Seeded; reruns reuse the corpus and features. The shipped recogniser
+    is this command with the defaults and `--out emoslm/perception/shipped/recogniser-v5`."""
     from emoslm.perception.training import TrainConfig, train
 
     config = TrainConfig(seed=seed, renditions=renditions, acoustic_model=classifier,
@@ -368,7 +391,7 @@ def perception_train(
         config.voices = tuple(v.strip() for v in voices.split(",") if v.strip())
     bar, progress = rich_progress(err)
     with bar:
-        meta = train(config, progress)
+        meta = train(config, progress, out)
     oof = meta["out_of_fold_accuracy"]
     console.print(f"trained on {meta['n_train_clips']} clips from {len(meta['train_voices'])} voices in "
                   f"{meta['seconds']:.0f} s; out-of-fold accuracy acoustic {oof['acoustic']:.3f}, "
@@ -381,17 +404,20 @@ def perception_evaluate(
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and confusion.png.")
                    ] = Path("runs/perception"),
     asr: Annotated[bool, typer.Option("--asr", help="Also score the text part on Whisper transcripts.")] = False,
+    recogniser: Annotated[Optional[Path], typer.Option(help="Recogniser folder (default: the one emoslm uses).")
+                          ] = None,
 ) -> None:
     """Accuracy and macro-F1 of acoustic-only, text-only and fused on held-out voices, per voice and language,
     the conflict set, and a confusion-matrix PNG."""
     from emoslm.perception.evaluation import evaluate
     from emoslm.perception.recognizer import recogniser_dir
 
-    if not (recogniser_dir() / "meta.json").exists():
-        raise EmoslmError(f"no trained recogniser in {recogniser_dir()}; run `emoslm perception train` first")
+    directory = recogniser or recogniser_dir()
+    if not (directory / "meta.json").exists():
+        raise EmoslmError(f"no trained recogniser in {directory}; run `emoslm perception train` first")
     bar, progress = rich_progress(err)
     with bar:
-        evaluate(out, progress, transcribe=asr)
+        evaluate(out, progress, directory=directory, transcribe=asr)
     console.print((out / "report.md").read_text(), highlight=False, markup=False)
 
 

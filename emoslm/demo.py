@@ -10,9 +10,11 @@ finally builds a small IEAT training set from ``recipes/tiny.yaml`` and prints i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,34 @@ def play_dialogue(dialogue: Dialogue, root: Path, agent: Agent, replies: Path) -
     return results
 
 
+class Phases:
+    """Each phase of the demo says when it ends and how long it took; the total comes last.
+
+    A first run does more than later ones (the recogniser, Qwen's assembly, voicing); printing each phase's
+    time lets a user see where their minutes went, and lets a support question name the slow phase.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console, self.seconds, self.started = console, {}, time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        self.console.print(f"[green]✓[/] {name} [dim]({_clock(self.seconds[name])})[/]", highlight=False)
+
+    def report(self, out: Path) -> None:
+        total = round(time.perf_counter() - self.started, 1)
+        parts = " · ".join(f"{name} {_clock(s)}" for name, s in self.seconds.items())
+        self.console.print(f"demo finished in {_clock(total)}: {parts}", highlight=False)
+        (out / "phases.json").write_text(json.dumps({"total_s": total, "phases_s": self.seconds}, indent=2))
+
+
+def _clock(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
 def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Console,
              ieat_limit: int = 8) -> list[TurnResult]:
     from emoslm.voicing import voice_dialogues
@@ -97,20 +127,24 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
     dialogues = pick_dialogues([d for d in read_dialogues(examples_dir()) if d.lang in langs], langs, limit)
     if not dialogues:
         raise EmoslmError(f"no example dialogues for languages {langs}; use --lang en,zh")
-    voices = out / "voices"
-    start = time.perf_counter()
-    with console.status("voicing the example dialogues"):
-        voiced = voice_dialogues(dialogues, voices)
-    console.print(f"voiced {sum(len(d.turns) for d in voiced)} user turns in {time.perf_counter() - start:.1f} s "
-                  f"→ {voices}/")
-    bar, progress = rich_progress(console)
-    with bar:
-        if not (recogniser_dir() / "meta.json").exists():
-            console.print("training the emotion recogniser once (4-13 min on 2 cores, by CPU; cached)")
-        ensure_recogniser(progress)
+    phase, voices = Phases(console), out / "voices"
+    with phase("voicing the example dialogues"):
+        bar, progress = rich_progress(console)
+        with bar:
+            tick = progress("voicing user turns", sum(len(d.turns) for d in dialogues))
+            voiced = voice_dialogues(dialogues, voices, on_turn=lambda d, t: tick(1))
+    with phase("emotion recogniser"):
+        bar, progress = rich_progress(console)
+        with bar:
+            if not (recogniser_dir() / "meta.json").exists():
+                console.print("installing the shipped emotion recogniser (or training it once, 4-13 min on 2 cores, "
+                              "when this scikit-learn cannot load it)")
+            ensure_recogniser(progress)
     results: list[TurnResult] = []
     answered: list[Dialogue] = []
-    with load_agent("teacher", llm=llm_spec) as agent:
+    with phase("loading the teacher agent"):
+        agent = load_agent("teacher", llm=llm_spec)
+    with agent, phase(f"playing {len(voiced)} dialogues ({sum(len(d.turns) for d in voiced)} turns)"):
         for dialogue in voiced:
             console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang})")
             turns = play_dialogue(dialogue, voices, agent, out / "replies")
@@ -123,7 +157,9 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
     trajectory_plot(results, out / "trajectory.png")
     _print_summary(console, results, out)
     if ieat_limit:
-        run_ieat(out / "ieat", ieat_limit, console)
+        with phase(f"IEAT build ({ieat_limit} items)"):
+            run_ieat(out / "ieat", ieat_limit, console)
+    phase.report(out)
     return results
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,32 @@ import numpy as np
 import pytest
 
 from emoslm.serve.llm_server import free_port  # noqa: F401  (re-exported for tests)
+
+# CI sets EMOSLM_NO_SKIP=1: a test that would skip (a missing package, no chromium) fails instead, so a broken
+# set-up cannot pass CI by running fewer tests. A skip that states a real condition (funasr present) still skips.
+NO_SKIP = os.environ.get("EMOSLM_NO_SKIP") == "1"
+ALLOWED_SKIPS = ("funasr is installed here",)
+
+
+def _forbid_skip(report) -> None:  # noqa: ANN001 - a pytest report
+    if NO_SKIP and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not any(allowed in reason for allowed in ALLOWED_SKIPS):
+            report.outcome = "failed"
+            report.longrepr = f"skipped where EMOSLM_NO_SKIP=1 forbids it: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001, ARG001
+    outcome = yield
+    _forbid_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):  # noqa: ANN001, ARG001
+    outcome = yield
+    _forbid_skip(outcome.get_result())
+
 
 SENTENCE = "I have had a really hard day at work, and I feel completely exhausted."
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoslm.atomic import atomic_file
 from emoslm.emotions import TAGS
 from emoslm.perception import corpus as corpus_mod
 from emoslm.perception.classifier import LinearClassifier, load_classifier
@@ -73,7 +74,15 @@ def evaluate(out: Path, progress: Callable[[str, int], Callable[[int], None]], d
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     (out / "report.md").write_text(markdown(report))
+    _remember(directory, meta, report)
     return report
+
+
+def _remember(directory: Path, meta: dict, report: dict) -> None:
+    """The recogniser keeps its own held-out accuracy, so a retrain can be compared with it (shipped copy)."""
+    meta["held_out"] = {part: report["test"][part]["accuracy"] for part in PARTS}
+    with atomic_file(directory / "meta.json", suffix=".json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
 
 
 def _split_report(clips: list[Clip], parts: dict[str, np.ndarray], split: str) -> dict:

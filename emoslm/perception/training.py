@@ -147,10 +147,17 @@ def train(config: TrainConfig, progress: Start, out: Path | None = None) -> dict
             "fused": _accuracy(fusion.predict_proba(fusion_input(oof_a, oof_t)), labels),
         },
         "seconds": round(time.perf_counter() - started, 1),
+        "sklearn": _sklearn_version(),
         "note": "trained on synthetic acted speech (TTS voices with emotional prosody); use emotion2vec for real users",
     }
     _save(out or recogniser_dir(), acoustic, text_models, fusion, meta)
     return meta
+
+
+def _sklearn_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("scikit-learn")
 
 
 def _accuracy(probs: np.ndarray, labels: list[str]) -> float:
@@ -170,8 +177,10 @@ def _save(directory: Path, acoustic: LinearClassifier | BoostedClassifier, text_
 
 
 def ensure_recogniser(progress: Start) -> Path:
-    """The default recogniser, trained first if this machine has none (a few minutes, once)."""
+    """The default recogniser: the shipped one copied into the home, else trained here (minutes, once)."""
+    from emoslm.perception import shipped
+
     directory = recogniser_dir()
-    if not (directory / "meta.json").exists():
+    if not (directory / "meta.json").exists() and not shipped.install(directory):
         train(TrainConfig(), progress)
     return directory
