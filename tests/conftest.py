@@ -135,3 +135,12 @@ def serving(app, port: int | None = None) -> Iterator[str]:  # noqa: ANN001 - an
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory):
+    """The tiny random Llama (SmolLM2's vocabulary) and its exact f32 GGUF: llama.cpp paths in milliseconds."""
+    from tests.tiny import tiny_gguf, tiny_llm
+
+    llm = tiny_llm()
+    return llm, tiny_gguf(llm, tmp_path_factory.mktemp("tiny-gguf"))

@@ -37,6 +37,7 @@ def exact(smollm, tmp_path_factory):
     return export_gguf(llm, template, tmp_path_factory.mktemp("gguf") / "smollm-f32.gguf", "f32")
 
 
+@pytest.mark.slow
 def test_the_export_gives_back_the_packaged_tensors_under_their_names(smollm, exact):
     _, _, template = smollm
     packaged, exported = gguf.GGUFReader(str(template)), gguf.GGUFReader(str(exact))
@@ -50,17 +51,19 @@ def test_the_export_gives_back_the_packaged_tensors_under_their_names(smollm, ex
     assert exported.fields[tokens].contents() == packaged.fields[tokens].contents()
 
 
-def test_the_export_refuses_a_model_that_does_not_fit_the_template(smollm, tmp_path):
+def test_the_export_refuses_a_model_that_does_not_fit_the_template(tiny_text, tmp_path):
+    """On the tiny model's resized template (4 layers): fewer or more layers than the template is refused."""
     from transformers import AutoModelForCausalLM
 
     from emoslm.llm.gguf_export import export_gguf
 
-    llm, _, template = smollm
+    llm, exported = tiny_text
+    template = exported.parent / "template.gguf"
     small = AutoModelForCausalLM.from_config(llm.config.__class__(**{**llm.config.to_dict(), "num_hidden_layers": 2}))
     with pytest.raises(EmoslmError, match="no counterpart in the model"):
         export_gguf(small, template, tmp_path / "bad.gguf", "f32")
-    large = AutoModelForCausalLM.from_config(llm.config.__class__(**{**llm.config.to_dict(), "num_hidden_layers": 31}))
-    with pytest.raises(EmoslmError, match="has no tensor blk.30"):
+    large = AutoModelForCausalLM.from_config(llm.config.__class__(**{**llm.config.to_dict(), "num_hidden_layers": 5}))
+    with pytest.raises(EmoslmError, match="has no tensor blk.4"):
         export_gguf(large, template, tmp_path / "bad.gguf", "f32")
     assert not (tmp_path / "bad.gguf").exists()
     with pytest.raises(EmoslmError, match="q4"):
@@ -77,14 +80,25 @@ def _greedy(loop, llm, ids, n=24):
     return tokens, torch.stack(states)
 
 
-def test_the_llama_cpp_loop_writes_what_the_torch_loop_writes_and_shows_the_same_layer(smollm, exact):
+@pytest.fixture(params=["tiny", pytest.param("smollm2", marks=pytest.mark.slow)])
+def loop_case(request, tiny_text):
+    """(torch LLM, tokenizer, exact GGUF, layer): the tiny random Llama (fast tier) or SmolLM2 (slow tier)."""
+    if request.param == "tiny":
+        from tests.tiny import smollm_tokenizer
+
+        llm, path = tiny_text
+        return llm, smollm_tokenizer(), path, 2, "tiny-llama-loop"
+    llm, tokenizer, _ = request.getfixturevalue("smollm")
+    return llm, tokenizer, request.getfixturevalue("exact"), 26, None  # 26: where a 4-layer branch reads
+
+
+def test_the_llama_cpp_loop_writes_what_the_torch_loop_writes_and_shows_the_same_layer(loop_case):
     from emoslm.llm.decoding import TokenLoop
     from emoslm.llm.llama_loop import LlamaText
 
-    llm, tokenizer, _ = smollm
+    llm, tokenizer, exact, layer, golden_name = loop_case
     ids = tokenizer("<|im_start|>user\nMy cat is sick and I feel terrible.<|im_end|>\n<|im_start|>assistant\n")[
         "input_ids"]
-    layer = 26  # the input of the top 4 layers: where a 4-layer speech branch reads
     torch_tokens, torch_states = _greedy(TokenLoop(llm, GREEDY, hidden_layer=layer), llm, ids)
     text = LlamaText(exact, hidden_layer=layer)
     try:
@@ -98,4 +112,11 @@ def test_the_llama_cpp_loop_writes_what_the_torch_loop_writes_and_shows_the_same
     assert tokens == torch_tokens == again
     cosine = torch.nn.functional.cosine_similarity(states, torch_states, dim=-1)
     assert float(cosine.min()) > 0.9999
-    assert torch.allclose(states, torch_states, atol=2e-3 * float(torch_states.abs().max()))
+    # llama.cpp keeps its KV cache in f16: the tiny model's wide random weights amplify that a little more
+    tolerance = 2e-3 if golden_name is None else 5e-3
+    worst = float((states - torch_states).abs().max() / torch_states.abs().max())
+    assert worst < tolerance, worst
+    if golden_name:
+        from tests.tiny import golden
+
+        assert tokens == golden(golden_name, tokens)

@@ -134,8 +134,20 @@ def llama_exact():
     model.close()
 
 
-def test_llama_cpp_stream_equals_blocking_and_the_library(llama_exact):
-    llama = llama_exact
+@pytest.fixture(params=["tiny", pytest.param("smollm2", marks=pytest.mark.slow)])
+def llama_exact_any(request, tiny_text):
+    """The tiny random GGUF (fast tier, golden text) or SmolLM2, each evaluating every prompt whole."""
+    if request.param == "smollm2":
+        return request.getfixturevalue("llama_exact"), None
+    from emoslm.llm.llama_cpp import LlamaCppLLM
+
+    model = LlamaCppLLM(str(tiny_text[1]), n_ctx=512, reuse_prefix=False)
+    request.addfinalizer(model.close)
+    return model, "tiny-llama-cpp-stream"
+
+
+def test_llama_cpp_stream_equals_blocking_and_the_library(llama_exact_any):
+    llama, golden_name = llama_exact_any
     stream = llama.stream(PROMPT, GREEDY)
     deltas = list(stream)
     assert len(deltas) > 5 and stream.completion.text == "".join(deltas)
@@ -144,6 +156,10 @@ def test_llama_cpp_stream_equals_blocking_and_the_library(llama_exact):
     direct = llama.llm.create_completion(PROMPT, max_tokens=32, temperature=0.0, top_p=GREEDY.top_p,
                                          top_k=GREEDY.top_k, repeat_penalty=GREEDY.repeat_penalty, seed=0)
     assert direct["choices"][0]["text"] == "".join(deltas)
+    if golden_name:
+        from tests.tiny import golden
+
+        assert "".join(deltas) == golden(golden_name, "".join(deltas))
 
 
 def test_llama_cpp_stream_stops_when_closed_early(llama):
@@ -204,18 +220,32 @@ def test_lean_path_equals_the_transformers_forward(kind):
 
 # --- the unified model: one KV cache from the think to the reply -------------------------------------
 
-@pytest.mark.slow
-def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_checkpoint, spoken_sentence):
-    import torch
-    from transformers import AutoTokenizer
-
-    from emoslm.slm.generate import generate, layout
-    from emoslm.slm.model import UnifiedSLM
+@pytest.fixture(params=["tiny", pytest.param("smollm2", marks=pytest.mark.slow)])
+def slm_and_clip(request):
+    """(model, tokenizer, front end, size): the tiny random model (fast tier, golden output) or SmolLM2's."""
     from emoslm.speech.mel_front_end import MelFrontEnd
 
-    model = UnifiedSLM.from_pretrained(slm_checkpoint).eval()
-    tokenizer = AutoTokenizer.from_pretrained(slm_checkpoint)
-    mel = MelFrontEnd.from_pretrained(slm_checkpoint).tensor(spoken_sentence)
+    if request.param == "tiny":
+        from tests.tiny import tiny_slm
+
+        model, tokenizer = tiny_slm()
+        return model, tokenizer, MelFrontEnd.for_mels(80), "tiny"
+    from transformers import AutoTokenizer
+
+    from emoslm.slm.model import UnifiedSLM
+
+    checkpoint = request.getfixturevalue("slm_checkpoint")
+    front_end = MelFrontEnd.from_pretrained(checkpoint)
+    return UnifiedSLM.from_pretrained(checkpoint).eval(), AutoTokenizer.from_pretrained(checkpoint), front_end, "smollm2"
+
+
+def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_and_clip, spoken_sentence):
+    import torch
+
+    from emoslm.slm.generate import generate, layout
+
+    model, tokenizer, front_end, size = slm_and_clip
+    mel = front_end.tensor(spoken_sentence)
     widths: list[int] = []
     fed: list[int] = []
     from emoslm.llm.decoding import TokenLoop
@@ -253,21 +283,18 @@ def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_checkpoin
     picked = logits[chosen].gather(1, torch.tensor([fed[k] for k in chosen])[:, None])[:, 0]
     margin = picked - logits[chosen].max(1).values
     assert torch.all(margin >= -1e-2), margin.tolist()
+    if size == "tiny":
+        from tests.tiny import golden
+
+        assert fed == golden("tiny-slm-one-cache", fed)  # every token the cached path fed, bridge included
 
 
-@pytest.mark.slow
-def test_batched_generation_writes_what_one_clip_at_a_time_writes(slm_checkpoint, spoken_sentence):
+def test_batched_generation_writes_what_one_clip_at_a_time_writes(slm_and_clip, spoken_sentence):
     """Evaluation decodes held-out clips in left-padded batches; greedy, it must write the same think and
     reply as ``generate`` on each clip alone (clips of different lengths, one with an earlier turn)."""
-    from transformers import AutoTokenizer
-
     from emoslm.slm.generate import generate, generate_batch
-    from emoslm.slm.model import UnifiedSLM
-    from emoslm.speech.mel_front_end import MelFrontEnd
 
-    model = UnifiedSLM.from_pretrained(slm_checkpoint).eval()
-    tokenizer = AutoTokenizer.from_pretrained(slm_checkpoint)
-    front_end = MelFrontEnd.from_pretrained(slm_checkpoint)
+    model, tokenizer, front_end, _ = slm_and_clip
     half = spoken_sentence[: len(spoken_sentence) // 2]
     mels = [front_end.tensor(spoken_sentence), front_end.tensor(half), front_end.tensor(spoken_sentence)]
     earlier = [{"role": "user", "content": "I lost my keys."}, {"role": "assistant", "content": "Oh no."}]

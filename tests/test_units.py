@@ -147,6 +147,27 @@ def test_decoder_decodes_units_to_audio_and_streams_like_offline(clips, trained,
         decoder.decode(codes, "nobody")
 
 
+def test_random_decoder_streams_like_offline(tmp_path):
+    """The streaming = offline equivalence on a tiny random decoder (fast tier; the trained one is slow tier)."""
+    from emoslm.speech.units.decoder import DecoderConfig, _MelStream
+
+    torch.manual_seed(0)
+    config = DecoderConfig(codes=32, channels=32, unit_blocks=1, mel_blocks=1, default_speaker="test")
+    decoder = UnitDecoder(config, speakers={"test": np.zeros(80, np.float32)})
+    codes = np.random.default_rng(0).integers(0, 32, 90)
+    spk, sty = decoder.speaker_vector(None), decoder.style_vector("anger")
+    whole = decoder.mel(codes, spk, sty)
+    for size in (1, 3, 17):
+        stream = _MelStream(decoder, spk, sty, chunk=5)
+        pieces = [m for k in range(0, len(codes), size) for m in stream.feed(codes[k:k + size])]
+        assert np.allclose(np.concatenate(pieces + list(stream.flush()), axis=1), whole, atol=1e-4)
+    offline = decoder.decode(Units(codes, 50.0))
+    streamed = np.concatenate(list(decoder.decode_stream([codes[k:k + 7] for k in range(0, len(codes), 7)])))
+    assert len(streamed) == len(offline) == len(codes) * 320
+    snr = 10 * np.log10(np.sum(offline ** 2) / max(1e-12, np.sum((offline - streamed) ** 2)))
+    assert snr > 15.0, snr
+
+
 def test_decoder_training_resumes_exactly(clips, trained, tmp_path):
     tok = trained / "tokenizer" / "final"
     train_decoder(recipe(), clips, tok, tmp_path / "dec", stop_after=2)

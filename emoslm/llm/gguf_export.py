@@ -120,3 +120,63 @@ def _add(writer: Any, name: str, data: np.ndarray, qtype: str) -> None:
     else:
         kind = gguf.GGMLQuantizationType.Q8_0
         writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(data, np.float32), kind), raw_dtype=kind)
+
+
+def resized_template(template: str | Path, llm: Any, out: str | Path) -> Path:
+    """A GGUF template with ``template``'s tokenizer and chat template but ``llm``'s sizes (zero tensors).
+
+    ``export_gguf`` needs a template whose tensors have the model's shapes; for a model of another size than
+    any packaged file (a tiny random model in the tests, a pruned or grown one) this writes one: the
+    tokenizer, chat template and rope settings are the template's, the hyper-parameters are the model's.
+    Llama-architecture templates only (the packaged SmolLM2)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(template))
+    arch = str(reader.fields["general.architecture"].contents())
+    if arch != "llama":
+        raise EmoslmError(f"{template}: resizing a {arch} template is not supported (llama only)")
+    config = llm.config
+    heads = config.num_attention_heads
+    sizes = {"block_count": config.num_hidden_layers, "embedding_length": config.hidden_size,
+             "feed_forward_length": config.intermediate_size, "attention.head_count": heads,
+             "attention.head_count_kv": getattr(config, "num_key_value_heads", None) or heads,
+             "vocab_size": config.vocab_size, "rope.dimension_count": config.hidden_size // heads}
+    names = gguf_names({k: None for k in llm.state_dict()})
+    state = dict(llm.state_dict())
+    with atomic_file(out, suffix=".gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        for field in reader.fields.values():
+            if field.name.startswith("GGUF.") or field.name == "general.architecture":
+                continue
+            key = field.name.removeprefix(f"{arch}.")
+            if key in sizes:
+                writer.add_key_value(field.name, sizes[key], field.types[0])
+                continue
+            sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), field.types[0], sub)
+        for name, source in sorted(names.items()):
+            if name == "output.weight" and getattr(config, "tie_word_embeddings", False):
+                continue
+            writer.add_tensor(name, np.zeros(tuple(state[source].shape), np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Path(out)
+
+
+def fitting_template(template: str | Path, llm: Any, cache: Path) -> Path:
+    """``template`` when its sizes are ``llm``'s, else a resized copy in ``cache`` (made once per size)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(template))
+    arch = str(reader.fields["general.architecture"].contents())
+    config = llm.config
+    wanted = {"block_count": config.num_hidden_layers, "embedding_length": config.hidden_size,
+              "feed_forward_length": config.intermediate_size}
+    have = {k: int(reader.fields[f"{arch}.{k}"].contents()) for k in wanted if f"{arch}.{k}" in reader.fields}
+    if have == wanted:
+        return Path(template)
+    name = "-".join(str(v) for v in wanted.values())
+    out = cache / f"{Path(template).stem}-resized-{name}-{config.vocab_size}.gguf"
+    return out if out.exists() else resized_template(template, llm, out)

@@ -15,7 +15,7 @@ from typing import Any
 
 from emoslm.config import settings
 from emoslm.errors import EmoslmError
-from emoslm.llm.gguf_export import QTYPES, export_gguf
+from emoslm.llm.gguf_export import QTYPES, export_gguf, fitting_template
 
 TEXT_ENGINES = ("auto", "torch", "llama-cpp")
 
@@ -42,6 +42,7 @@ def llama_text(model: Any, qtype: str = "q8_0", speak: bool = True) -> Any:
     if template is None:
         raise EmoslmError(f"text=llama-cpp needs the GGUF of the model's base LLM ({model.config.llm_source}); "
                           "use text=torch")
+    template = fitting_template(template, model.llm, settings().cache_dir / "slm-gguf")  # a smaller model: resized
     out = settings().cache_dir / "slm-gguf" / f"{weights_digest(model.llm, template)}-{qtype}.gguf"
     if not out.exists():
         export_gguf(model.llm, template, out, qtype)
