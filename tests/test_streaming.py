@@ -235,8 +235,8 @@ def slm_and_clip(request):
     from emoslm.slm.model import UnifiedSLM
 
     checkpoint = request.getfixturevalue("slm_checkpoint")
-    front_end = MelFrontEnd.from_pretrained(checkpoint)
-    return UnifiedSLM.from_pretrained(checkpoint).eval(), AutoTokenizer.from_pretrained(checkpoint), front_end, "smollm2"
+    model, tokenizer = UnifiedSLM.from_pretrained(checkpoint).eval(), AutoTokenizer.from_pretrained(checkpoint)
+    return model, tokenizer, MelFrontEnd.from_pretrained(checkpoint), "smollm2"
 
 
 def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_and_clip, spoken_sentence):
