@@ -10,16 +10,22 @@ APT_PKGS := espeak-ng sox flite
 # pip warns about every configured-but-absent local index; keep the real messages only
 QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: demo test test-quick setup system-deps browser bench learn lint clean
+.PHONY: demo test test-slow test-all setup system-deps browser bench learn lint clean
 
 demo: setup
 	$(VENV)/bin/emoslm demo
 
+# The fast tier: every flow end to end on tiny shapes and the small real models, <= 10 min on 2 cores.
+# A test that runs past its limit fails (it belongs in the slow tier or needs a smaller shape).
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow" --timeout=300
 
-test-quick: setup
-	$(PY) -m pytest -q -m "not slow"
+# The slow tier: training, corpora, quality measurements, SmolLM2-sized equivalences (~40 min on 2 cores).
+test-slow: setup browser
+	$(PY) -m pytest -q -m slow --timeout=1800
+
+# Both tiers, as CI runs them.
+test-all: test test-slow
 
 bench: setup
 	$(PY) benchmarks/bench_backends.py

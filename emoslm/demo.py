@@ -145,8 +145,9 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
     with phase("loading the teacher agent"):
         agent = load_agent("teacher", llm=llm_spec)
     with agent, phase(f"playing {len(voiced)} dialogues ({sum(len(d.turns) for d in voiced)} turns)"):
-        for dialogue in voiced:
-            console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang})")
+        for k, dialogue in enumerate(voiced, 1):
+            console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang}) · "
+                         f"dialogue {k}/{len(voiced)}")
             turns = play_dialogue(dialogue, voices, agent, out / "replies")
             for r in turns:
                 _print_turn(console, r)

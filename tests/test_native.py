@@ -68,3 +68,18 @@ def test_one_token_decodes_in_a_child_and_a_signal_death_is_named():
 ])
 def test_system_info_is_parsed(info, expected):
     assert native.compiled_features(info) == expected
+
+
+def test_a_build_that_dies_is_rebuilt_with_the_baseline_and_said_in_one_line(monkeypatch, tmp_path, capsys):
+    """The decision logic of `ensure`, with the child's death faked (a real SIGILL needs an AMX VM) and the
+    7-minute rebuild recorded instead of run."""
+    deaths = iter([(False, "killed by SIGILL"), (True, "ok ' Paris'")])
+    builds = []
+    monkeypatch.setattr(native, "smoke", lambda python=None: next(deaths))
+    monkeypatch.setattr(native, "_pip_build", lambda python, options: builds.append(options))
+    monkeypatch.setattr(native, "build_record_path", lambda: tmp_path / "record.json")
+    assert native.ensure() == 0
+    assert len(builds) == 1 and native.target_features(builds[0]) == ["AVX", "AVX2", "FMA", "F16C", "BMI2"]
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("llama.cpp died on this CPU (killed by SIGILL); rebuilding")
+    assert "-DGGML_AVX512=OFF" in (tmp_path / "record.json").read_text()
