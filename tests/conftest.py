@@ -102,6 +102,29 @@ def small_recogniser(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def recogniser_home(tmp_path_factory):
+    """A private EMOSLM_HOME holding the shipped recogniser (copied: no training), as a first run gets it.
+
+    Where this scikit-learn cannot load the shipped copy, the six-voice recogniser is trained instead (slower,
+    same interface), so the tests still run."""
+    from emoslm.perception import shipped
+    from emoslm.perception.recognizer import recogniser_dir
+
+    home = tmp_path_factory.mktemp("emoslm-home-shipped")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOSLM_HOME", str(home))
+        if shipped.install(recogniser_dir()):
+            return home
+    from emoslm.perception.training import TrainConfig, train
+    from emoslm.progress import silent
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOSLM_HOME", str(home))
+        train(TrainConfig(renditions=1, voices=SMALL_VOICES), silent)
+    return home
+
+
+@pytest.fixture(scope="session")
 def slm_checkpoint(tmp_path_factory):
     """An untrained UnifiedSLM (packaged SmolLM2 + Whisper tiny.en, fresh small adapter) saved as a checkpoint."""
     from emoslm.slm.generate import from_parts

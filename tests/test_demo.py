@@ -16,8 +16,8 @@ def test_pick_dialogues_takes_tasks_in_turn():
 
 
 @pytest.mark.slow
-def test_demo_runs_the_teacher_per_language_end_to_end(tmp_path, small_recogniser, monkeypatch):
-    monkeypatch.setenv("EMOSLM_HOME", str(small_recogniser[0]))
+def test_demo_runs_the_teacher_per_language_end_to_end(tmp_path, recogniser_home, monkeypatch):
+    monkeypatch.setenv("EMOSLM_HOME", str(recogniser_home))
     console = Console(file=open(tmp_path / "log.txt", "w"), width=120)
     results = run_demo("auto", ["en", "zh"], limit=1, out=tmp_path, console=console, ieat_limit=2)
     assert {r.lang for r in results} == {"en", "zh"}

@@ -187,12 +187,12 @@ def test_custom_rubric_dir_must_keep_the_placeholders(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_humdial_with_the_teacher_and_a_local_judge(tmp_path, small_recogniser, monkeypatch, llama):
+def test_eval_humdial_with_the_teacher_and_a_local_judge(tmp_path, recogniser_home, monkeypatch, llama):
     from emoslm.agents import load_agent
     from emoslm.dialogues import examples_dir
     from emoslm.eval.run import evaluate
 
-    monkeypatch.setenv("EMOSLM_HOME", str(small_recogniser[0]))
+    monkeypatch.setenv("EMOSLM_HOME", str(recogniser_home))
     entries = [e for e in load_entries(examples_dir() / "en.jsonl") if e.dialogue.dialogue_id in
                ("en_T1_01", "en_T2_01", "en_T3_01")]
     agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct")

@@ -62,8 +62,8 @@ def write_recipe(folder: Path, recogniser: Path, **data_overrides) -> Path:
 
 
 @pytest.fixture(scope="module")
-def recogniser(small_recogniser) -> Path:
-    home, _, _ = small_recogniser
+def recogniser(recogniser_home) -> Path:
+    home = recogniser_home
     return home / "perception" / f"recogniser-{RECOGNISER_VERSION}"
 
 

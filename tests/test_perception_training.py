@@ -9,14 +9,13 @@ from emoslm.errors import AudioError, EmoslmError
 from emoslm.perception.recognizer import RECOGNISER_VERSION
 from emoslm.progress import silent
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def trained(small_recogniser):
     return small_recogniser
 
 
+@pytest.mark.slow
 def test_training_writes_a_small_complete_recogniser(trained):
     from emoslm.perception.recognizer import recogniser_dir
 
@@ -30,6 +29,7 @@ def test_training_writes_a_small_complete_recogniser(trained):
     assert meta["out_of_fold_accuracy"]["acoustic"] > 0.2  # chance is 1/7; one zh voice per fold here
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(trained, tmp_path):
     from emoslm.perception.training import train
 
@@ -42,6 +42,7 @@ def test_training_is_reproducible(trained, tmp_path):
     assert first["n_train_clips"] == again["n_train_clips"]
 
 
+@pytest.mark.slow
 def test_evaluate_reports_all_parts_and_plots(trained, tmp_path):
     from emoslm.perception.evaluation import evaluate
 
@@ -58,6 +59,7 @@ def test_evaluate_reports_all_parts_and_plots(trained, tmp_path):
     assert "| fused |" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_recogniser_estimates_a_clip(trained, piper):
     from emoslm.perception.recognizer import EmotionRecognizer
     from emoslm.speech.prosody import acted
@@ -83,3 +85,41 @@ def test_missing_recogniser_says_how_to_build_it(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOSLM_HOME", str(tmp_path))
     with pytest.raises(EmoslmError, match="emoslm perception train"):
         EmotionRecognizer()
+
+
+@pytest.mark.slow
+def test_the_shipped_recogniser_is_what_the_committed_recipe_makes(tmp_path, monkeypatch):
+    """Retrain the default recogniser from scratch in an empty home and score it on the held-out voices: its
+    accuracy must match the shipped copy's within 0.05 (the corpus is rendered by TTS whose float sums, and so
+    the features, differ a little across CPUs; on the machine that made it the numbers are equal)."""
+    from emoslm.perception import shipped
+    from emoslm.perception.evaluation import evaluate
+    from emoslm.perception.training import TrainConfig, train
+
+    meta = shipped.shipped_meta()
+    assert meta is not None and "held_out" in meta, "no shipped recogniser with a held-out score"
+    monkeypatch.setenv("EMOSLM_HOME", str(tmp_path / "home"))
+    fresh = train(TrainConfig(), silent, out=tmp_path / "fresh")
+    assert fresh["config"] == meta["config"] and fresh["n_train_clips"] == meta["n_train_clips"]
+    report = evaluate(tmp_path / "report", silent, directory=tmp_path / "fresh")
+    for part in ("acoustic", "text", "fused"):
+        assert abs(report["test"][part]["accuracy"] - meta["held_out"][part]) <= 0.05, part
+
+
+def test_a_first_run_installs_the_shipped_recogniser_instead_of_training(tmp_path, monkeypatch):
+    from emoslm.perception import shipped
+    from emoslm.perception.recognizer import EmotionRecognizer, recogniser_dir
+    from emoslm.perception.training import ensure_recogniser
+
+    monkeypatch.setenv("EMOSLM_HOME", str(tmp_path))
+    assert shipped.usable()[0]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although a usable shipped recogniser exists")
+
+    monkeypatch.setattr("emoslm.perception.training.train", no_training)
+    assert ensure_recogniser(silent) == recogniser_dir()
+    assert json.loads((recogniser_dir() / "meta.json").read_text()) == shipped.shipped_meta()
+    EmotionRecognizer()  # loads
+    monkeypatch.setattr(shipped, "_sklearn_version", lambda: "0.0")  # another scikit-learn: not used
+    assert not shipped.usable()[0] and "0.0" in shipped.usable()[1]

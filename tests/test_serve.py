@@ -114,13 +114,13 @@ def kinds(events: list[dict]) -> list[str]:
 # --- the server ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def served(small_recogniser):
+def served(recogniser_home):
     from emoslm.agents import load_agent
     from emoslm.serve.app import create_app
     from emoslm.serve.runtime import Limits, Runtime
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSLM_HOME", str(small_recogniser[0]))
+        mp.setenv("EMOSLM_HOME", str(recogniser_home))
         agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper")
     runtime = Runtime(agent, Limits(max_sessions_per_client=8), voice="piper", partial_every=1.0)
     runtime.warm_up()  # every model loaded before the first request, as `emoslm serve` does

@@ -309,11 +309,11 @@ def test_batched_generation_writes_what_one_clip_at_a_time_writes(slm_and_clip, 
 # --- agents ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def teacher(small_recogniser):
+def teacher(recogniser_home):
     from emoslm.agents import load_agent
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSLM_HOME", str(small_recogniser[0]))
+        mp.setenv("EMOSLM_HOME", str(recogniser_home))
         agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper")
     yield agent
     agent.close()
@@ -620,7 +620,7 @@ def test_remote_agent_unreachable_is_an_error_event():
 
 @pytest.mark.slow
 def test_chat_and_eval_run_the_unified_model_through_load_agent(slm_checkpoint, tmp_path, spoken_sentence,
-                                                                small_recogniser):
+                                                                recogniser_home):
     import os
     import subprocess
     import sys
@@ -629,7 +629,7 @@ def test_chat_and_eval_run_the_unified_model_through_load_agent(slm_checkpoint, 
     from emoslm.dialogues import read_dialogues
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "EMOSLM_HOME": str(small_recogniser[0])}  # eval reads reply voices with it
+        env = {**os.environ, "EMOSLM_HOME": str(recogniser_home)}  # eval reads reply voices with it
         return subprocess.run([sys.executable, "-m", "emoslm.cli", *args], capture_output=True, text=True,
                               timeout=600, env=env)
 

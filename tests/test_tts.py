@@ -181,3 +181,19 @@ def test_loading_a_voice_imports_the_pitch_shift_in_the_background():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def test_loading_an_engine_waits_for_the_pitch_shift_preload(monkeypatch):
+    """Two threads importing scipy at once can meet it half-initialised (it killed `perception train`): the
+    pool settles the background import before it loads an engine."""
+    import threading
+
+    from emoslm.speech import dsp
+
+    release = threading.Event()
+    slow = threading.Thread(target=release.wait, daemon=True)  # stands for a preload still importing
+    slow.start()
+    monkeypatch.setattr(dsp, "_PRELOADING", slow)
+    threading.Timer(0.3, release.set).start()
+    dsp.settle_preload()
+    assert not slow.is_alive()  # it returned only once the import it stood for had ended

@@ -340,10 +340,10 @@ def test_committed_units_recipes_load_and_build(name):
 
 
 @pytest.mark.slow
-def test_units_evaluation_writes_the_report(clips, trained, small_recogniser, monkeypatch, tmp_path):
+def test_units_evaluation_writes_the_report(clips, trained, recogniser_home, monkeypatch, tmp_path):
     from emoslm.eval.units import evaluate
 
-    monkeypatch.setenv("EMOSLM_HOME", str(small_recogniser[0]))
+    monkeypatch.setenv("EMOSLM_HOME", str(recogniser_home))
     results = evaluate(trained, clips, tmp_path / "report", per_lang=2)
     vq = results["pairs"]["vq"]
     assert results["clips"] == 1 and set(results["original"]) == {"en"}

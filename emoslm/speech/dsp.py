@@ -24,6 +24,17 @@ def _import_effects() -> None:
     import librosa.effects  # noqa: F401
 
 
+def settle_preload() -> None:
+    """Wait for an in-flight preload before importing anything else that imports scipy.
+
+    Why: two threads importing scipy's submodules at once can meet its circular imports half-initialised
+    (``cannot import name 'PytestTester' from partially initialized module``), which killed
+    `perception train` when hibari (scipy.fft) loaded while this preload imported scipy.signal.
+    """
+    if _PRELOADING is not None and _PRELOADING.is_alive():
+        _PRELOADING.join()
+
+
 _PRELOADING: threading.Thread | None = None
 
 
