@@ -17,7 +17,7 @@ demo: setup
 
 # The fast tier: every flow end to end on tiny shapes and the small real models, <= 10 min on 2 cores.
 # A test that runs past its limit fails (it belongs in the slow tier or needs a smaller shape).
-test: setup browser
+test: setup
 	$(PY) -m pytest -q -m "not slow" --timeout=300
 
 # The slow tier: training, corpora, quality measurements, SmolLM2-sized equivalences (~40 min on 2 cores).

@@ -108,7 +108,8 @@ def store_facts() -> list[Fact]:
 
     home = settings().home
     found = recogniser_dir()
-    state = "trained here" if (found / "meta.json").exists() else "not yet trained (the first run trains it)"
+    state = (f"in place ({found})" if (found / "meta.json").exists()
+             else "not yet in place (first use copies the shipped one, or trains one where it cannot load)")
     shipped = shipped_recogniser_state()
     return [Fact("store", "EMOSLM_HOME", str(home)), Fact("store", "threads setting", str(settings().threads)),
             Fact("store", "recogniser", f"{state}; shipped: {shipped}")]

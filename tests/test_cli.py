@@ -73,3 +73,24 @@ def test_perception_classify_rejects_bad_audio_in_one_line(tmp_path):
     result = _cli("perception", "classify", str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not an audio file" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_doctor_names_the_cpu_the_build_and_each_model(tmp_path):
+    """What a support question needs, from one command: the machine, the llama.cpp build, the runtimes and
+    every model's load and one-second job (here only the LLM and ASR, to keep the tier fast)."""
+    from emoslm import doctor, native
+
+    facts = {(f.section, f.name): f.value for f in doctor.facts()}
+    assert facts["machine", "cpu"] == native.cpu_name()
+    assert "avx2" in facts["machine", "cpu flags"]
+    assert "AVX2" in facts["llama.cpp", "compiled for"] and "AMX" not in facts["llama.cpp", "compiled for"]
+    assert facts["llama.cpp", "build flags"].startswith("-DGGML_NATIVE=OFF")
+    assert "shipped: usable (" in facts["store", "recogniser"]
+    assert {"ctranslate2", "onnxruntime", "torch"} <= {name for section, name in facts if section == "runtimes"}
+    result = runner.invoke(app, ["doctor", "--no-models"])
+    assert result.exit_code == 0, result.output
+    assert "compiled for" in result.output and "build flags" in result.output
+    from emoslm.verify import verify
+
+    rows = verify(["smollm2-135m-instruct", "whisper-tiny.en"])
+    assert [r.status for r in rows] == ["ok", "ok"] and rows[0].load_s > 0
