@@ -53,7 +53,7 @@ def demo(
     llm: LLMOpt = "auto",
     lang: Annotated[str, typer.Option(help="Languages to run, comma-separated.")] = "en,zh",
     limit: Annotated[int, typer.Option(help="Dialogues per language, one task after another (0 = all 12).")] = 3,
-    ieat_limit: Annotated[int, typer.Option(help="Items of the small IEAT build at the end (0 = skip it).")] = 8,
+    ieat_limit: Annotated[int, typer.Option(help="Items of the small IEAT build at the end (0 = skip it).")] = 4,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
 ) -> None:
     """The main job on the embedded default: voice the example dialogues and play them through the teacher

@@ -41,3 +41,17 @@ def test_demo_runs_the_teacher_per_language_end_to_end(tmp_path, recogniser_home
     assert "gold emotion" in log and "think :" in log and "IEAT data" in log
     ieat = json.loads((tmp_path / "ieat" / "summary.json").read_text())
     assert ieat["items"] == 2 and ieat["stage1_1"] >= 1
+
+
+def test_demo_in_english_says_each_phase_and_its_time(tmp_path, recogniser_home, monkeypatch):
+    """The main job end to end in the fast tier: one English dialogue (3 turns), no IEAT build."""
+    monkeypatch.setenv("EMOSLM_HOME", str(recogniser_home))
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=160)
+    results = run_demo("auto", ["en"], limit=1, out=tmp_path, console=console, ieat_limit=0)
+    assert len(results) == 3 and all(r.reply and r.reply_audio for r in results)
+    phases = json.loads((tmp_path / "phases.json").read_text())
+    assert list(phases["phases_s"]) == ["voicing the example dialogues", "emotion recogniser",
+                                        "loading the teacher agent", "playing 1 dialogues (3 turns)"]
+    assert phases["total_s"] >= sum(phases["phases_s"].values())
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("✓ ") == 4 and "demo finished in" in log and "dialogue 1/1" in log
