@@ -14,7 +14,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from emoslm.audio import SAMPLE_RATE, load_audio, save_audio
 from emoslm.dialogues import Dialogue, examples_dir, read_dialogues, write_dialogues
 from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
+from emoslm.eval.checks import CHECK_NAMES, check_dialogue, minilm_similarity
 from emoslm.perception.recognizer import recogniser_dir
 from emoslm.perception.training import ensure_recogniser
 from emoslm.progress import rich_progress
@@ -52,6 +53,7 @@ class TurnResult:
     audio_s: float
     timings: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # the cheap reply checks that failed (emoslm.eval.checks)
 
 
 def pick_dialogues(dialogues: list[Dialogue], langs: list[str], limit: int) -> list[Dialogue]:
@@ -72,8 +74,10 @@ def _zip_all(groups: list[list[Dialogue]]) -> list[list[Dialogue]]:
     return [[g[i] for g in groups if i < len(g)] for i in range(depth)]
 
 
-def play_dialogue(dialogue: Dialogue, root: Path, agent: Agent, replies: Path) -> list[TurnResult]:
-    """Run one dialogue turn by turn through a Conversation (the agent's own replies become the history)."""
+def play_dialogue(dialogue: Dialogue, root: Path, agent: Agent, replies: Path,
+                  similarity: Callable[[str, str], float] | None = None) -> list[TurnResult]:
+    """Run one dialogue turn by turn through a Conversation (the agent's own replies become the history),
+    then run the cheap reply checks over its replies."""
     conversation = Conversation(agent, dialogue.lang)
     results = []
     for turn in dialogue.turns:
@@ -89,6 +93,10 @@ def play_dialogue(dialogue: Dialogue, root: Path, agent: Agent, replies: Path) -
             estimate.textual.tag if estimate.textual else "-", turn.text, reply.transcript,
             error_rate(turn.text, reply.transcript), reply.think, reply.text, wav, round(len(audio) / SAMPLE_RATE, 3),
             reply.timings, reply.problems))
+    verdicts = check_dialogue([r.reply for r in results], dialogue.lang, [r.detected for r in results],
+                              dialogue.task, similarity)
+    for result, verdict in zip(results, verdicts, strict=True):
+        result.checks = verdict.problems
     return results
 
 
@@ -144,11 +152,12 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
     answered: list[Dialogue] = []
     with phase("loading the teacher agent"):
         agent = load_agent("teacher", llm=llm_spec)
+        similarity = minilm_similarity()  # the reply checks' near-copy test
     with agent, phase(f"playing {len(voiced)} dialogues ({sum(len(d.turns) for d in voiced)} turns)"):
         for k, dialogue in enumerate(voiced, 1):
             console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang}) · "
                          f"dialogue {k}/{len(voiced)}")
-            turns = play_dialogue(dialogue, voices, agent, out / "replies")
+            turns = play_dialogue(dialogue, voices, agent, out / "replies", similarity)
             for r in turns:
                 _print_turn(console, r)
             results.extend(turns)
@@ -174,6 +183,8 @@ def _print_turn(console: Console, r: TurnResult) -> None:
     console.print(f"  user  : {r.transcript}", highlight=False)
     console.print(f"  [dim]think : {r.think}[/]", highlight=False)
     console.print(f"  reply : {r.reply}", highlight=False)
+    if r.checks:
+        console.print(f"  [yellow]checks: {', '.join(r.checks)}[/]", highlight=False)
 
 
 def run_ieat(out: Path, limit: int, console: Console) -> dict[str, Any]:
@@ -270,6 +281,8 @@ def summarise(results: list[TurnResult]) -> dict[str, dict[str, Any]]:
             "emotion_accuracy": sum(r.detected == r.emotion for r in rows) / len(rows),
             "empty_replies": sum(1 for r in rows if not r.reply),
             "turns_with_problems": sum(1 for r in rows if r.problems),
+            "reply_checks": {"ok": sum(not r.checks for r in rows),
+                             **{name: sum(name in r.checks for r in rows) for name in CHECK_NAMES}},
             "mean_seconds": {k: round(sum(r.timings.get(k, 0.0) for r in rows) / len(rows), 3) for k in stages},
         }
     return summary
@@ -282,10 +295,12 @@ def _print_summary(console: Console, results: list[TurnResult], out: Path) -> No
     for lang, s in summary.items():
         metric = "CER" if lang == "zh" else "WER"
         latency = ", ".join(f"{k} {v:.2f}s" for k, v in s["mean_seconds"].items())
+        failed = ", ".join(f"{name} {n}" for name, n in s["reply_checks"].items() if name != "ok" and n)
         console.print(f"{lang}: {s['turns']} turns, ASR {metric} {s['error_rate']:.1%}, emotion detected "
                       f"{s['emotion_accuracy']:.0%} (chance 14%), empty replies {s['empty_replies']}, "
-                      f"turns failing validation {s['turns_with_problems']}; mean per turn: {latency}",
-                      highlight=False)
+                      f"turns failing validation {s['turns_with_problems']}, replies passing the cheap checks "
+                      f"{s['reply_checks']['ok']}/{s['turns']}{f' ({failed})' if failed else ''}; mean per turn: "
+                      f"{latency}", highlight=False)
     console.print(f"results: {out}/responses_*.jsonl (HumDial format), {out}/replies/*.wav, {out}/trajectory.png, "
                   f"{out}/turns.jsonl, {out}/summary.json")
 

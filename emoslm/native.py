@@ -136,8 +136,11 @@ def smoke(python: str = sys.executable, timeout: float = 300, code: str = _SMOKE
 
 
 def _pip_build(python: str, options: dict[str, bool]) -> None:
+    """Rebuild from the sdist. The cached wheel is removed first (not bypassed), so the rebuilt one replaces it
+    in pip's cache and the next venv on this machine does not bring the dying build back."""
     env = {**os.environ, "CMAKE_ARGS": cmake_args(options), "FORCE_CMAKE": "1"}
-    cmd = [python, "-m", "pip", "install", "-q", "--no-cache-dir", "--force-reinstall", "--no-deps",
+    subprocess.run([python, "-m", "pip", "cache", "remove", "llama_cpp_python"], env=env, capture_output=True)
+    cmd = [python, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", "--no-binary", "llama-cpp-python",
            LLAMA_CPP_PYTHON]
     subprocess.run(cmd, env=env, check=True)
 

@@ -124,22 +124,7 @@ def test_decoder_decodes_units_to_audio_and_streams_like_offline(clips, trained,
     assert decoder.speakers and decoder.config.default_speaker in decoder.speakers
     codes = SpeechTokenizer.from_pretrained(trained / "tokenizer" / "final").encode(
         load_audio(clips[2].audio)).codes
-    offline = decoder.decode(Units(codes, 50.0))
-    assert offline.dtype == np.float32 and len(offline) == len(codes) * 320
-    # mel: exact, whatever the chunking the generator writes in
-    spk, sty = decoder.speaker_vector(None), decoder.style_vector("anger")
-    whole = decoder.mel(codes, spk, sty)
-    from emoslm.speech.units.decoder import _MelStream
-
-    for size in (1, 3, 17):
-        stream = _MelStream(decoder, spk, sty, chunk=5)
-        pieces = [m for k in range(0, len(codes), size) for m in stream.feed(codes[k:k + size])]
-        assert np.allclose(np.concatenate(pieces + list(stream.flush()), axis=1), whole, atol=1e-4)
-    # audio: the vocoder's context cache and the cross-fade keep the streamed audio close to offline
-    streamed = np.concatenate(list(decoder.decode_stream([codes[k:k + 7] for k in range(0, len(codes), 7)])))
-    assert len(streamed) == len(offline)
-    snr = 10 * np.log10(np.sum(offline ** 2) / np.sum((offline - streamed) ** 2))
-    assert snr > 15.0, snr
+    whole, spk, sty = streams_like_offline(decoder, codes)
     decoder.save_pretrained(tmp_path / "copy")
     again = UnitDecoder.from_pretrained(tmp_path / "copy")
     assert np.allclose(again.mel(codes, spk, sty), whole, atol=1e-4)
@@ -149,23 +134,32 @@ def test_decoder_decodes_units_to_audio_and_streams_like_offline(clips, trained,
 
 def test_random_decoder_streams_like_offline(tmp_path):
     """The streaming = offline equivalence on a tiny random decoder (fast tier; the trained one is slow tier)."""
-    from emoslm.speech.units.decoder import DecoderConfig, _MelStream
+    from emoslm.speech.units.decoder import DecoderConfig
 
     torch.manual_seed(0)
     config = DecoderConfig(codes=32, channels=32, unit_blocks=1, mel_blocks=1, default_speaker="test")
     decoder = UnitDecoder(config, speakers={"test": np.zeros(80, np.float32)})
-    codes = np.random.default_rng(0).integers(0, 32, 90)
+    streams_like_offline(decoder, np.random.default_rng(0).integers(0, 32, 90))
+
+
+def streams_like_offline(decoder: UnitDecoder, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mel exactly as offline whatever the chunking; audio close to offline (the vocoder's context cache and
+    the cross-fade). Returns the offline mel and the speaker and style vectors it used."""
+    from emoslm.speech.units.decoder import _MelStream
+
+    offline = decoder.decode(Units(codes, 50.0))
+    assert offline.dtype == np.float32 and len(offline) == len(codes) * 320
     spk, sty = decoder.speaker_vector(None), decoder.style_vector("anger")
     whole = decoder.mel(codes, spk, sty)
     for size in (1, 3, 17):
         stream = _MelStream(decoder, spk, sty, chunk=5)
         pieces = [m for k in range(0, len(codes), size) for m in stream.feed(codes[k:k + size])]
         assert np.allclose(np.concatenate(pieces + list(stream.flush()), axis=1), whole, atol=1e-4)
-    offline = decoder.decode(Units(codes, 50.0))
     streamed = np.concatenate(list(decoder.decode_stream([codes[k:k + 7] for k in range(0, len(codes), 7)])))
-    assert len(streamed) == len(offline) == len(codes) * 320
+    assert len(streamed) == len(offline)
     snr = 10 * np.log10(np.sum(offline ** 2) / max(1e-12, np.sum((offline - streamed) ** 2)))
     assert snr > 15.0, snr
+    return whole, spk, sty
 
 
 def test_decoder_training_resumes_exactly(clips, trained, tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 from emoslm.agents.base import Agent
 from emoslm.atomic import atomic_file
 from emoslm.audio import load_audio
+from emoslm.eval.checks import check_dialogue, minilm_similarity
 from emoslm.eval.humdial import Entry, PlayedTurn, answered, ensure_audio, play, read_submission, write_submission
 from emoslm.eval.judge import DimensionScores, Judge, find_target_turn
 from emoslm.eval.metrics import language_matches, reply_length, trajectory_exact
@@ -39,6 +40,9 @@ def measure(entry: Entry, played: list[PlayedTurn], lang_dir: Path, listeners: d
                            "latency": [{"first_audio_s": t.first_audio_s, "total_s": t.total_s,
                                         "rtf": round(t.total_s / t.reply_audio_s, 3) if t.reply_audio_s else None}
                                        for t in played if t.total_s]}
+    verdicts = check_dialogue([t.response_text for t in played], entry.lang,
+                              [t.detected_emotion for t in played], entry.task, listeners.get("similarity"))
+    row["reply_checks"] = [v.problems for v in verdicts]  # per turn: the cheap checks that failed
     if index is None:
         return row
     target = played[index]
@@ -100,7 +104,7 @@ def evaluate(out: Path, judge: Judge | None, agent: Agent | None = None, entries
         entries = ensure_audio(entries, out / "voices", voice)
         results = play(agent, entries, out, progress)
         lang_root = write_submission(out, entries, results)
-    listeners = {"asr": ASRPool(), "recognizer": EmotionRecognizer()}
+    listeners = {"asr": ASRPool(), "recognizer": EmotionRecognizer(), "similarity": minilm_similarity()}
     metrics = [measure(e, results[e.dialogue.dialogue_id], lang_root / e.lang, listeners) for e in entries]
     judged = judge_all(judge, entries, results, out, progress) if judge else {}
     tasks = score_tasks(entries, metrics, judged, judge)
