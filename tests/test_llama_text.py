@@ -112,8 +112,9 @@ def test_the_llama_cpp_loop_writes_what_the_torch_loop_writes_and_shows_the_same
     assert tokens == torch_tokens == again
     cosine = torch.nn.functional.cosine_similarity(states, torch_states, dim=-1)
     assert float(cosine.min()) > 0.9999
-    # llama.cpp keeps its KV cache in f16: the tiny model's wide random weights amplify that a little more
-    tolerance = 2e-3 if golden_name is None else 5e-3
+    # llama.cpp keeps its KV cache in f16: the tiny model's wide random weights amplify that (2.7e-3 measured on
+    # an AVX-512 EPYC, so 1e-2 leaves room for other CPUs' sums); the tokens must still agree exactly
+    tolerance = 2e-3 if golden_name is None else 1e-2
     worst = float((states - torch_states).abs().max() / torch_states.abs().max())
     assert worst < tolerance, worst
     if golden_name:

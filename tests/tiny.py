@@ -40,8 +40,9 @@ def tiny_llm(seed: int = 0, layers: int = 4):
     """A random 4-layer, 64-wide Llama with SmolLM2's vocabulary."""
     from transformers import LlamaForCausalLM
 
+    config = tiny_llama_config(layers)  # first: in an empty home the tokenizer's conversion draws random numbers
     torch.manual_seed(seed)
-    return LlamaForCausalLM(tiny_llama_config(layers)).eval()
+    return LlamaForCausalLM(config).eval()
 
 
 def tiny_gguf(llm, folder: Path) -> Path:
@@ -62,10 +63,10 @@ def tiny_slm(seed: int = 0):
     encoder = WhisperConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
                             num_mel_bins=80, max_source_positions=1500, decoder_layers=1,
                             decoder_attention_heads=2, decoder_ffn_dim=32)
-    torch.manual_seed(seed)
     config = UnifiedSLMConfig(llm_config=tiny_llama_config().to_dict(), encoder_config=encoder.to_dict(),
                               adapter_dim=32, adapter_layers=1, adapter_heads=2,
                               llm_source="smollm2-135m-instruct")  # its tokenizer and GGUF template
+    torch.manual_seed(seed)  # after the tokenizer is in place (see tiny_llm)
     model = UnifiedSLM(config).eval()
     return model, smollm_tokenizer()
 
