@@ -125,7 +125,10 @@ class Phases:
 
 
 def _clock(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s"
 
 
 def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Console,
@@ -151,8 +154,8 @@ def run_demo(llm_spec: str, langs: list[str], limit: int, out: Path, console: Co
     results: list[TurnResult] = []
     answered: list[Dialogue] = []
     with phase("loading the teacher agent"):
+        similarity = minilm_similarity()  # the reply checks' near-copy test (first: it cannot leak the agent)
         agent = load_agent("teacher", llm=llm_spec)
-        similarity = minilm_similarity()  # the reply checks' near-copy test
     with agent, phase(f"playing {len(voiced)} dialogues ({sum(len(d.turns) for d in voiced)} turns)"):
         for k, dialogue in enumerate(voiced, 1):
             console.rule(f"{dialogue.dialogue_id} ({dialogue.task or 'dialogue'}, {dialogue.lang}) · "

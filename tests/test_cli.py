@@ -84,7 +84,7 @@ def test_doctor_names_the_cpu_the_build_and_each_model(tmp_path):
     assert facts["machine", "cpu"] == native.cpu_name()
     assert "avx2" in facts["machine", "cpu flags"]
     assert "AVX2" in facts["llama.cpp", "compiled for"] and "AMX" not in facts["llama.cpp", "compiled for"]
-    assert facts["llama.cpp", "build flags"].startswith("-DGGML_NATIVE=OFF")
+    assert "-DGGML_NATIVE=OFF" in facts["llama.cpp", "build flags"]
     assert "shipped: usable (" in facts["store", "recogniser"]
     assert {"ctranslate2", "onnxruntime", "torch"} <= {name for section, name in facts if section == "runtimes"}
     result = runner.invoke(app, ["doctor", "--no-models"])

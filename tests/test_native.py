@@ -56,10 +56,13 @@ def test_the_installed_build_uses_what_set_up_chose_for_this_cpu():
 
 
 def test_one_token_decodes_in_a_child_and_a_signal_death_is_named():
-    ok, said = native.smoke()
-    assert ok and said.startswith("ok"), said
-    ok, said = native.smoke(code="import os, signal; os.kill(os.getpid(), signal.SIGILL)")
-    assert not ok and said == "killed by SIGILL"
+    result = native.smoke()
+    assert result.ran and not result.died and result.said.startswith("ok"), result
+    assert "AVX2" in native.compiled_features(result.compiled)  # what the child loaded says it was built for
+    died = native.smoke(code="import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    assert died.died and not died.ran and died.said == "killed by SIGILL"
+    broken = native.smoke(code="import no_such_module")
+    assert not broken.died and not broken.ran and "ModuleNotFoundError" in broken.said
 
 
 @pytest.mark.parametrize("info, expected", [
@@ -73,13 +76,21 @@ def test_system_info_is_parsed(info, expected):
 def test_a_build_that_dies_is_rebuilt_with_the_baseline_and_said_in_one_line(monkeypatch, tmp_path, capsys):
     """The decision logic of `ensure`, with the child's death faked (a real SIGILL needs an AMX VM) and the
     7-minute rebuild recorded instead of run."""
-    deaths = iter([(False, "killed by SIGILL"), (True, "ok ' Paris'")])
+    runs = iter([native.Smoke(False, True, "killed by SIGILL"), native.Smoke(True, False, "ok ' Paris'", "AVX2 = 1")])
     builds = []
-    monkeypatch.setattr(native, "smoke", lambda python=None: next(deaths))
+    monkeypatch.setattr(native, "smoke", lambda python=None: next(runs))
     monkeypatch.setattr(native, "_pip_build", lambda python, options: builds.append(options))
     monkeypatch.setattr(native, "build_record_path", lambda: tmp_path / "record.json")
     assert native.ensure() == 0
     assert len(builds) == 1 and native.target_features(builds[0]) == ["AVX", "AVX2", "FMA", "F16C", "BMI2"]
     said = capsys.readouterr().out.splitlines()
     assert said[0].startswith("llama.cpp died on this CPU (killed by SIGILL); rebuilding")
-    assert "-DGGML_AVX512=OFF" in (tmp_path / "record.json").read_text()
+    record = (tmp_path / "record.json").read_text()
+    assert "rebuilt here with" in record and "-DGGML_AVX512=OFF" in record and "AVX2 = 1" in record
+
+
+def test_a_failure_that_is_not_a_death_is_not_rebuilt(monkeypatch, capsys):
+    monkeypatch.setattr(native, "smoke", lambda python=None: native.Smoke(False, False, "exit 1: ImportError: x"))
+    monkeypatch.setattr(native, "_pip_build", lambda python, options: pytest.fail("rebuilt for a non-death"))
+    assert native.ensure() == 1
+    assert "could not be checked (exit 1: ImportError: x)" in capsys.readouterr().out

@@ -84,7 +84,18 @@ def test_missing_recogniser_says_how_to_build_it(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EMOSLM_HOME", str(tmp_path))
     with pytest.raises(EmoslmError, match="emoslm perception train"):
+        EmotionRecognizer(tmp_path / "elsewhere")  # a folder given by the user is never filled behind its back
+    monkeypatch.setattr("emoslm.perception.shipped._sklearn_version", lambda: "0.0")  # shipped copy not loadable
+    with pytest.raises(EmoslmError, match="emoslm perception train"):
         EmotionRecognizer()
+
+
+def test_the_default_recogniser_is_the_shipped_one_on_first_use(tmp_path, monkeypatch):
+    from emoslm.perception import shipped
+    from emoslm.perception.recognizer import EmotionRecognizer
+
+    monkeypatch.setenv("EMOSLM_HOME", str(tmp_path))
+    assert EmotionRecognizer().meta == shipped.shipped_meta()  # serve, chat and eval get it too, not only the demo
 
 
 @pytest.mark.slow
@@ -100,7 +111,8 @@ def test_the_shipped_recogniser_is_what_the_committed_recipe_makes(tmp_path, mon
     assert meta is not None and "held_out" in meta, "no shipped recogniser with a held-out score"
     monkeypatch.setenv("EMOSLM_HOME", str(tmp_path / "home"))
     fresh = train(TrainConfig(), silent, out=tmp_path / "fresh")
-    assert fresh["config"] == meta["config"] and fresh["n_train_clips"] == meta["n_train_clips"]
+    assert json.loads(json.dumps(fresh["config"])) == meta["config"]  # tuples in memory, lists in JSON
+    assert fresh["n_train_clips"] == meta["n_train_clips"]
     report = evaluate(tmp_path / "report", silent, directory=tmp_path / "fresh")
     for part in ("acoustic", "text", "fused"):
         assert abs(report["test"][part]["accuracy"] - meta["held_out"][part]) <= 0.05, part

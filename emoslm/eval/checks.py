@@ -4,8 +4,12 @@ A judge scores empathy; these catch the mechanical faults that sank the example 
 any judging (issue 32): a reply cut off mid-sentence, the user spoken of in the third person ("The user's
 tone is quite intense"), the wrong language, a reply far over a spoken turn's length, a near-copy of an
 earlier reply, and (T1) a trajectory that does not name exactly the perceived emotions in order. They run in
-the demo's summary, in `emoslm eval humdial` and in the benchmarks, so every change to prompts, models or
-decoding is seen against them at once.
+the demo's summary and in `emoslm eval humdial`'s metrics (benchmarks: not yet), so every change to prompts,
+models or decoding is seen against them at once.
+
+The near-copy test uses the packaged English MiniLM for both languages: measured on two pairs each, a
+paraphrase scores 0.91 (en) / 0.89 (zh) and an unrelated reply 0.07 / 0.64, so in Mandarin it catches
+repeats but may miss close paraphrases.
 """
 
 from __future__ import annotations

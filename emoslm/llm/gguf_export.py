@@ -140,7 +140,8 @@ def resized_template(template: str | Path, llm: Any, out: str | Path) -> Path:
     sizes = {"block_count": config.num_hidden_layers, "embedding_length": config.hidden_size,
              "feed_forward_length": config.intermediate_size, "attention.head_count": heads,
              "attention.head_count_kv": getattr(config, "num_key_value_heads", None) or heads,
-             "vocab_size": config.vocab_size, "rope.dimension_count": config.hidden_size // heads}
+             "vocab_size": config.vocab_size,
+             "rope.dimension_count": getattr(config, "head_dim", None) or config.hidden_size // heads}
     names = gguf_names({k: None for k in llm.state_dict()})
     state = dict(llm.state_dict())
     with atomic_file(out, suffix=".gguf") as tmp:
@@ -172,11 +173,13 @@ def fitting_template(template: str | Path, llm: Any, cache: Path) -> Path:
     reader = gguf.GGUFReader(str(template))
     arch = str(reader.fields["general.architecture"].contents())
     config = llm.config
+    heads = config.num_attention_heads
     wanted = {"block_count": config.num_hidden_layers, "embedding_length": config.hidden_size,
-              "feed_forward_length": config.intermediate_size}
+              "feed_forward_length": config.intermediate_size, "attention.head_count": heads,
+              "attention.head_count_kv": getattr(config, "num_key_value_heads", None) or heads,
+              "vocab_size": config.vocab_size}
     have = {k: int(reader.fields[f"{arch}.{k}"].contents()) for k in wanted if f"{arch}.{k}" in reader.fields}
-    if have == wanted:
+    if have == {k: v for k, v in wanted.items() if k in have} and len(have) >= 5:
         return Path(template)
-    name = "-".join(str(v) for v in wanted.values())
-    out = cache / f"{Path(template).stem}-resized-{name}-{config.vocab_size}.gguf"
+    out = cache / f"{Path(template).stem}-resized-{'-'.join(str(v) for v in wanted.values())}.gguf"
     return out if out.exists() else resized_template(template, llm, out)

@@ -119,6 +119,10 @@ class EmotionRecognizer:
     def __init__(self, directory: Path | None = None, acoustic: str = "builtin") -> None:
         self.directory = directory or recogniser_dir()
         meta_path = self.directory / "meta.json"
+        if not meta_path.exists() and directory is None:
+            from emoslm.perception import shipped
+
+            shipped.install(self.directory)  # the default recogniser: the shipped copy, where this install can load it
         if not meta_path.exists():
             raise EmoslmError(
                 f"no trained emotion recogniser in {self.directory}; run `emoslm perception train` (a few minutes)"
