@@ -29,7 +29,7 @@ test-all: test test-slow
 
 bench: setup
 	$(PY) benchmarks/bench_backends.py
-	# the two benchmarks below need the built-in recogniser: trained once, then cached
+	# the benchmarks below need the built-in recogniser: the shipped one, copied into $EMOSLM_HOME once
 	$(PY) -c "from emoslm.perception.training import ensure_recogniser; from emoslm.progress import silent; ensure_recogniser(silent)"
 	$(PY) benchmarks/bench_perception.py
 	$(PY) benchmarks/bench_ieat.py
