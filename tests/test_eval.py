@@ -65,6 +65,14 @@ def test_judge_context_strips_think_and_hides_the_judged_reply():
     assert "User (emotion: anger): user says 1" in lines
 
 
+def test_the_judged_question_shows_its_emotion_tag_too():
+    from emoslm.eval.judge import Judge
+
+    d = dialogue(["sad", "anger", "neutral"], replies=["I hear you.", "Oh no.", "You went from sad to anger."])
+    prompt = Judge(llm=object()).prompt("T1", d, 2)
+    assert "(emotion: neutral) user says 2" in prompt and "User (emotion: anger): user says 1" in prompt
+
+
 def test_trajectory_exactness():
     gold = ["anger", "surprise", "neutral"]
     assert trajectory_exact("First anger, then surprise, and finally you were neutral.", gold, "en")["exact"]

@@ -179,8 +179,11 @@ class Judge:
                 audio_dimensions=AUDIO_RUBRIC if self.hears_audio else "",
                 score_keys=", ".join(f'"{d}": 1-5' for d in dims),
                 justification_keys=", ".join(f'"{d}": "..."' for d in dims))
+        # the final question carries its tag like every other user turn: HumDial's T1 path includes it (the
+        # closing neutral), and without it a judge counts a reply that names it as inventing an emotion
+        question = f"(emotion: {turn.emotion}) {turn.text}" if turn.emotion else turn.text
         return self.rubrics[task].format(history=history_lines(dialogue, index - 1, include_last_reply=True),
-                                         question=turn.text, response=strip_think(turn.response_text))
+                                         question=question, response=strip_think(turn.response_text))
 
     def message(self, task: str, dialogue: Dialogue, index: int, audio: Any = None) -> dict[str, Any]:
         text = self.prompt(task, dialogue, index)
