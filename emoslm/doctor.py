@@ -58,11 +58,8 @@ def llama_facts() -> list[Fact]:
         info = native.system_info()
     except Exception as exc:  # a missing or broken build is itself the answer
         return [*out, Fact("llama.cpp", "system info", f"cannot load: {type(exc).__name__}: {exc}", warn=True)]
-    compiled = native.compiled_features(info)
-    shown = [f for f in ("AVX", "AVX2", "FMA", "F16C", "BMI2", "AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI",
-                         "AVX512_BF16", "AMX_INT8") if f in compiled]
-    out.append(Fact("llama.cpp", "compiled for", " ".join(shown) or info.strip()))
-    if "AMX_INT8" in compiled:
+    out.append(Fact("llama.cpp", "compiled for", native.shown_features(info)))
+    if "AMX_INT8" in native.compiled_features(info):
         out.append(Fact("llama.cpp", "warning", "built with AMX (a native build?): it dies with SIGILL on VMs that "
                         "list AMX without allowing it; rerun `make setup`", warn=True))
     record = native.build_record_path()

@@ -37,8 +37,6 @@ OPTIONAL = {
     "GGML_AVX_VNNI": ("avx_vnni",),
 }
 
-OPTIONAL_FLAGS = {flag for needs in OPTIONAL.values() for flag in needs}
-
 # Never on: listing AMX in cpuinfo does not prove a VM lets threads use it (llama.cpp #13678).
 NEVER = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")
 
@@ -83,12 +81,15 @@ def cmake_args(options: dict[str, bool]) -> str:
     return " ".join(f"-D{name}={'ON' if on else 'OFF'}" for name, on in options.items())
 
 
+# ggml option → llama.cpp's system-info name for it; AMX_INT8 last, so a build that has it shows it
+FEATURE_NAMES = {"GGML_AVX": "AVX", "GGML_AVX2": "AVX2", "GGML_FMA": "FMA", "GGML_F16C": "F16C", "GGML_BMI2": "BMI2",
+                 "GGML_AVX_VNNI": "AVX_VNNI", "GGML_AVX512": "AVX512", "GGML_AVX512_VBMI": "AVX512_VBMI",
+                 "GGML_AVX512_VNNI": "AVX512_VNNI", "GGML_AVX512_BF16": "AVX512_BF16", "GGML_AMX_INT8": "AMX_INT8"}
+
+
 def target_features(options: dict[str, bool]) -> list[str]:
     """The instruction sets a build with these options uses, in llama.cpp's system-info spelling."""
-    names = {"GGML_AVX": "AVX", "GGML_AVX2": "AVX2", "GGML_FMA": "FMA", "GGML_F16C": "F16C", "GGML_BMI2": "BMI2",
-             "GGML_AVX512": "AVX512", "GGML_AVX512_VBMI": "AVX512_VBMI", "GGML_AVX512_VNNI": "AVX512_VNNI",
-             "GGML_AVX512_BF16": "AVX512_BF16", "GGML_AVX_VNNI": "AVX_VNNI"}
-    return [names[k] for k, on in options.items() if on and k in names]
+    return [FEATURE_NAMES[k] for k, on in options.items() if on and k in FEATURE_NAMES]
 
 
 def system_info() -> str:
@@ -96,6 +97,12 @@ def system_info() -> str:
     import llama_cpp
 
     return llama_cpp.llama_print_system_info().decode()
+
+
+def shown_features(info: str) -> str:
+    """The x86 features a ``system_info`` string marks on, in a fixed order (for set-up and `emoslm doctor`)."""
+    compiled = compiled_features(info)
+    return " ".join(name for name in FEATURE_NAMES.values() if name in compiled) or "unknown"
 
 
 def compiled_features(info: str) -> set[str]:
@@ -164,13 +171,12 @@ def _pip_build(python: str, options: dict[str, bool]) -> None:
 
 
 def record(path: Path, result: Smoke, built_with: dict[str, bool] | None = None) -> None:
-    """Write how the installed build ran (and, after a rebuild, its flags) beside the venv, for `emoslm doctor`.
-
-    Without a rebuild here the flags are not known for certain (pip may have brought a cached wheel), so the
-    record keeps the ones an earlier rebuild wrote, and always what the loaded library says it was compiled for."""
-    old = json.loads(path.read_text()) if path.exists() else {}
-    asked = f"set-up asked pip for {cmake_args(ggml_options(cpu_flags()))} (a cached wheel may differ: see 'compiled')"
-    flags = f"rebuilt here with {cmake_args(built_with)}" if built_with else old.get("cmake_args", asked)
+    """Write how the installed build ran beside the venv, for `emoslm doctor`: the flags of a rebuild made
+    here, else the flags set-up asked pip for (a cached wheel may differ), and always what the loaded library
+    says it was compiled for, which is the fact that counts."""
+    asked = cmake_args(ggml_options(cpu_flags()))
+    flags = (f"rebuilt here with {cmake_args(built_with)}" if built_with else
+             f"set-up asked pip for {asked} (a cached wheel may differ: see 'compiled')")
     path.write_text(json.dumps({"cpu": cpu_name(), "cmake_args": flags, "compiled": result.compiled,
                                 "smoke": result.said}, indent=1) + "\n")
 
@@ -184,7 +190,7 @@ def ensure(python: str = sys.executable) -> int:
     first = smoke(python)
     if first.ran:
         record(build_record_path(), first)
-        print(f"llama.cpp runs on this CPU (built for: {_short(first.compiled)}): {first.said}")
+        print(f"llama.cpp runs on this CPU (built for: {shown_features(first.compiled)}): {first.said}")
         return 0
     if not first.died:  # a missing library or a broken install: a rebuild for another CPU would not help
         print(f"llama.cpp could not be checked ({first.said}); rerun `make setup`, then `emoslm doctor`")
@@ -200,11 +206,6 @@ def ensure(python: str = sys.executable) -> int:
     print(f"llama.cpp still fails after the baseline rebuild ({again.said}); this CPU may lack AVX2: "
           "report `emoslm doctor` output")
     return 1
-
-
-def _short(info: str) -> str:
-    return " ".join(sorted(compiled_features(info) & set(target_features(ggml_options(set(OPTIONAL_FLAGS)))) |
-                           ({"AMX_INT8"} & compiled_features(info)))) or "unknown"
 
 
 def main(argv: list[str]) -> int:

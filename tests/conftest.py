@@ -102,11 +102,11 @@ def small_recogniser(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def recogniser_home(tmp_path_factory):
+def recogniser_home(tmp_path_factory, request):
     """A private EMOSLM_HOME holding the shipped recogniser (copied: no training), as a first run gets it.
 
-    Where this scikit-learn cannot load the shipped copy, the six-voice recogniser is trained instead (slower,
-    same interface), so the tests still run."""
+    Where this scikit-learn cannot load the shipped copy, the six-voice ``small_recogniser``'s home stands in
+    (trained: slower, same interface), so the tests still run."""
     from emoslm.perception import shipped
     from emoslm.perception.recognizer import recogniser_dir
 
@@ -115,13 +115,7 @@ def recogniser_home(tmp_path_factory):
         mp.setenv("EMOSLM_HOME", str(home))
         if shipped.install(recogniser_dir()):
             return home
-    from emoslm.perception.training import TrainConfig, train
-    from emoslm.progress import silent
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSLM_HOME", str(home))
-        train(TrainConfig(renditions=1, voices=SMALL_VOICES), silent)
-    return home
+    return request.getfixturevalue("small_recogniser")[0]
 
 
 @pytest.fixture(scope="session")

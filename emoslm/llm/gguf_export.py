@@ -122,6 +122,16 @@ def _add(writer: Any, name: str, data: np.ndarray, qtype: str) -> None:
         writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(data, np.float32), kind), raw_dtype=kind)
 
 
+def llama_sizes(config: Any) -> dict[str, int]:
+    """A transformers config's hyper-parameters under their GGUF keys (without the ``llama.`` prefix)."""
+    heads = config.num_attention_heads
+    return {"block_count": config.num_hidden_layers, "embedding_length": config.hidden_size,
+            "feed_forward_length": config.intermediate_size, "attention.head_count": heads,
+            "attention.head_count_kv": getattr(config, "num_key_value_heads", None) or heads,
+            "vocab_size": config.vocab_size,
+            "rope.dimension_count": getattr(config, "head_dim", None) or config.hidden_size // heads}
+
+
 def resized_template(template: str | Path, llm: Any, out: str | Path) -> Path:
     """A GGUF template with ``template``'s tokenizer and chat template but ``llm``'s sizes (zero tensors).
 
@@ -136,12 +146,7 @@ def resized_template(template: str | Path, llm: Any, out: str | Path) -> Path:
     if arch != "llama":
         raise EmoslmError(f"{template}: resizing a {arch} template is not supported (llama only)")
     config = llm.config
-    heads = config.num_attention_heads
-    sizes = {"block_count": config.num_hidden_layers, "embedding_length": config.hidden_size,
-             "feed_forward_length": config.intermediate_size, "attention.head_count": heads,
-             "attention.head_count_kv": getattr(config, "num_key_value_heads", None) or heads,
-             "vocab_size": config.vocab_size,
-             "rope.dimension_count": getattr(config, "head_dim", None) or config.hidden_size // heads}
+    sizes = llama_sizes(config)
     names = gguf_names({k: None for k in llm.state_dict()})
     state = dict(llm.state_dict())
     with atomic_file(out, suffix=".gguf") as tmp:
@@ -172,14 +177,9 @@ def fitting_template(template: str | Path, llm: Any, cache: Path) -> Path:
 
     reader = gguf.GGUFReader(str(template))
     arch = str(reader.fields["general.architecture"].contents())
-    config = llm.config
-    heads = config.num_attention_heads
-    wanted = {"block_count": config.num_hidden_layers, "embedding_length": config.hidden_size,
-              "feed_forward_length": config.intermediate_size, "attention.head_count": heads,
-              "attention.head_count_kv": getattr(config, "num_key_value_heads", None) or heads,
-              "vocab_size": config.vocab_size}
+    wanted = llama_sizes(llm.config)
     have = {k: int(reader.fields[f"{arch}.{k}"].contents()) for k in wanted if f"{arch}.{k}" in reader.fields}
-    if have == {k: v for k, v in wanted.items() if k in have} and len(have) >= 5:
+    if all(have.get(k, v) == v for k, v in wanted.items()):  # a size the template does not state is not checked
         return Path(template)
     out = cache / f"{Path(template).stem}-resized-{'-'.join(str(v) for v in wanted.values())}.gguf"
     return out if out.exists() else resized_template(template, llm, out)
