@@ -44,8 +44,8 @@ units_app = _group("Speech units: train a speech tokenizer and a unit decoder, e
 app.add_typer(units_app, name="units")
 
 LLMOpt = Annotated[str, typer.Option(
-    "--llm", help="LLM spec: auto (SmolLM2 for English, Qwen2.5-0.5B for Chinese), llama-cpp:MODEL, "
-                  "transformers:MODEL or http(s)://…/v1?model=M")]
+    "--llm", help="LLM spec: auto (Qwen2.5-Coder-1.5B with the shipped reply adapter, both languages), "
+                  "llama-cpp:MODEL[?lora=PATH|none], transformers:MODEL or http(s)://…/v1?model=M")]
 
 
 @app.command()
@@ -424,6 +424,8 @@ def perception_evaluate(
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     args: Annotated[list[str], typer.Argument(help="RECIPE (a YAML recipe with a train section), "
+                                                   "`replies [RECIPE]` for the reply adapter (LoRA of the reply "
+                                                   "LLM on corpora/empathy), "
                                                    "`report RUN...` to compare finished runs, or `probe RUN...` "
                                                    "for linear probes of the emotion along the listening path.")],
     stage: Annotated[Optional[str], typer.Option(help="1-1 (speech-text alignment), 1-2 (IEAT) or 2 "
@@ -455,6 +457,17 @@ def train(
         with console.status("generating on the held-out clips"):
             report([Path(a) for a in args[1:]], target, clips)
         console.print((target / "report.md").read_text(), highlight=False, markup=False)
+        return
+    if args[0] == "replies":
+        from emoslm.train.replies import reply_config, train_replies
+
+        recipe = Path(args[1]) if len(args) > 1 else Path("recipes/replies.yaml")
+        config = reply_config(recipe, out=out, max_steps=max_steps)
+        bar, progress = rich_progress(err)
+        with bar:
+            summary = train_replies(config, progress)
+        console.print(json.dumps(summary), highlight=False)
+        console.print(f"adapter: {summary['adapter']} (llama-cpp:{config.llm}?lora=PATH uses it)")
         return
     if args[0] == "probe":
         from emoslm.train.probes import probe_runs

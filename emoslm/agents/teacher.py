@@ -19,22 +19,12 @@ from emoslm.agents.base import Agent, Spoken, speak_along
 from emoslm.agents.events import Done, Emotion, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.config import configure_threads
-from emoslm.ieat.think import (
-    EMPATHY_SYSTEM,
-    asks_trajectory,
-    tag_in_think,
-    think_opening,
-    think_stream,
-    trajectory_reply,
-    validate,
-)
-from emoslm.llm import LLM, LLMPool, Message
+from emoslm.ieat.think import answer_turn, system_for, tag_in_think, validate
+from emoslm.llm import LLMPool
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer
 from emoslm.speech.prosody import reply as reply_prosody
 from emoslm.speech.voice import VoicePool, voice_pool
-
-SYSTEM = EMPATHY_SYSTEM
 
 
 class TeacherAgent(Agent):
@@ -44,8 +34,7 @@ class TeacherAgent(Agent):
                  voices: VoicePool | None = None, voice: str = "auto", speak: bool = True, think_budget: int = 64,
                  reply_budget: int = 96, by_clause: bool = True, trajectory: bool = True) -> None:
         configure_threads(torch_threads=1)  # torch's OpenMP team would throttle llama.cpp's (config.py)
-        self.llms = LLMPool(llm)  # thinks: its cached prompt grows by one exchange per turn
-        self.writers = LLMPool(llm)  # writes the reply from the think as notes (a second context, own cache)
+        self.llms = LLMPool(llm)  # thinks and answers in one context: its cached prompt grows by one exchange per turn
         self.recognizer = recognizer or EmotionRecognizer()
         self.asr = asr or ASRPool()
         self.voices, self.voice_spec = voices or voice_pool(), voice
@@ -78,21 +67,16 @@ class TeacherAgent(Agent):
         yield Emotion(emotion)
         yield Timing("emotion", _lap(clock))
 
-        head = [{"role": "system", "content": SYSTEM[lang]}, *({"role": t.role, "content": t.text} for t in history)]
-        messages = [*head, {"role": "user", "content": heard.text or "…"}]
-        words = emotion.textual.tag if emotion.textual else None
         if self._warming is not None:
-            self._warming.result()  # both contexts are free again
+            self._warming.result()  # the context is free again
         llm = self.llms.for_lang(lang)
-        writer = llm if llm.native_think() else self.writers.for_lang(lang)  # thinking models write on
-        if self.speak and self.by_clause:
-            writer.share_cpu()  # the voice speaks beside it
+        history_messages = [{"role": t.role, "content": t.text} for t in history]
+        words = emotion.textual.tag if emotion.textual else None
+        llm.share_cpu(0)  # every core for the think
         path = [*(t.emotion for t in history if t.role == "user"), emotion.tag]
-        # HumDial T1: "how did my feelings change?" gets the perceived path in the think and the reply
-        asked = self.trajectory and len(path) > 1 and asks_trajectory(heard.text, lang)
-        pieces = think_stream(llm, messages, think_opening(emotion.tag, lang, words, path if asked else None),
-                              self.think_budget, self.reply_budget, lang=lang, writer=writer,
-                              reply_opening=trajectory_reply(path, lang) if asked else "")
+        pieces = answer_turn(llm, history_messages, heard.text, path, lang, words, self.think_budget,
+                             self.reply_budget, self.trajectory,
+                             before_reply=llm.share_cpu if self.speak and self.by_clause else None)  # voice beside
         voice = self.voices.voice(self.voice_spec, lang) if self.speak else None
         spoken = Spoken()
         yield from speak_along(pieces, voice, reply_prosody(emotion.tag), spoken, self.by_clause)
@@ -100,20 +84,14 @@ class TeacherAgent(Agent):
                       think_emotion=tag_in_think(spoken.think), audio=spoken.audio,
                       problems=validate(spoken.think, spoken.text, emotion.tag, lang))
         if not llm.native_think():
-            following = [*messages, {"role": "assistant", "content": reply.text}]
-            self._warming = self._side.submit(_prefill, [llm, writer], following)
+            following = [{"role": "system", "content": system_for(llm, lang)}, *history_messages,
+                         {"role": "user", "content": heard.text or "…"}, {"role": "assistant", "content": reply.text}]
+            self._warming = self._side.submit(llm.prefill, llm.render(following, add_generation_prompt=False))
         yield Done(reply)
 
     def close(self) -> None:
         self._side.shutdown(wait=True)  # a next-turn prefill still running must end before its model is freed
         self.llms.close()
-        self.writers.close()
-
-
-def _prefill(llms: list[LLM], head: list[Message]) -> None:
-    """Evaluate the next turn's prompt head (system prompt + history) into each context's KV cache."""
-    for llm in llms:
-        llm.prefill(llm.render(head, add_generation_prompt=False))
 
 
 def _lap(start: float) -> float:

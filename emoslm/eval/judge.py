@@ -163,7 +163,7 @@ class Judge:
         self.spec, self.samples, self.hears_audio = spec, max(1, samples), hears_audio
         self.max_tokens, self.seed = max_tokens, seed
         self.rubrics = {task: load_rubric(task, rubric_dir) for task in DIMENSIONS}
-        self.llm = llm or load_llm(spec)
+        self.llm = llm or (None if spec == "prompts" else load_llm(spec))  # "prompts": rubric prompts only
 
     def dimensions(self, task: str) -> tuple[str, ...]:
         return DIMENSIONS[task] + (AUDIO_DIMENSIONS if task == "T3" and self.hears_audio else ())

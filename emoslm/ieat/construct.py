@@ -30,7 +30,7 @@ from emoslm.audio import SAMPLE_RATE, load_audio, save_audio, trim_to_speech
 from emoslm.errors import BackendError, EmoslmError, MissingPackageError, ModelNotFoundError
 from emoslm.ieat.recipe import Recipe
 from emoslm.ieat.sources import SourceItem
-from emoslm.ieat.think import EMPATHY_SYSTEM, language_of, think_opening, think_then_answer, trajectory_reply, validate
+from emoslm.ieat.think import language_of, system_for, think_opening, think_then_answer, trajectory_reply, validate
 from emoslm.llm import LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.estimate import EmotionEstimate
@@ -40,33 +40,12 @@ from emoslm.speech.prosody import reply as reply_prosody
 from emoslm.speech.tts import TTS
 from emoslm.speech.voice import voice_pool
 
-PROMPT_VERSION = "ieat-prompts-v2"  # v2: trajectory questions carry the perceived path
+PROMPT_VERSION = "ieat-prompts-v3"  # v2: trajectory questions carry the perceived path; v3: one prompt (issue 32)
 
 ANSWER_SYSTEM = {
     "en": "You are a helpful voice assistant. Answer the user in English in one to three short spoken sentences.",
     "zh": "你是一个乐于助人的语音助手。请用中文口语回答，一到三句话。",
 }
-TASK_SYSTEM = {
-    "trajectory": {
-        "en": "You are an emotionally perceptive voice assistant. The user asks which emotions they went through. "
-              "Answer in English in two or three sentences: name each emotion with one of the words happy, sad, "
-              "anger, fear, neutral, surprise, disgust, in the order it appeared, and tie it to what happened.",
-        "zh": "你是一个善于体察情绪的语音助手。用户想知道自己经历了哪些情绪。"
-              "请用中文回答两三句话：按出现顺序说出每种情绪"
-              "（用 happy、sad、anger、fear、neutral、surprise、disgust 之一），"
-              "并说明它和发生的事情的关系。",
-    },
-    "reasoning": {
-        "en": "You are an emotionally perceptive voice assistant. The user asks why they feel the way they do. "
-              "Answer in English in two or three sentences: state the root cause from what they said, explain it "
-              "clearly, and end with one helpful thought.",
-        "zh": "你是一个善于体察情绪的语音助手。用户想知道自己为什么会有这种感受。请用中文回答两三句话："
-              "指出根本原因，清楚地解释，并给出一个有帮助的想法。",
-    },
-    "empathy": EMPATHY_SYSTEM,
-}
-
-
 @dataclass
 class Clip:
     """A prepared user clip: its audio (relative to the build folder), transcript and how it was made."""
@@ -198,12 +177,15 @@ def ieat_turn(tools: Toolkit, task: str, lang: str, history: list[Message], user
     teacher = tools.recipe.data.teacher
     opening = think_opening(emotion["tag"], lang, emotion["words"], trajectory)
     reply_opening = trajectory_reply(trajectory, lang) if trajectory else ""
-    messages = [{"role": "system", "content": TASK_SYSTEM[task][lang]}, *history,
+    llm = tools.llms.for_lang(lang)
+    # every task answers under the agent's own prompt (its worked examples cover all three tasks), so the targets
+    # are the replies the teacher gives live
+    messages = [{"role": "system", "content": system_for(llm, lang)}, *history,
                 {"role": "user", "content": user_text}]
     problems: list[str] = []
     for attempt in range(teacher.retries + 1):
         seed = item_seed(tools.recipe.seed, *seed_parts, f"try{attempt}")
-        thought = think_then_answer(tools.llms.for_lang(lang), messages, opening, teacher.think_budget,
+        thought = think_then_answer(llm, messages, opening, teacher.think_budget,
                                     teacher.reply_budget, tools.sampling(teacher.reply_budget, seed), lang,
                                     reply_opening)
         cause = cause_of(thought.think, opening)

@@ -44,14 +44,90 @@ VOICE_EVIDENCE = {
     },
 }
 
-# The empathetic-response task's system prompt: the teacher agent answers live under it, and the
-# IEAT builder uses it for the empathy samples, so what the model is trained on is what it runs with.
+# The empathetic-response task's system prompt: the teacher agent answers live under it, and the IEAT
+# builder and the reply adapter's corpus (``reply_corpus``) use it, so what a model is trained on is what it
+# runs with. It says how the reply speaks (to "you", the concrete cause, short); the worked examples below
+# show it, for a model without the reply adapter (issue 32: without them Qwen2.5-Coder wrote "The user
+# feels upset because…" and SmolLM2 copied its notes).
 EMPATHY_SYSTEM = {
-    "en": "You are a warm, emotionally attentive voice assistant. Reply to the user in English in one to three "
-          "short spoken sentences: name how they feel and why, then support them. No lists.",
-    "zh": "你是一个温暖、善解人意的语音助手。请用中文口语回复一到三句话："
-          "先说出用户的感受和原因，再给予支持。不要列清单。",
+    "en": "You are a warm, emotionally attentive voice companion talking with one person. Before each answer you "
+          "think privately inside <think></think>: the emotion you hear in their voice and the concrete reason for "
+          "it, taken from everything they have told you. Then you answer them directly, as \"you\", in one to three "
+          "short spoken sentences: say what they feel and why in their own situation, then support them. Never call "
+          "them \"the user\". Never invent details they did not say. No lists, no advice dumps.",
+    "zh": "你是一个温暖、善解人意的语音陪伴者，正在和一个人聊天。每次回答前，你先在<think></think>里默默思考：你从对方"
+          "声音里听到的情绪，以及结合对方说过的所有话，这种情绪的具体原因。然后直接用“你”跟对方说话，用一到三句简短的中文"
+          "口语：先说出对方的感受和原因，再给予支持。不要称对方为“用户”，不要编造对方没说过的细节，不要列清单。",
 }
+# Worked examples (written for emoslm; none is about a situation in the example dialogues): one plain turn,
+# one "how did my feelings change" and one "why do I feel this way". Their KV state is computed once and
+# restored per turn (``LLM.keep_prefix``), so they cost no prefill after the first time.
+WORKED_EXAMPLES: dict[str, list[tuple[str, str, str]]] = {  # (user, think, reply)
+    "en": [
+        ("I failed my driving test again this morning. I practised every day for a month.",
+         ("The user speaks with a slow, quiet voice with a falling pitch, so the emotion I hear is sad. The "
+          "most likely reason they feel sad is that they failed the driving test a second time after a month of"
+          " daily practice."),
+         ("Failing again after a whole month of practice really stings, so of course you feel low. That effort "
+          "isn't wasted; you're closer than it feels right now.")),
+        (("[earlier: furious that a café overcharged them; "
+          "then delighted when the manager refunded them "
+          "and gave a free cake] So how did my mood change "
+          "over this chat?"),
+         ("The user speaks with an even, calm voice, so the emotion I hear is neutral. They ask how their "
+          "feelings changed. Turn by turn I heard anger, then happy, then neutral. What moved them from one to "
+          "the next is the overcharge first, then the refund and the free cake."),
+         ("Your emotions went from anger to happy, and now neutral. Being overcharged made you angry, the "
+          "manager's refund and free cake turned that into delight, and now you're calmly looking back on it.")),
+        (("[earlier: proud of a promotion; sad that their best friend moved abroad last week] Why can't I enjoy"
+          " this promotion?"),
+         ("The user speaks with an even, calm voice, so the emotion I hear is neutral. The most likely reason "
+          "they feel neutral is that the promotion came just as their best friend moved abroad, and the person "
+          "they would celebrate with is gone."),
+         ("It's hard to enjoy the promotion because the friend you'd want to celebrate it with just moved away,"
+          " so the joy comes mixed with missing them. Both feelings are real; maybe call your friend and share "
+          "the news.")),
+    ],
+    "zh": [
+        ("我今天驾照又没考过，我每天都在练，练了一个月。",
+         ("用户说话时声音低沉缓慢、语调下沉，我听到的情绪是难过（sad）。用户感到难过最可能的原因是每天练"
+          "了一个月，驾照还是第二次没考过。"),
+         "练了整整一个月还是没过，难怪你这么失落。你的努力不会白费，其实你离通过已经很近了。"),
+        ("【之前：咖啡店多收了钱很生气；后来店长退了钱还送了蛋糕很开心】那我这段时间的心情是怎么变化的？",
+         ("用户说话时声音平稳，我听到的情绪是平静（neutral）。用户问自己的情绪是怎么变化的。我逐轮听"
+          "到的是愤怒（anger），然后是开心（happy），然后是平静（neutral）。情绪变化的原因"
+          "是先被多收了钱，后来店长退款还送了蛋糕。"),
+         ("你的情绪先是愤怒，后来是开心，现在是平静。被多收钱让你很生气，店长退款又送蛋糕让你转怒为喜，现在"
+          "你已经能平静地回头看这件事了。")),
+        ("【之前：升职了很骄傲；最好的朋友上周出国了很难过】为什么我高兴不起来？",
+         ("用户说话时声音平稳，我听到的情绪是平静（neutral）。用户感到平静最可能的原因是升职正好赶上"
+          "最好的朋友出国，最想一起庆祝的人不在身边。"),
+         ("你高兴不起来，是因为最想和你一起庆祝升职的好朋友刚刚出国，喜悦里夹着对他的想念。这两种感受都很正"
+          "常，不如给朋友打个电话，和他分享这个好消息吧。")),
+    ],
+}
+EXAMPLE_LAYOUT = {"en": ("\n\nExamples with other people (not this conversation):", "User: ", "Assistant: ", " "),
+                  "zh": ("\n\n其他人的示例（不是本次对话）：", "用户：", "助手：", "")}
+
+
+def worked_examples(lang: str) -> str:
+    """The worked examples as the system prompt shows them: user line, then the think and the reply."""
+    header, user, assistant, space = EXAMPLE_LAYOUT[lang]
+    shown = [f"{user}{u}\n{assistant}{THINK_OPEN}{t}{THINK_CLOSE}{space}{r}" for u, t, r in WORKED_EXAMPLES[lang]]
+    return header + "".join(f"\n\n{example}" for example in shown)
+
+
+def empathy_system(lang: str, examples: bool = True) -> str:
+    """The system prompt of the empathetic reply, with the worked examples unless the model was tuned on the
+    corpus (an adapter learned the form; the examples would only cost context)."""
+    lang = "zh" if lang == "zh" else "en"
+    return EMPATHY_SYSTEM[lang] + (worked_examples(lang) if examples else "")
+
+
+def system_for(llm: LLM, lang: str) -> str:
+    """The system prompt ``llm`` answers under: without examples when it carries the reply adapter."""
+    return empathy_system(lang, examples=llm.adapter is None)
+
 
 HEARD = {
     "en": "The user speaks with {evidence}{agreement}, so the emotion I hear is {tag}.",
@@ -148,12 +224,6 @@ class ThoughtReply:
     seconds: float
 
 
-NOTES = {
-    "en": "\nYour private reasoning about the user, for you only (do not repeat or mention it): {think}",
-    "zh": "\n你对用户的内心分析，仅供你自己参考（不要复述或提及）：{think}",
-}
-
-
 @dataclass
 class Piece:
     """One delta of a thought-then-reply stream: ``part`` is "think" or "reply"."""
@@ -164,20 +234,25 @@ class Piece:
 
 def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
                  reply_budget: int = 160, sampling: Sampling | None = None, lang: str = "en",
-                 writer: LLM | None = None, reply_opening: str = "") -> Generator[Piece, None, ThoughtReply]:
+                 reply_opening: str = "", sentences: int = 3,
+                 before_reply: Callable[[], None] | None = None) -> Generator[Piece, None, ThoughtReply]:
     """Continue ``<think>`` + ``opening`` within the budget, close it, then answer, delta by delta.
 
-    The think pieces joined equal the returned think and the reply pieces the returned reply: a
-    budget-closed think is cut back to its last full sentence, so think text is only let out up to
-    a sentence end until the think is over. Thinking models continue after ``</think>``; others
-    answer in a fresh turn given the think as notes, written by ``writer`` when given: a second
-    context of the same model, so that each context's cached prompt prefix stays valid from turn to
-    turn (the think prompt grows by one exchange per turn; the notes prompt differs early).
+    One context throughout: the think is continued after the injected opening (one line: the cause), closed,
+    and the reply continues the same assistant message, so the reply costs no second prompt. (Until issue 32
+    a model without think tokens answered in a fresh turn with the think as "private notes"; SmolLM2 and
+    Qwen2.5-Coder copied the notes, in the third person.) The think pieces joined equal the returned think and
+    the reply pieces the returned reply: a budget-closed think is cut back to its last full sentence, so think
+    text is only let out up to a sentence end until the think is over. The reply stops at a sentence end once
+    it has ``sentences`` sentences, and one cut by its token budget is cut back to its last sentence end, so a
+    reply never breaks off mid-sentence (``SentenceStop``). ``before_reply`` runs between the two (a live
+    agent hands a core to its voice there).
     """
-    base = sampling or Sampling(temperature=0.6, top_p=0.9, repeat_penalty=1.15)
+    base = sampling or Sampling(temperature=0.6, top_p=0.9, repeat_penalty=1.1)
+    native = llm.native_think()
     prompt = open_think(llm.render(messages), opening)
-    # Without think tokens a model runs on from its reasoning into the answer after a blank line: stop there.
-    stops = [THINK_CLOSE, "<|im_end|>", "<|im_start|>"] + ([] if llm.native_think() else ["\n\n"])
+    # A model without think tokens writes its reasoning as one line: stop at the line's end.
+    stops = [THINK_CLOSE, "<|im_end|>", "<|im_start|>"] + ([] if native else ["\n"])
     yield Piece("think", opening)
     think_part = llm.stream(prompt, _with(base, think_budget, stops))
     think_text = Incremental(lambda raw: _last_sentence_end(raw, always=True).rstrip())
@@ -188,24 +263,89 @@ def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: 
     continuation = (_last_sentence_end(continuation) if closed_by_budget else continuation).rstrip()
     yield Piece("think", think_text.finish(continuation))
     think = (opening + continuation).strip()
-    stops = ["<|im_end|>", "<|im_start|>", THINK_OPEN]
     start = f"{reply_opening} " if reply_opening and lang != "zh" else reply_opening
-    if reply_opening:  # one more line at most: a small model rambles on into emotion words it was told not to use
-        stops = [*stops, "\n"]
-    if llm.native_think():
-        answer = llm.stream(f"{prompt}{continuation}\n{THINK_CLOSE}\n\n{start}", _with(base, reply_budget, stops))
-    else:
-        noted = _with_notes(messages, NOTES["zh" if lang == "zh" else "en"].format(think=think))
-        writer = writer or llm
-        answer = writer.stream(writer.render(noted) + start, _with(base, reply_budget, stops + ["\n\n"]))
+    if before_reply is not None:
+        before_reply()
+    answer = llm.stream(f"{prompt}{continuation}{close_think(native)}{start}",
+                        _with(base, reply_budget, ["<|im_end|>", "<|im_start|>", THINK_OPEN, "\n\n"]))
     reply_text = Incremental(clean_reply)
+    stop = SentenceStop(sentences)
     yield Piece("reply", reply_text.update(start))
     for delta in answer:
+        delta, done = stop.feed(delta)
         yield Piece("reply", reply_text.update(delta))
-    yield Piece("reply", reply_text.finish())
+        if done:
+            answer.close()
+            break
+    cut = answer.completion.finish_reason == "length" and not stop.done
+    final = _ended(clean_reply(reply_text.raw), reply_text.emitted, lang) if cut else None
+    yield Piece("reply", reply_text.finish(final))
     think_done, answer_done = think_part.completion, answer.completion
     return ThoughtReply(think, reply_text.emitted, think_done.completion_tokens, answer_done.completion_tokens,
                         closed_by_budget, think_done.seconds + answer_done.seconds)
+
+
+def close_think(native: bool) -> str:
+    """What ends a think before the reply: a thinking model's own layout, or one line for the others."""
+    return f"\n{THINK_CLOSE}\n\n" if native else f"{THINK_CLOSE}\n"
+
+
+SENTENCE_ENDS = ".!?。！？…"
+
+
+class SentenceStop:
+    """Ends a reply at the end of its ``limit``-th sentence (a spoken turn needs no more).
+
+    A sentence ends at ``. ! ? 。 ！ ？`` followed by anything but a digit ("3.5" is one number); an
+    ellipsis ("..." or "…") is a pause, not an end.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count, self.done, self._run = limit, 0, False, ""
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        """The part of ``delta`` to keep, and whether the reply is complete with it."""
+        if self.done:
+            return "", True
+        for i, char in enumerate(delta):
+            if char in SENTENCE_ENDS:
+                self._run += char
+                continue
+            run, self._run = self._run, ""
+            if run and not char.isdigit() and "…" not in run and ".." not in run:
+                self.count += 1
+                if self.count >= self.limit:
+                    self.done = True
+                    return delta[:i], True
+        return delta, False
+
+
+def _ended(text: str, emitted: str, lang: str) -> str:
+    """A reply cut by its token budget, back to its last sentence end; when part of the broken sentence was
+    already let out (spoken), that part is closed with a full stop instead of being left hanging."""
+    cut = max(text.rfind(p) for p in SENTENCE_ENDS)
+    whole = text[: cut + 1] if cut > 0 else ""
+    if whole and whole.startswith(emitted):
+        return whole
+    return emitted.rstrip(" ,;:，、；：—-") + ("。" if lang == "zh" else ".")
+
+
+def answer_turn(llm: LLM, history: list[Message], text: str, path: list[str], lang: str,
+                words_tag: str | None = None, think_budget: int = 64, reply_budget: int = 96,
+                trajectory: bool = True, before_reply: Callable[[], None] | None = None
+                ) -> Generator[Piece, None, ThoughtReply]:
+    """One turn of the empathetic reply as the live agents give it: the system prompt (its worked examples
+    kept as a saved prefix), the history (replies only), the user's ``text``; the think opened with the
+    emotion perceived (``path[-1]``) and, when the user asks how their feelings changed, the whole ``path``,
+    which also starts the reply (HumDial T1)."""
+    system = [{"role": "system", "content": system_for(llm, lang)}]
+    llm.keep_prefix(llm.render(system, add_generation_prompt=False))  # worked examples: computed once
+    messages = [*system, *history, {"role": "user", "content": text or "…"}]
+    asked = trajectory and len(path) > 1 and asks_trajectory(text, lang)
+    opening = think_opening(path[-1], lang, words_tag, path if asked else None)
+    return (yield from think_stream(llm, messages, opening, think_budget, reply_budget, lang=lang,
+                                    reply_opening=trajectory_reply(path, lang) if asked else "",
+                                    before_reply=before_reply))
 
 
 def think_then_answer(llm: LLM, messages: list[Message], opening: str, think_budget: int = 96,
@@ -253,16 +393,6 @@ class Incremental:
             return ""
         delta, self.emitted = text[len(self.emitted):], text
         return delta
-
-
-def _with_notes(messages: list[Message], notes: str) -> list[Message]:
-    """The notes as a system message just before the newest user turn.
-
-    There (not appended to the first system prompt) the prompt's head — system prompt and history — is
-    the same text as the think prompt's and the next turn's, so a backend that keeps its KV cache only
-    evaluates the notes and the newest turn (llama.cpp on 2 cores: ~0.4 s per 130 tokens saved).
-    """
-    return [*messages[:-1], {"role": "system", "content": notes.strip()}, messages[-1]]
 
 
 def _with(base: Sampling, max_tokens: int, stop: list[str]) -> Sampling:

@@ -3,7 +3,8 @@
 Spec strings, as used on the command line and in recipes:
 
 - ``llama-cpp:smollm2-135m-instruct`` (default) or ``llama-cpp:/path/model.gguf``; options after ``?``:
-  ``reuse_prefix=0`` (every prompt evaluated whole: reproducible), ``n_ctx=8192``
+  ``reuse_prefix=0`` (every prompt evaluated whole: reproducible), ``n_ctx=8192``, ``lora=/path/adapter.gguf``
+  (``lora=none``: without the shipped reply adapter)
 - ``transformers:smollm2-135m-instruct`` or ``transformers:Qwen/Qwen3-8B``
 - ``http://host:8000/v1`` with ``model=`` and ``template=`` options:
   ``http://localhost:8000/v1?model=Qwen/Qwen3-8B&template=Qwen/Qwen3-8B``
@@ -21,8 +22,10 @@ DEFAULT_LLM = "llama-cpp:smollm2-135m-instruct"
 
 __all__ = ["LLM", "ChatTemplate", "Completion", "Message", "Sampling", "DEFAULT_LLM", "LLMPool", "load_llm"]
 
-# SmolLM2-135M is the embedded default but cannot write Chinese; Qwen2.5-0.5B can.
-AUTO_LLM = {"en": "llama-cpp:smollm2-135m-instruct", "zh": "llama-cpp:qwen2.5-coder-0.5b-instruct"}
+# The reply model per language, chosen on the example dialogues (benchmarks/results/replies.md): Qwen2.5-Coder-
+# 1.5B-Instruct with the shipped reply adapter in both. SmolLM2-135M (the tests' model) wrote the user in the
+# third person and copied its prompt; Qwen2.5-Coder-0.5B copied the worked examples.
+AUTO_LLM = {"en": "llama-cpp:qwen2.5-coder-1.5b-instruct", "zh": "llama-cpp:qwen2.5-coder-1.5b-instruct"}
 
 
 def load_llm(spec: str = DEFAULT_LLM, **kwargs: object) -> LLM:
@@ -46,8 +49,10 @@ def load_llm(spec: str = DEFAULT_LLM, **kwargs: object) -> LLM:
                 kwargs.setdefault(key, value[-1] not in ("0", "false", "no"))
             elif key == "n_ctx":
                 kwargs.setdefault(key, int(value[-1]))
+            elif key == "lora":
+                kwargs.setdefault(key, None if value[-1] in ("none", "") else value[-1])
             else:
-                raise EmoslmError(f"unknown llama-cpp option '{key}' in '{spec}'; use reuse_prefix or n_ctx")
+                raise EmoslmError(f"unknown llama-cpp option '{key}' in '{spec}'; use reuse_prefix, n_ctx or lora")
         return LlamaCppLLM(model or "smollm2-135m-instruct", **kwargs)
     if backend == "transformers":
         from emoslm.llm.hf import TransformersLLM

@@ -101,7 +101,10 @@ class TextStream:
         return self.completion
 
     def close(self) -> None:
+        """Stop the backend; ``completion`` then holds the text so far (tokens counted as deltas)."""
         self._deltas.close()
+        if self.completion is None:
+            self.completion = Completion("".join(self._parts), 0, len(self._parts), "stop", self._clock.elapsed)
 
 
 class StopMatcher:
@@ -169,6 +172,7 @@ class LLM(abc.ABC):
 
     name: str = "llm"
     backend: str = "base"
+    adapter: str | None = None  # a LoRA adapter loaded on top of the weights (its prompts need no examples)
 
     @abc.abstractmethod
     def _stream(self, prompt: str, sampling: Sampling) -> Generator[str, None, StreamEnd]:
@@ -202,9 +206,14 @@ class LLM(abc.ABC):
         """Evaluate ``text`` into the KV cache ahead of a prompt that starts with it (where the backend
         keeps one; elsewhere a no-op). Live agents call it while the user is still talking."""
 
+    def keep_prefix(self, text: str) -> None:
+        """Keep the evaluated state of a prompt head that many prompts start with (a system prompt with worked
+        examples), so that it is computed once; a no-op where the backend cannot."""
+
     def share_cpu(self, threads: int = 1) -> None:
         """Generate with ``threads`` threads from now on, leaving the other cores to a voice that speaks
-        beside it (prompt prefill keeps every core). A no-op where the model runs elsewhere."""
+        beside it (prompt prefill keeps every core); 0 gives every thread back. A no-op where the model runs
+        elsewhere."""
 
     def close(self) -> None:
         """Release the model (servers, file handles); safe to call twice."""

@@ -9,9 +9,16 @@ back over a queue, which costs nothing measurable.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from emoslm.atomic import atomic_file
 from emoslm.config import settings
 from emoslm.errors import BackendError, MissingPackageError
 from emoslm.llm.base import LLM, ChatTemplate, Message, Sampling, StreamEnd
@@ -32,12 +39,18 @@ class LlamaCppLLM(LLM):
     cores). The price: a prompt evaluated partly from the cache can give a slightly different greedy
     continuation than the same prompt evaluated whole, so output then depends on the call before.
     ``reuse_prefix=False`` evaluates every prompt from scratch: the same prompt always gives the same text.
+
+    ``keep_prefix`` computes a prompt head once (a system prompt with worked examples), saves the KV state of
+    it, on disk too, and restores it whenever a prompt starts with that head but the cache holds something
+    else: the examples then cost no prefill, not even on a new process's first turn.
+    ``lora`` is a GGUF LoRA adapter (``emoslm train replies``) applied at load time; ``"auto"`` is the reply
+    adapter shipped for this model, where there is one (``SHIPPED_LORA``), and None the bare model.
     """
 
     backend = "llama-cpp"
 
     def __init__(self, model: str = "smollm2-135m-instruct", n_ctx: int = 4096, threads: int | None = None,
-                 seed: int = 0, reuse_prefix: bool = True) -> None:
+                 seed: int = 0, reuse_prefix: bool = True, lora: str | None = "auto") -> None:
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -45,6 +58,12 @@ class LlamaCppLLM(LLM):
         resolved = resolve(model)
         threads = threads or settings().threads
         common = dict(n_ctx=n_ctx, n_threads=threads, seed=seed, verbose=False)
+        if lora == "auto":
+            lora = shipped_lora(resolved.name)
+        if lora:
+            if not Path(lora).is_file():
+                raise BackendError(f"LoRA adapter {lora} does not exist; train one with `emoslm train replies`")
+            common["lora_path"] = str(lora)
         try:
             if resolved.is_local:
                 load = lambda: Llama(model_path=str(resolved.require_path()), **common)  # noqa: E731
@@ -53,7 +72,9 @@ class LlamaCppLLM(LLM):
             self.llm = LLAMA_THREAD.submit(load).result()
         except ValueError as exc:
             raise BackendError(f"{model}: llama.cpp cannot load it ({exc}); is it a GGUF file?") from None
-        self.name = resolved.name
+        self.name = resolved.name + (f"+{Path(lora).stem}" if lora else "")
+        self.adapter = str(lora) if lora else None
+        self._kept: list[KeptPrefix] = []
         self.template = template_from_llama(self.llm, model)
         self.reuse_prefix = reuse_prefix
 
@@ -80,6 +101,8 @@ class LlamaCppLLM(LLM):
             )
         if not self.reuse_prefix:
             self.llm.reset()
+        else:
+            self._restore_for(prompt)
         chunks = self.llm.create_completion(
             prompt,
             max_tokens=min(s.max_tokens, self.llm.n_ctx() - n_prompt - 1),
@@ -103,15 +126,33 @@ class LlamaCppLLM(LLM):
             chunks.close()  # an abandoned stream stops llama.cpp's loop and frees the context
         return StreamEnd(n_prompt, self.count_tokens("".join(text)), finish)
 
+    def keep_prefix(self, text: str) -> None:
+        """Compute ``text``'s KV state once (or read it from disk) and restore it for prompts that start with it."""
+        if not self.reuse_prefix or any(k.text == text for k in self._kept):
+            return
+        self._kept.append(LLAMA_THREAD.submit(KeptPrefix.make, self.llm, text, self.name).result())
+
+    def _restore_for(self, prompt: str) -> None:
+        """Load a kept head's state when the prompt starts with it and the cache shares less of it."""
+        for kept in self._kept:
+            if prompt.startswith(kept.text):
+                cached = self.llm.input_ids[: self.llm.n_tokens]
+                same = int(np.argmin(np.append(cached[: len(kept.tokens)] == kept.tokens[: len(cached)], False)))
+                if same < len(kept.tokens):
+                    kept.restore(self.llm)
+                return
+
     def prefill(self, text: str) -> None:
         if self.reuse_prefix:
             self.complete(text, Sampling(max_tokens=1, temperature=0.0))
 
     def share_cpu(self, threads: int = 1) -> None:
         """On 2 cores, llama.cpp's spinning OpenMP threads and a voice's threads starve each other (measured:
-        116 → 26 tokens/s while Piper speaks); one generation thread beside a one-thread voice keeps 74."""
+        116 → 26 tokens/s while Piper speaks); one generation thread beside a one-thread voice keeps 74.
+        ``threads=0`` gives back every thread the model was loaded with."""
         import llama_cpp
 
+        threads = threads or self.llm.n_threads
         LLAMA_THREAD.submit(llama_cpp.llama_set_n_threads, self.llm.ctx, threads, self.llm.n_threads_batch).result()
 
     def close(self) -> None:
@@ -119,6 +160,61 @@ class LlamaCppLLM(LLM):
         if llm is not None:
             LLAMA_THREAD.submit(llm.close).result()
             self.llm = None
+
+
+SHIPPED_DIR = Path(__file__).with_name("shipped")
+# The reply adapter `emoslm train replies recipes/replies.yaml` made, per registry model.
+SHIPPED_LORA = {"qwen2.5-coder-1.5b-instruct": "reply-lora-qwen2.5-coder-1.5b.gguf"}
+
+
+def shipped_lora(model: str) -> str | None:
+    """The shipped reply adapter of a registry model (None when it has none)."""
+    name = SHIPPED_LORA.get(model)
+    return str(SHIPPED_DIR / name) if name and (SHIPPED_DIR / name).is_file() else None
+
+
+class KeptPrefix:
+    """A prompt head's tokens and the KV state of sequence 0 after evaluating them (``LlamaCppLLM.keep_prefix``).
+
+    Only the sequence's KV cells are saved (llama-cpp-python's own ``save_state`` also copies a logits buffer
+    of n_batch × vocabulary floats: 311 MB for Qwen); on disk under the cache folder, keyed by the model and
+    the text, so a new process restores instead of computing.
+    """
+
+    def __init__(self, text: str, tokens: np.ndarray, state: bytes) -> None:
+        self.text, self.tokens, self.state = text, tokens, state
+
+    @classmethod
+    def make(cls, llm: Any, text: str, model_name: str) -> KeptPrefix:
+        import llama_cpp
+
+        tokens = np.array(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True), dtype=np.intc)
+        key = hashlib.sha256(f"{model_name}|{llm.model_path}|{llm.n_ctx()}|{text}".encode()).hexdigest()[:24]
+        path = settings().cache_dir / "prefix-states" / f"{key}.bin"
+        if path.exists():
+            return cls(text, tokens, path.read_bytes())
+        llm.reset()
+        llm.eval(tokens.tolist())
+        size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(llm.ctx, buffer, size, 0)
+        state = bytes(buffer[:written])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(state)
+        return cls(text, tokens, state)
+
+    def restore(self, llm: Any) -> None:
+        import llama_cpp
+
+        llm._ctx.kv_cache_clear()
+        buffer = (ctypes.c_uint8 * len(self.state)).from_buffer_copy(self.state)
+        if llama_cpp.llama_state_seq_set_data(llm.ctx, buffer, len(self.state), 0) == 0:
+            llm.reset()  # a state of another build: evaluate the prompt whole instead
+            return
+        llm.input_ids[: len(self.tokens)] = self.tokens
+        llm.n_tokens = len(self.tokens)
+        llm._requires_eval = True
 
 
 def template_from_llama(llm: object, name: str) -> ChatTemplate:
