@@ -35,6 +35,7 @@ from emoslm.eval.judge import DIMENSIONS, Judge
 from emoslm.eval.run import judged_turn
 from emoslm.ieat.think import answer_turn
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 OUT = RESULTS / "replies"
 
@@ -71,7 +72,7 @@ def play_agent(spec: str, lang: str, dialogues: list[Dialogue], work: Path) -> l
     from emoslm.agents import load_agent
     from emoslm.eval.humdial import Entry, ensure_audio, play
 
-    entries = ensure_audio([Entry(d.task or "T3", d, work) for d in dialogues], work / "voices")
+    entries = ensure_audio([Entry(d.task or "T3", d, work) for d in dialogues], work / "voices", voice=True)
     with load_agent("teacher", llm=spec) as agent:
         played = play(agent, entries, work)
     rows = []
@@ -142,12 +143,13 @@ def _pct(values: list[float], q: int) -> float | None:
     return round(values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))], 3)
 
 
-def write_packets(folder: Path, seed: int = 0) -> None:
+def write_packets(folder: Path, configs: list[str] | None = None, seed: int = 0) -> None:
     """Every configuration's judge prompts per language, shuffled under anonymous ids, for a blind judge
     (``key.json`` maps the ids back; the judge sees neither the configuration nor the other prompts' source)."""
     import random
 
     prompts = [json.loads(line) for path in sorted(OUT.glob("*.prompts.jsonl"))
+               if not configs or path.name.removesuffix(".prompts.jsonl") in configs
                for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     random.Random(seed).shuffle(prompts)
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,7 +228,7 @@ def main() -> None:
     parser.add_argument("--packets", type=Path, help="write the judge prompts, shuffled and anonymised, here")
     args = parser.parse_args()
     if args.packets:
-        write_packets(args.packets)
+        write_packets(args.packets, [c.partition("=")[0] for c in args.config] or None)
         return
     if args.scores:
         fold_scores(args.scores)
@@ -240,7 +242,7 @@ def main() -> None:
             dialogues = read_dialogues(examples_dir() / f"{lang}.jsonl")
             gold = {d.dialogue_id: d for d in dialogues}
             played = play_text(spec, lang, dialogues) if args.mode == "text" else \
-                play_agent(spec, lang, dialogues, OUT / f".work-{name}")
+                play_agent(spec, lang, dialogues, ROOT / "runs" / "bench-replies" / name)
             rows += checked(played, gold)
         gold = {d.dialogue_id: d for lang in args.langs.split(",")
                 for d in read_dialogues(examples_dir() / f"{lang}.jsonl")}

@@ -183,3 +183,14 @@ def test_the_recipe_reproduces_the_shipped_adapter_s_first_steps(tmp_path):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert losses == pytest.approx(shipped["losses"][:3], abs=0.05)
     assert (tmp_path / "run" / "reply-lora.gguf").stat().st_size == shipped["summary"]["adapter_bytes"]
+
+
+@pytest.mark.slow
+def test_auto_answers_with_the_1_5b_and_its_reply_adapter_in_both_languages():
+    from emoslm.llm import LLMPool
+    from emoslm.llm.llama_cpp import shipped_lora
+
+    pool = LLMPool("auto")
+    en, zh = pool.for_lang("en"), pool.for_lang("zh")
+    assert en is zh and en.adapter == shipped_lora("qwen2.5-coder-1.5b-instruct") is not None
+    pool.close()

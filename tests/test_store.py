@@ -5,7 +5,8 @@ import pytest
 from emoslm.errors import EmoslmError, MissingPackageError, ModelNotFoundError
 from emoslm.store import REGISTRY, ModelSpec, assemble, package_dir, resolve
 
-REQUIRED = {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "whisper-tiny.en", "whisper-base",
+REQUIRED = {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "whisper-tiny.en",
+            "whisper-base",
             "piper-en-joe", "hifigan-16k", "silero-vad"}
 
 

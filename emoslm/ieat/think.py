@@ -263,7 +263,7 @@ def think_stream(llm: LLM, messages: list[Message], opening: str, think_budget: 
     continuation = (_last_sentence_end(continuation) if closed_by_budget else continuation).rstrip()
     yield Piece("think", think_text.finish(continuation))
     think = (opening + continuation).strip()
-    start = f"{reply_opening} " if reply_opening and lang != "zh" else reply_opening
+    start = reply_opening  # the model goes on with " The…" itself: a trailing space here doubled it
     if before_reply is not None:
         before_reply()
     answer = llm.stream(f"{prompt}{continuation}{close_think(native)}{start}",

@@ -69,7 +69,7 @@ class LlamaCppLLM(LLM):
                 load = lambda: Llama(model_path=str(resolved.require_path()), **common)  # noqa: E731
             else:
                 load = lambda: Llama.from_pretrained(repo_id=resolved.hub_id, filename="*q4_k_m.gguf", **common)  # noqa: E731
-            self.llm = LLAMA_THREAD.submit(load).result()
+            self.llm = LLAMA_THREAD.submit(_quietly, load, bool(lora)).result()
         except ValueError as exc:
             raise BackendError(f"{model}: llama.cpp cannot load it ({exc}); is it a GGUF file?") from None
         self.name = resolved.name + (f"+{Path(lora).stem}" if lora else "")
@@ -160,6 +160,14 @@ class LlamaCppLLM(LLM):
         if llm is not None:
             LLAMA_THREAD.submit(llm.close).result()
             self.llm = None
+
+
+def _quietly(load: Any, quiet: bool) -> Any:
+    """llama.cpp logs every adapted tensor of a LoRA on stderr even when ``verbose=False``: hide that."""
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with suppress_stdout_stderr(disable=not quiet):
+        return load()
 
 
 SHIPPED_DIR = Path(__file__).with_name("shipped")
