@@ -167,11 +167,12 @@ def write_packets(folder: Path, configs: list[str] | None = None, seed: int = 0)
 
 
 def read_scores(paths: list[Path]) -> dict[tuple[str, str], dict[str, int]]:
-    """Judge scores: JSONL lines with config and dialogue_id, or with a packet id (mapped by the packet's
-    key.json beside the file)."""
+    """Judge scores: JSONL lines with config and dialogue_id, or with a packet id (mapped by the key.json
+    beside the file; agent-key.json for agent-*.jsonl)."""
     scores: dict[tuple[str, str], dict[str, int]] = {}
     for path in paths:
-        key_file = path.parent / "key.json"
+        key_file = path.parent / ("agent-key.json" if path.name.startswith("agent-") else "key.json")
+        key_file = key_file if key_file.exists() else path.parent / "key.json"
         key = json.loads(key_file.read_text()) if key_file.exists() else {}
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
@@ -207,7 +208,7 @@ def write_markdown(table: list[dict[str, Any]]) -> None:
     lines = ["# Replies on the example dialogues (issue 32)", "",
              "Written by `benchmarks/bench_replies.py`. Judged: mean of the HumDial rubric dimensions of each "
              "dialogue's judged turn (T1/T2 on 1/3/5, T3 text empathy 1-5), per task, by the judge named in "
-             "`replies/JUDGE.md`. Checks count faults over every reply of the dialogues. First reply text: "
+             "`replies/judge/README.md`. Checks count faults over every reply of the dialogues. First reply text: "
              "seconds, p50 / p90 (text mode: from the reply step's start; agent mode: from the end of speech).", "",
              "| config | mode | lang | T1 | T2 | T3 | judged mean | replies | cut off | third person | not 2nd person "
              "| near-copy | T1 path not exact | over budget | first reply text |", "|" + "---|" * 15]
