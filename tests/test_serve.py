@@ -171,7 +171,7 @@ def test_chat_completion_speaks_and_a_later_turn_names_the_reply_by_audio_id(cli
 
 
 @pytest.mark.slow
-def test_streamed_chat_pcm16_deltas_reassemble_into_the_transcript(client, sad_clip, asr_en):
+def test_streamed_chat_pcm16_deltas_reassemble_into_the_transcript(client, sad_clip, asr_base):
     stream = client.chat.completions.create(model="emoslm", modalities=["text", "audio"], stream=True,
                                             audio={"voice": "alloy", "format": "pcm16"},
                                             messages=[audio_message(sad_clip)])
@@ -188,7 +188,9 @@ def test_streamed_chat_pcm16_deltas_reassemble_into_the_transcript(client, sad_c
     text = "".join(transcript)
     # one PCM delta per clause the reply has (SmolLM2 samples, so some replies are one sentence), one audio id
     assert len(data) == len(clauses_of(text)) and len(ids - {None}) == 1, text
-    heard = asr_en.transcribe(from_pcm24(data)).text
+    # Whisper base, not tiny: Piper's noise under a reply prosody made tiny.en mishear 0.43 of one intact
+    # sentence in CI ("has been sick" → "hasn't seen"); a lost or doubled clause still costs far more than 0.35
+    heard = asr_base.transcribe(from_pcm24(data)).text
     assert error_rate(text, heard) <= 0.35, (text, heard)
     assert any("emotion" in e for e in extras) and not any("think" in e for e in extras)
 
