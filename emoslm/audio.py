@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def load_audio(
     except sf.LibsndfileError as exc:
         raise AudioError(_decode_message(name, str(exc))) from None
     except RuntimeError as exc:  # libsndfile reports some decoder failures this way
-        raise AudioError(f"{name}: cannot decode the audio ({exc}); the file is corrupt") from None
+        raise AudioError(f"{name}: cannot decode the audio ({_clean(str(exc))}); the file is corrupt") from None
     if declared > 0 and len(audio) < 0.98 * declared:
         raise AudioError(
             f"{name}: the file is truncated ({len(audio) / native_sr:.2f} s of "
@@ -222,7 +223,14 @@ def _check_wav_truncation(name: str, data: bytes) -> None:
         pos += 8 + size + (size & 1)
 
 
+def _clean(detail: str) -> str:
+    """libsndfile names its input; for bytes that is an object repr ("<_io.BytesIO object at 0x…>"): drop it."""
+    detail = re.sub(r"Error opening <[^>]*>:\s*", "", detail)
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", detail).strip()
+
+
 def _decode_message(name: str, detail: str) -> str:
+    detail = _clean(detail)
     low = detail.lower()
     if "format not recognised" in low or "unknown format" in low:
         return f"{name}: not an audio file this tool can read; use {', '.join(SUPPORTED).upper()}"

@@ -284,6 +284,9 @@ def serve(
                                                      "seconds on AVX2).")] = 0.0,
     warm: Annotated[bool, typer.Option(help="Answer one spoken line at start, so the first client waits for no "
                                             "model loading.")] = True,
+    allow_origin: Annotated[Optional[list[str]], typer.Option(
+        help="A web page origin (https://app.example.com, or *) that may call the API and open the realtime "
+             "socket, besides the server's own page and localhost pages; repeat for more.")] = None,
 ) -> None:
     """`emoslm serve`: the agent behind `/v1/chat/completions` (audio in and out), `/v1/audio/speech`,
     `/v1/audio/transcriptions`, `/v1/models`, the realtime WebSocket `/v1/realtime` and a web page at `/`
@@ -293,10 +296,15 @@ def serve(
     from emoslm.serve.app import check_binding
     from emoslm.serve.app import serve as run_server
     from emoslm.serve.runtime import Limits, Runtime
+    from emoslm.serve.security import Allowed
 
     check_binding(host, api_key)  # before minutes of model loading
     if lang not in ("auto", "en", "zh"):
         raise EmoslmError(f"--lang must be en, zh or auto, not {lang!r}")
+    try:
+        origins = tuple(Allowed.check_origin(o) for o in allow_origin or [])
+    except ValueError as exc:
+        raise EmoslmError(str(exc)) from None
     limits = Limits(max_body_mb=max_body_mb, max_audio_seconds=max_audio_seconds, max_sessions=max_sessions,
                     max_sessions_per_client=max_sessions_per_client)
     if agent == "none":
@@ -307,7 +315,8 @@ def serve(
         err.print(f"loading the {agent} agent …")
         loaded = load_agent(agent, llm=llm, voice=voice)
     runtime = Runtime(loaded, limits, api_key=api_key, voice=voice, jobs=jobs, agent_spec=agent,
-                      partial_every=partial_every or None, lang=None if lang == "auto" else lang)
+                      partial_every=partial_every or None, lang=None if lang == "auto" else lang, host=host,
+                      allow_origins=origins)
     if warm and loaded is not None:
         err.print(f"models loaded and warm in {runtime.warm_up():.1f} s")
     err.print(f"emoslm serving {agent} at http://{host}:{port}  (web page /, API /v1, realtime ws /v1/realtime)")

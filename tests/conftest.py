@@ -135,11 +135,10 @@ def slm_checkpoint(tmp_path_factory):
 @contextlib.contextmanager
 def serving(app, port: int | None = None) -> Iterator[str]:  # noqa: ANN001 - an ASGI app
     """Run ``app`` under uvicorn on a loopback port in a thread; yield its base URL; stop it cleanly."""
-    import uvicorn
+    from emoslm.serve.app import server as make_server
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           timeout_graceful_shutdown=5))
+    server = make_server(app, "127.0.0.1", port, log_level="error")  # the shutdown `emoslm serve` has
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -161,3 +160,28 @@ def tiny_text(tmp_path_factory):
 
     llm = tiny_llm()
     return llm, tiny_gguf(llm, tmp_path_factory.mktemp("tiny-gguf"))
+
+
+@pytest.fixture(scope="session")
+def served(recogniser_home):
+    """The real teacher (SmolLM2, Whisper, Piper, the shipped recogniser) behind the serve app: (url, runtime)."""
+    from emoslm.agents import load_agent
+    from emoslm.serve.app import create_app
+    from emoslm.serve.runtime import Limits, Runtime
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOSLM_HOME", str(recogniser_home))
+        agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper")
+    runtime = Runtime(agent, Limits(max_sessions_per_client=8), voice="piper", partial_every=1.0)
+    runtime.warm_up()  # every model loaded before the first request, as `emoslm serve` does
+    with serving(create_app(runtime)) as url:
+        yield url, runtime
+
+
+@pytest.fixture(scope="session")
+def sad_clip(piper) -> np.ndarray:
+    from emoslm.speech.prosody import acted
+
+    # reproducible: Piper's noise otherwise makes a new clip each run, and one in a few lost "worried"
+    return piper.synthesize("My cat has been sick all week and I am so worried about her.",
+                            piper.reproducible(acted("sad"))).at()

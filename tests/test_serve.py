@@ -27,6 +27,7 @@ from tests.conftest import free_port, serving
 
 pytest.importorskip("fastapi")
 websockets_sync = pytest.importorskip("websockets.sync.client")
+ConnectionClosed = pytest.importorskip("websockets.exceptions").ConnectionClosed
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -112,30 +113,6 @@ def kinds(events: list[dict]) -> list[str]:
 
 
 # --- the server ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def served(recogniser_home):
-    from emoslm.agents import load_agent
-    from emoslm.serve.app import create_app
-    from emoslm.serve.runtime import Limits, Runtime
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSLM_HOME", str(recogniser_home))
-        agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper")
-    runtime = Runtime(agent, Limits(max_sessions_per_client=8), voice="piper", partial_every=1.0)
-    runtime.warm_up()  # every model loaded before the first request, as `emoslm serve` does
-    with serving(create_app(runtime)) as url:
-        yield url, runtime
-
-
-@pytest.fixture(scope="module")
-def sad_clip(piper) -> np.ndarray:
-    from emoslm.speech.prosody import acted
-
-    # reproducible: Piper's noise otherwise makes a new clip each run, and one in a few lost "worried"
-    return piper.synthesize("My cat has been sick all week and I am so worried about her.",
-                            piper.reproducible(acted("sad"))).at()
-
 
 @pytest.fixture(scope="module")
 def client(served):
@@ -460,7 +437,7 @@ def test_realtime_bad_events_get_error_events_and_the_session_goes_on(served_lig
                                  ('{"type": "input_audio_buffer.commit"}', "nothing to commit"),
                                  ('{"type": "response.cancel"}', "no response"),
                                  ('{"type": "session.update", "session": {"audio": {"input": {"format": '
-                                  '{"rate": 12345}}}}}', "not supported")]:
+                                  '{"rate": 12345}}}}}', "session.audio.input.format.rate: Input should be 8000")]:
                 ws.send(bad)
                 event = json.loads(ws.recv(timeout=10))
                 assert event["type"] == "error" and message in event["error"]["message"], (bad, event)
@@ -529,3 +506,149 @@ def test_shutdown_ends_a_turn_in_progress_and_frees_the_agent(sad_clip):
         assert under_way.wait(120)
     reader.join(60)
     assert not reader.is_alive() and runtime.closing and closed == [True] and runtime.turns.held == 0
+
+
+# --- issue 36: no reply to noise, barge-in during playback, truncate, shutdown ------------------------------
+
+def noise(seconds: float = 2.0) -> np.ndarray:
+    return np.random.default_rng(0).normal(0, 0.05, int(seconds * 16_000)).astype(np.float32)
+
+
+def history_of(runtime, created: dict) -> list:  # noqa: ANN001 - the served Runtime
+    """The history of the realtime session that ``created`` (its session.created event) opened (white box)."""
+    sessions = [closer.__self__ for closer in list(runtime._closers)]
+    return next(s for s in sessions if s.id == created["session"]["id"]).conversation.history
+
+
+@pytest.mark.slow
+def test_noise_with_no_words_gets_no_reply(served):
+    url = served[0]
+    body = _error(httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                             json={"messages": [audio_message(noise())]}), 400)
+    assert "no words were heard" in body
+    with websockets_sync.connect(url.replace("http", "ws") + "/v1/realtime", max_size=None) as ws:
+        created = json.loads(ws.recv(timeout=10))
+        ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+            "turn_detection": None, "format": {"rate": 16000}}}}}))
+        ws.recv(timeout=10)
+        pcm = (noise() * 32767).astype("<i2").tobytes()
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        ws.send(json.dumps({"type": "response.create"}))
+        events = read_until(ws, lambda e: e["type"] == "response.done")
+        done = events[-1]["response"]
+        assert done["status"] == "cancelled" and done["status_details"]["reason"] == "no_speech"
+        assert not [e for e in events if e["type"].startswith("response.output_")]
+        assert history_of(served[1], created) == []  # nothing entered the history
+
+
+@pytest.mark.slow
+def test_barge_in_during_playback_stops_the_audio_and_keeps_only_what_was_heard(served, sad_clip, piper):
+    """The reply is written in about a second but spoken for several: talking over its playback stops what
+    was not yet sent, and the history keeps the words of the audio that went out."""
+    url = served[0].replace("http", "ws") + "/v1/realtime"
+    other = piper.synthesize("Wait, sorry, can I ask you something else?").at()
+    with websockets_sync.connect(url, max_size=None) as ws:
+        created = json.loads(ws.recv(timeout=10))
+        append(ws, padded(sad_clip, after=0.7))
+        first = read_until(ws, lambda e: e["type"] == "response.output_audio.delta")
+        append(ws, np.zeros(16_000, np.float32), live=True)  # a second of playback …
+        append(ws, padded(other, before=0.0, after=0.7))  # … then the user talks over it
+        events = first + read_until(ws, lambda e: e["type"] == "response.done")
+        done = events[-1]["response"]
+        assert done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_detected", done
+        sent = [e["emoslm"]["text"].strip() for e in events if e["type"] == "response.output_audio.delta"]
+        heard = done["output"][0]["content"][0]["transcript"]
+        assert heard == " ".join(sent)  # the words of the audio that went out, no more
+        read_until(ws, lambda e: e["type"] == "response.done")  # the answer to what the user said over it
+        history = history_of(served[1], created)
+        assert [t.role for t in history] == ["user", "assistant", "user", "assistant"]
+        assert history[1].text == heard
+
+
+@pytest.mark.slow
+def test_truncate_cuts_the_reply_in_the_history_to_what_was_played(served, sad_clip):
+    url = served[0].replace("http", "ws") + "/v1/realtime"
+    with websockets_sync.connect(url, max_size=None) as ws:
+        created = json.loads(ws.recv(timeout=10))
+        append(ws, padded(sad_clip, after=0.7))
+        events = read_until(ws, lambda e: e["type"] == "response.done")
+        deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
+        total_ms = sum(len(base64.b64decode(e["delta"])) / 48 for e in deltas)
+        item, said = deltas[0]["item_id"], events[-1]["response"]["output"][0]["content"][0]["transcript"]
+        ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": "item_nope", "content_index": 0,
+                            "audio_end_ms": 10}))
+        assert json.loads(ws.recv(timeout=10))["error"]["param"] == "item_id"
+        ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item, "content_index": 0,
+                            "audio_end_ms": int(total_ms) + 5_000}))
+        assert json.loads(ws.recv(timeout=10))["error"]["param"] == "audio_end_ms"
+        played = int(len(base64.b64decode(deltas[0]["delta"])) / 48 * 0.5)  # half of the first clause
+        ws.send(json.dumps({"type": "conversation.item.truncate", "item_id": item, "content_index": 0,
+                            "audio_end_ms": played}))
+        truncated = json.loads(ws.recv(timeout=10))
+        assert truncated == {**truncated, "type": "conversation.item.truncated", "item_id": item,
+                             "audio_end_ms": played}
+        kept = history_of(served[1], created)[1].text
+        first_clause = deltas[0]["emoslm"]["text"].split()
+        assert kept and said.startswith(kept) and len(kept.split()) <= len(first_clause) // 2 + 1, (kept, said)
+
+
+@pytest.mark.slow
+def test_shutdown_ends_a_realtime_answer_with_response_done_and_a_close_frame(sad_clip):
+    from emoslm.agents import load_agent
+    from emoslm.serve.app import create_app
+    from emoslm.serve.runtime import Runtime
+
+    agent = load_agent("plain", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper")
+    runtime = Runtime(agent)
+    events, close = [], None
+    with serving(create_app(runtime)) as url:
+        ws = websockets_sync.connect(url.replace("http", "ws") + "/v1/realtime", max_size=None)
+        ws.recv(timeout=10)
+        append(ws, padded(sad_clip, after=0.7))
+        events += read_until(ws, lambda e: e["type"] == "response.created")
+    try:  # the server has stopped: what it sent before closing
+        while True:
+            events.append(json.loads(ws.recv(timeout=10)))
+    except ConnectionClosed as exc:
+        close = exc.rcvd
+    done = [e for e in events if e["type"] == "response.done"]
+    assert done and done[-1]["response"]["status"] in ("cancelled", "completed"), kinds(events)
+    if done[-1]["response"]["status"] == "cancelled":
+        assert done[-1]["response"]["status_details"]["reason"] == "server_shutdown"
+    assert close is not None and close.code == 1001
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_streamed_turn_ends_it_with_done_at_once(sad_clip):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "emoslm.cli", "serve", "--agent", "plain", "--llm",
+                             "llama-cpp:smollm2-135m-instruct?reuse_prefix=0", "--voice", "piper", "--no-warm",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok":
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
+                          json={"messages": [audio_message(sad_clip)], "stream": True,
+                                "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                if len(lines) == 3:
+                    proc.send_signal(signal.SIGINT)
+                    stopped_at = time.monotonic()
+            ended = time.monotonic() - stopped_at
+        out, _ = proc.communicate(timeout=60)
+        print(f"after Ctrl-C: [DONE] in {ended:.2f} s, the process ended in {time.monotonic() - stopped_at:.2f} s")
+    finally:
+        proc.kill()
+    chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]", lines[-3:]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert proc.returncode == 0 and "Traceback" not in out and "graceful shutdown exceeded" not in out, out

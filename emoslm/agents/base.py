@@ -42,8 +42,10 @@ from emoslm.errors import EmoslmError
 from emoslm.perception.asr import ASRPool
 from emoslm.speech.prosody import Prosody
 from emoslm.speech.voice import Clauses, Voice, VoiceChunk
+from emoslm.textnorm import tokens
 
-__all__ = ["Agent", "Cancelled", "Reply", "Spoken", "Turn", "reply_of", "speak_along"]
+__all__ = ["NO_SPEECH", "Agent", "Cancelled", "Reply", "Spoken", "Turn", "reply_of", "speak_along"]
+NO_SPEECH = "no-speech"  # the reason of a turn cancelled because its transcript holds no words
 
 
 class Agent(abc.ABC):
@@ -72,6 +74,10 @@ class Agent(abc.ABC):
                 elif isinstance(event, Done):
                     event.reply.timings.update({**timings, "total": round(event.t, 4)})
                 yield event
+                if isinstance(event, Transcript) and not event.partial and not tokens(event.text):
+                    # noise the VAD took for speech: no words, so nothing to answer (and no reply to a cough)
+                    yield Cancelled(NO_SPEECH, t=time.perf_counter() - start)
+                    return
         except EmoslmError as exc:
             yield Error(str(exc), t=time.perf_counter() - start)
         finally:
@@ -112,6 +118,8 @@ def reply_of(events: Iterator[Event]) -> Reply:
     for event in events:
         if isinstance(event, Error):
             raise EmoslmError(event.message)
+        if isinstance(event, Cancelled) and event.reason == NO_SPEECH:
+            raise EmoslmError("no words were heard in the audio, so there is nothing to answer; check the recording")
         if isinstance(event, Done):
             return event.reply
     raise EmoslmError("the agent ended its stream without a reply")

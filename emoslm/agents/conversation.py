@@ -53,6 +53,20 @@ class Conversation:
         """The whole reply to the user's newest clip (the stream, drained)."""
         return reply_of(self.stream(audio, lang))
 
+    def cut_reply(self, said: str, heard: str) -> bool:
+        """The user heard only ``heard`` of the reply ``said`` (barge-in during playback): the history keeps
+        what was heard, so the next turn does not build on words the user never got. False if not found.
+
+        The newest assistant turn that ``said`` begins or is begun by: a turn cut while being written keeps
+        the text written so far, which can run a word past what a listener was sent."""
+        said = said.strip()
+        for i in range(len(self.history) - 1, -1, -1):
+            turn, text = self.history[i], self.history[i].text.strip()
+            if turn.role == "assistant" and said and (text.startswith(said) or said.startswith(text)):
+                self.history[i] = Turn("assistant", heard.strip(), turn.emotion)
+                return True
+        return False
+
     @property
     def user_emotions(self) -> list[str | None]:
         """The perceived emotion of every user turn so far, in order."""

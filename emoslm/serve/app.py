@@ -16,13 +16,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from emoslm.errors import AudioTooLong, EmoslmError
 from emoslm.serve.runtime import LOOPBACK, Busy, Runtime
-from emoslm.serve.security import BodyTooLarge, Guard
+from emoslm.serve.security import Allowed, BodyTooLarge, Guard
 from emoslm.serve.wire import APIError, error_body
 
 WEB = Path(__file__).parent / "web"
@@ -39,7 +40,11 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="emoslm", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.runtime = runtime
-    app.add_middleware(Guard, api_key=runtime.api_key, max_body=int(runtime.limits.max_body_mb * 1e6))
+    app.add_middleware(Guard, api_key=runtime.api_key, max_body=int(runtime.limits.max_body_mb * 1e6),
+                       allowed=Allowed(runtime.host, runtime.allow_origins))
+    if runtime.allow_origins:  # outermost: answers the preflight of the pages allowed to call the API
+        app.add_middleware(CORSMiddleware, allow_origins=list(runtime.allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
     for router in (chat.router, speech.router, realtime.router):
         app.include_router(router)
     _handle_errors(app)
@@ -100,22 +105,41 @@ def _handle_errors(app: FastAPI) -> None:
 
 
 def check_binding(host: str, api_key: str | None) -> None:
-    """Bound beyond this machine, the server must have an API key."""
+    """Bound beyond this machine, the server must have an API key; and a key given is never blank."""
+    if api_key is not None and not api_key.strip():
+        raise EmoslmError("the API key is blank: pass a real secret with --api-key KEY (or EMOSLM_API_KEY), "
+                          "or leave it out on 127.0.0.1")
     if host not in LOOPBACK and not api_key:
         raise EmoslmError(f"refusing to serve on {host} without an API key: pass --api-key KEY (or set "
                           "EMOSLM_API_KEY), or bind 127.0.0.1")
 
 
-def serve(runtime: Runtime, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the app under uvicorn until interrupted; a second Ctrl-C stops at once."""
+def server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> Any:
+    """A uvicorn server for ``app`` that ends every open stream *before* it waits for connections to close.
+
+    Why: uvicorn waits for open responses first and only then runs the app's shutdown, so a streamed turn
+    in progress held Ctrl-C for 15–38 s and was then cut without ``[DONE]``. Here the turns are cancelled
+    and their streams ended first; the graceful wait is a short backstop."""
     import uvicorn
 
+    runtime: Runtime = app.state.runtime
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            await runtime.end_streams()
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3,
+                            ws_max_size=4 * 1024 * 1024)
+    return Server(config)
+
+
+def serve(runtime: Runtime, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the app under uvicorn until interrupted; a second Ctrl-C stops at once."""
     check_binding(host, runtime.api_key)
     # uvicorn logs a refused WebSocket (401/429 sent as an HTTP answer) as an error; it is not one
     logging.getLogger("uvicorn.error").addFilter(lambda r: "without completing handshake" not in r.getMessage())
-    config = uvicorn.Config(create_app(runtime), host=host, port=port, log_level="info",
-                            timeout_graceful_shutdown=10, ws_max_size=4 * 1024 * 1024)
     try:
-        uvicorn.Server(config).run()
+        server(create_app(runtime), host, port).run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on; stopping is the normal end
         pass

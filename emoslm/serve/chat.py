@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from emoslm.agents.base import NO_SPEECH
 from emoslm.agents.events import AudioChunk, Cancelled, Done, Emotion, Error, Event, Reply, TextDelta, ThinkDelta, Turn
 from emoslm.agents.events import Transcript as Heard
 from emoslm.serve.runtime import Runtime
@@ -89,6 +90,7 @@ async def chat_completions(body: ChatRequest, request: Request):  # noqa: ANN201
     if runtime.agent is None:
         raise APIError(404, "this server has no agent (started with --agent none); it serves speech and "
                             "transcription only", "no_agent")
+    runtime.check_model(body.model, (runtime.model_id,))
     check_request(body)
     parsed = parse_messages(body.messages, runtime, body.emoslm.user_emotions)
     clip = decode_clip(parsed.clip, parsed.clip_param, runtime.limits.max_audio_seconds)
@@ -103,7 +105,7 @@ async def chat_completions(body: ChatRequest, request: Request):  # noqa: ANN201
         runtime.close_session(client)
         raise
     if body.stream:
-        return StreamingResponse(_closing(sse(body, events, runtime), runtime, client),
+        return StreamingResponse(runtime.held(sse(body, events, runtime), client),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
         reply = await _drain(events)
@@ -217,6 +219,9 @@ async def _drain(events: AsyncIterator[Event]) -> Reply:
         if isinstance(event, Error):
             internal = event.message.startswith("internal error")
             raise APIError(500 if internal else 400, event.message, "agent_error")
+        if isinstance(event, Cancelled) and event.reason == NO_SPEECH:
+            raise APIError(400, "no words were heard in the audio, so there is nothing to answer", "no_speech",
+                           "messages")
         if isinstance(event, Cancelled):
             raise APIError(503, "the turn was cancelled (the server is shutting down)", "cancelled")
         if isinstance(event, Done):
@@ -303,7 +308,7 @@ class ChunkWriter:
                                                    "param": None, "code": "agent_error"},
                                          **({"emoslm": {"event": wire}} if wire else {})}) + "\n\n"
         elif isinstance(event, Cancelled):
-            yield self.chunk({}, {"event": wire} if wire else None, finish="stop")
+            yield self.chunk({}, {"event": wire} if wire else {"cancelled": event.reason}, finish="stop")
         elif wire:
             yield self.chunk({}, {"event": wire})
         elif isinstance(event, Emotion):
@@ -318,13 +323,3 @@ class ChunkWriter:
             self.audio_id = f"audio_{new_id('chat')[5:]}"
             return {"id": self.audio_id, **piece}
         return piece if piece else {"id": self.audio_id}
-
-
-async def _closing(chunks: AsyncIterator[str], runtime: Runtime, client: str) -> AsyncIterator[str]:
-    """The chunks, with the session counted until the stream ends or the client goes."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        runtime.close_session(client)
-

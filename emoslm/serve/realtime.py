@@ -5,7 +5,14 @@ rate); turn-taking is the streaming agent's own: a ``LiveSession`` runs Silero V
 (``server_vad``, the default) and, when the user stops, the shared agent answers through the server's
 turn lane; speech during a reply is barge-in (the reply ends with ``response.done`` status
 ``cancelled``). With ``turn_detection: null`` the client decides: ``input_audio_buffer.commit`` then
-``response.create``.
+``response.create``. Every client event is validated first (``realtime_events``): a bad one gets an
+``error`` event naming the field, and the session goes on.
+
+Reply audio is paced: it goes out at most ``AUDIO_LEAD_S`` ahead of the client's playback, so speech over
+the playback (barge-in after the agent has finished writing) still stops what the user has not heard; the
+response then ends ``cancelled`` with the words that were heard. The client may say exactly how much it
+played with ``conversation.item.truncate`` (``audio_end_ms``), as OpenAI's clients do; either way the
+history keeps only what the user heard.
 
 Server events: ``session.created/updated``, ``input_audio_buffer.speech_started/speech_stopped/committed/
 cleared``, ``conversation.item.input_audio_transcription.completed``, ``response.created``,
@@ -19,8 +26,10 @@ after ``session.update`` with ``"emoslm": {"think": true}``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,13 +54,28 @@ from emoslm.agents.events import (
 from emoslm.agents.live import LiveSession, StreamingVAD
 from emoslm.audio import SAMPLE_RATE
 from emoslm.serve.chat import extras
+from emoslm.serve.realtime_events import (
+    Append,
+    BadEvent,
+    Clear,
+    Commit,
+    ResponseCancel,
+    ResponseCreate,
+    SessionConfig,
+    SessionUpdate,
+    Truncate,
+    parse_event,
+)
 from emoslm.serve.runtime import Busy, Runtime
 from emoslm.serve.security import authorized_ws, deny
 from emoslm.serve.wire import APIError, b64_bytes, new_id, pcm16_b64, pcm16_to_float
+from emoslm.speech.tts import CJK
 
 router = APIRouter()
-RATES = (8_000, 16_000, 24_000, 44_100, 48_000)
-CANCEL_REASONS = {"barge-in": "turn_detected", "cancelled": "client_cancelled", "shutdown": "server_shutdown"}
+CANCEL_REASONS = {"barge-in": "turn_detected", "cancelled": "client_cancelled", "shutdown": "server_shutdown",
+                  "no-speech": "no_speech"}
+AUDIO_LEAD_S = 1.0  # reply audio goes out at most this far ahead of the client's playback
+ITEMS_KEPT = 64  # assistant items a truncate may name
 
 
 @dataclass
@@ -75,16 +99,68 @@ class Settings:
                           "output": {"format": {"type": "audio/pcm", "rate": 24_000}}},
                 "emoslm": {"think": self.think, "lang": self.lang}}
 
+    def updated(self, s: SessionConfig) -> Settings:
+        """These settings with a validated ``session.update`` applied (only the fields it gives)."""
+        new = replace(self)
+        audio_in = s.audio.input if s.audio is not None else None
+        if audio_in is not None and audio_in.format is not None:
+            new.rate = audio_in.format.rate
+        given, detection = s.detection()
+        if given and detection is None:
+            new.server_vad = False
+        elif given:
+            new.server_vad = True
+            if "silence_duration_ms" in detection.model_fields_set:
+                new.silence_ms = detection.silence_duration_ms
+            if "threshold" in detection.model_fields_set:
+                new.threshold = detection.threshold
+        modalities = s.output_modalities or s.modalities
+        if modalities:
+            new.audio_out = "audio" in modalities
+        if s.emoslm is not None:
+            new.think = new.think if s.emoslm.think is None else s.emoslm.think
+            if "lang" in s.emoslm.model_fields_set:
+                new.lang = None if s.emoslm.lang in (None, "auto") else s.emoslm.lang
+        return new
+
 
 @dataclass
 class Answer:
-    """One response in progress: ids and what it has said so far."""
+    """One response in progress: ids, what it has said, and how much of its audio went out and was heard."""
 
     id: str = field(default_factory=lambda: new_id("resp"))
     item: str = field(default_factory=lambda: new_id("item"))
     heard: str = ""  # the user item it answers: the user may have started the next one meanwhile (barge-in)
     text: str = ""
     think: str = ""
+    clauses: list[tuple[float, float, str]] = field(default_factory=list)  # audio sent: (start ms, end ms, text)
+    sent_ms: float = 0.0
+    play_end: float = 0.0  # when the audio sent so far ends playing at the client (monotonic clock)
+    cut: str | None = None  # why its audio stopped going out (turn_detected, client_cancelled …); None: it did not
+    heard_ms: float | None = None  # how much the client says it played (conversation.item.truncate)
+    ended: bool = False  # its response.done went out: the history holds it
+    in_history: str | None = None  # what the history holds for it now
+
+    def interrupt(self, reason: str) -> None:
+        self.cut = self.cut or reason
+
+    def spoken(self) -> str:
+        """The words of the audio the user heard: all sent, or up to what the client says it played."""
+        return heard_text(self.clauses, self.sent_ms if self.heard_ms is None else self.heard_ms)
+
+
+def heard_text(clauses: list[tuple[float, float, str]], ms: float) -> str:
+    """The text of the first ``ms`` of a reply's audio, clause by clause; inside a clause, in proportion (each
+    CJK character a unit, else each word)."""
+    said = []
+    for start, end, text in clauses:
+        if ms >= end:
+            said.append(text.strip())
+        elif ms > start:
+            units = list(text.strip()) if CJK.search(text) else text.split()
+            keep = int(len(units) * (ms - start) / max(end - start, 1e-6))
+            said.append(("" if CJK.search(text) else " ").join(units[:keep]))
+    return " ".join(t for t in said if t).strip()
 
 
 @router.websocket("/v1/realtime")
@@ -106,9 +182,11 @@ async def realtime(ws: WebSocket) -> None:
     offered = ws.scope.get("subprotocols") or []
     await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
     session = RealtimeSession(ws, runtime)
+    runtime.track_closer(session.shutdown)
     try:
         await session.run()
     finally:
+        runtime.track_closer(session.shutdown, keep=False)
         session.close()
         runtime.close_session(client)
 
@@ -119,31 +197,45 @@ class RealtimeSession:
         self.id = new_id("sess")
         self.settings = Settings(lang=runtime.lang)
         self.loop = asyncio.get_running_loop()
-        self.outbox: asyncio.Queue[dict[str, Any] | Event | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any] | Event | None] = asyncio.Queue()  # in arrival order
+        self.paced: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # response events, audio at play pace
+        self.sending = asyncio.Lock()
         self.conversation = Conversation(runtime.agent, runtime.lang)
         self.live = self._live()
         self.resampler = soxr.ResampleStream(self.settings.rate, SAMPLE_RATE, 1, dtype="float32")
         self.manual: list[np.ndarray] = []  # the input buffer when the client decides turns
         self.committed: np.ndarray | None = None
-        self.answers: deque[Answer] = deque()
+        self.answers: deque[Answer] = deque()  # answers the agent has not ended, oldest first
+        self.items: OrderedDict[str, Answer] = OrderedDict()  # every recent answer by its assistant item id
         self.user_item = new_id("item")
         self.turns = 0
+        self.closing = False
+        self.tasks: list[asyncio.Task] = []
 
     def _live(self) -> LiveSession:
         vad = StreamingVAD(threshold=self.settings.threshold, min_silence_ms=self.settings.silence_ms)
         live = LiveSession(self.conversation, self.conversation.lang, vad=vad, partial_every=self.runtime.partial_every,
                            run=self.runtime.submit_turn,
                            offer=self.runtime.job_lane.offer,
-                           sink=lambda e: self.loop.call_soon_threadsafe(self.outbox.put_nowait, e))
+                           sink=lambda e: self.loop.call_soon_threadsafe(self._arrive, e))
         self.runtime.track_live(live)
         return live
 
-    # --- the two loops ---------------------------------------------------------------------------------
+    def _arrive(self, event: Event) -> None:
+        """An agent event, on the event loop as soon as it is made: speech over a reply stops its audio at once
+        (the audio still waiting to go out is dropped), then the event joins the others in order."""
+        if isinstance(event, SpeechStarted) and self.settings.server_vad:
+            for answer in self.items.values():
+                if not answer.ended:
+                    answer.interrupt("turn_detected")
+        self.outbox.put_nowait(event)
+
+    # --- the loops -------------------------------------------------------------------------------------
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write())
+        self.tasks = [asyncio.create_task(self._translate()), asyncio.create_task(self._pace())]
         await self.send({"type": "session.created", "session": self.settings.wire(self.id)})
         try:
-            while True:
+            while not self.closing:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     return
@@ -153,6 +245,8 @@ class RealtimeSession:
                     continue
                 try:
                     await self.handle(text)
+                except BadEvent as exc:
+                    await self.fail(exc.message, exc.code, exc.param)
                 except APIError as exc:
                     await self.fail(exc.message, exc.code or "invalid_request_error", exc.param)
                 except Busy as exc:
@@ -164,15 +258,86 @@ class RealtimeSession:
             return
         finally:
             self.outbox.put_nowait(None)
-            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    async def _write(self) -> None:
+    async def _translate(self) -> None:
+        """Agent events → server events, in order; a response's events go on to the pacer, the rest out now."""
         while (item := await self.outbox.get()) is not None:
             for event in [item] if isinstance(item, dict) else self.translate(item):
-                try:
-                    await self.ws.send_text(json.dumps({"event_id": new_id("event"), **event}, ensure_ascii=False))
-                except (WebSocketDisconnect, RuntimeError):
-                    return  # the client went; its turn is stopped by close()
+                if "response_id" in event or event["type"].startswith("response."):
+                    self.paced.put_nowait(event)
+                else:
+                    await self._emit(event)
+        self.paced.put_nowait(None)
+
+    async def _pace(self) -> None:
+        """A response's events in order, its audio no further than ``AUDIO_LEAD_S`` ahead of the client's
+        playback, so that an interruption still stops what the user has not heard; once cut, its audio and
+        words are dropped and its end says what was heard."""
+        while (event := await self.paced.get()) is not None:
+            answer = self._answer_of(event)
+            if answer is not None and answer.cut and event["type"] in (
+                    "response.output_audio.delta", "response.output_audio_transcript.delta"):
+                continue
+            if answer is not None and event["type"] == "response.output_audio.delta":
+                if not await self._wait_to_play(answer):
+                    continue
+                self._played(answer, event)
+            elif answer is not None and event["type"] in ("response.output_audio_transcript.done", "response.done"):
+                event = self._ending(answer, event)
+            await self._emit(event)
+
+    async def _wait_to_play(self, answer: Answer) -> bool:
+        while not answer.cut and not self.closing:
+            ahead = answer.play_end - time.monotonic()
+            if ahead <= AUDIO_LEAD_S:
+                return True
+            await asyncio.sleep(min(ahead - AUDIO_LEAD_S, 0.05))
+        return False
+
+    def _played(self, answer: Answer, event: dict[str, Any]) -> None:
+        ms = len(event["delta"]) * 3 / 4 / 2 / 24  # base64 → bytes → 16-bit samples at 24 kHz → ms
+        text = (event.get("emoslm") or {}).get("text", "")
+        answer.clauses.append((answer.sent_ms, answer.sent_ms + ms, text))
+        answer.sent_ms += ms
+        answer.play_end = max(answer.play_end, time.monotonic()) + ms / 1000
+
+    def _ending(self, answer: Answer, event: dict[str, Any]) -> dict[str, Any]:
+        """The end of a response; a cut one says what the user heard, and the history keeps only that."""
+        if event["type"] == "response.done":
+            answer.ended = True
+            answer.in_history = answer.text
+        if not answer.cut or not self.settings.audio_out:
+            if answer.heard_ms is not None and event["type"] == "response.done":
+                self._cut_history(answer)
+            return event
+        heard = answer.spoken()
+        if event["type"] == "response.output_audio_transcript.done":
+            return {**event, "transcript": heard}
+        response = dict(event["response"])
+        response["output"] = [{**response["output"][0], "content": [{"type": "output_audio", "transcript": heard}]}]
+        if response["status"] == "completed":
+            response["status"] = "cancelled"
+            response["status_details"] = {"type": "cancelled", "reason": answer.cut}
+        self._cut_history(answer)
+        return {**event, "response": response}
+
+    def _cut_history(self, answer: Answer) -> None:
+        heard = answer.spoken()
+        if answer.in_history is not None and heard != answer.in_history:
+            if self.conversation.cut_reply(answer.in_history, heard):
+                answer.in_history = heard
+
+    def _answer_of(self, event: dict[str, Any]) -> Answer | None:
+        response = event.get("response_id") or (event.get("response") or {}).get("id")
+        return next((a for a in self.items.values() if a.id == response), None) if response else None
+
+    async def _emit(self, event: dict[str, Any]) -> None:
+        async with self.sending:
+            try:
+                await self.ws.send_text(json.dumps({"event_id": new_id("event"), **event}, ensure_ascii=False))
+            except (WebSocketDisconnect, RuntimeError):
+                pass  # the client went; its turn is stopped by close()
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.outbox.put(event)
@@ -183,13 +348,7 @@ class RealtimeSession:
 
     # --- client events ---------------------------------------------------------------------------------
     async def handle(self, text: str) -> None:
-        try:
-            event = json.loads(text)
-        except json.JSONDecodeError:
-            raise APIError(400, "the event is not valid JSON", "invalid_json") from None
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            raise APIError(400, "an event must be a JSON object with a string 'type'", "invalid_event", "type")
-        kind = event["type"]
+        event = parse_event(text)
         handler = {
             "session.update": self.on_session_update,
             "input_audio_buffer.append": self.on_append,
@@ -197,36 +356,12 @@ class RealtimeSession:
             "input_audio_buffer.clear": self.on_clear,
             "response.create": self.on_response_create,
             "response.cancel": self.on_response_cancel,
-        }.get(kind)
-        if handler is None:
-            raise APIError(400, f"unsupported event type {kind!r}", "unknown_event", "type")
+            "conversation.item.truncate": self.on_truncate,
+        }[event.type]
         await handler(event)
 
-    async def on_session_update(self, event: dict[str, Any]) -> None:
-        s, new = event.get("session"), replace(self.settings)
-        if not isinstance(s, dict):
-            raise APIError(400, "session.update needs a 'session' object", "invalid_event", "session")
-        audio_in = (s.get("audio") or {}).get("input") or {}
-        rate = (audio_in.get("format") or {}).get("rate", new.rate)
-        if rate not in RATES:
-            raise APIError(400, f"input rate {rate!r} is not supported; use one of {RATES}", "invalid_value",
-                           "session.audio.input.format.rate")
-        new.rate = int(rate)
-        detection = audio_in["turn_detection"] if "turn_detection" in audio_in else s.get("turn_detection", "keep")
-        if detection is None:
-            new.server_vad = False
-        elif isinstance(detection, dict):
-            new.server_vad = True
-            new.silence_ms = int(detection.get("silence_duration_ms", new.silence_ms))
-            new.threshold = float(detection.get("threshold", new.threshold))
-        modalities = s.get("output_modalities") or s.get("modalities")
-        if modalities:
-            new.audio_out = "audio" in modalities
-        ours = s.get("emoslm") or {}
-        new.think = bool(ours.get("think", new.think))
-        if ours.get("lang", new.lang) not in (None, "auto", "en", "zh"):
-            raise APIError(400, "emoslm.lang must be en, zh or auto", "invalid_value", "session.emoslm.lang")
-        new.lang = None if ours.get("lang", new.lang) == "auto" else ours.get("lang", new.lang)
+    async def on_session_update(self, event: SessionUpdate) -> None:
+        new = self.settings.updated(event.session)
         if (new.silence_ms, new.threshold) != (self.settings.silence_ms, self.settings.threshold) and not \
                 self.live.speaking:
             self.live.vad = StreamingVAD(threshold=new.threshold, min_silence_ms=new.silence_ms)
@@ -236,8 +371,8 @@ class RealtimeSession:
         self.live.lang = self.conversation.lang = new.lang
         await self.send({"type": "session.updated", "session": new.wire(self.id)})
 
-    async def on_append(self, event: dict[str, Any]) -> None:
-        pcm = pcm16_to_float(b64_bytes(event.get("audio"), "audio"), "audio")
+    async def on_append(self, event: Append) -> None:
+        pcm = pcm16_to_float(b64_bytes(event.audio, "audio"), "audio")
         limit = self.runtime.limits.max_audio_seconds
         if self.settings.server_vad:
             await self.loop.run_in_executor(self.runtime.ears, self._feed, pcm)
@@ -255,7 +390,7 @@ class RealtimeSession:
     def _feed(self, pcm: np.ndarray) -> None:
         self.live.feed(self.resampler.resample_chunk(pcm))
 
-    async def on_commit(self, _: dict[str, Any]) -> None:
+    async def on_commit(self, _: Commit) -> None:
         if self.settings.server_vad:
             if not self.live.speaking:
                 raise APIError(400, "nothing to commit: no speech in the buffer", "input_audio_buffer_commit_empty")
@@ -270,12 +405,12 @@ class RealtimeSession:
         await self.send({"type": "input_audio_buffer.committed", "item_id": self.user_item,
                          "previous_item_id": None})
 
-    async def on_clear(self, _: dict[str, Any]) -> None:
+    async def on_clear(self, _: Clear) -> None:
         self.manual.clear()
         await self.loop.run_in_executor(self.runtime.ears, self.live.clear)
         await self.send({"type": "input_audio_buffer.cleared"})
 
-    async def on_response_create(self, _: dict[str, Any]) -> None:
+    async def on_response_create(self, _: ResponseCreate) -> None:
         if self.committed is None:
             raise APIError(400, "nothing to respond to: commit the user's audio first (with server_vad a "
                                 "response starts by itself when the user stops)", "no_input")
@@ -284,20 +419,46 @@ class RealtimeSession:
         self.user_item = new_id("item")  # the next input buffer is a new item
         self.live.answer(audio)
 
-    async def on_response_cancel(self, _: dict[str, Any]) -> None:
-        if not self.live.replying:
+    async def on_response_cancel(self, event: ResponseCancel) -> None:
+        going = [a for a in self.items.values() if not a.ended and not a.cut
+                 and event.response_id in (None, a.id)]
+        if not self.live.replying and not going:
             raise APIError(400, "no response is in progress", "response_cancel_not_active")
+        for answer in going:
+            answer.interrupt("client_cancelled")
         self.live.stop("cancelled")
+
+    async def on_truncate(self, event: Truncate) -> None:
+        answer = self.items.get(event.item_id)
+        if answer is None:
+            raise APIError(400, f"item_id: no assistant item {event.item_id[:60]!r} in this session",
+                           "item_truncate_invalid_item_id", "item_id")
+        if event.audio_end_ms > answer.sent_ms + 1:
+            raise APIError(400, f"audio_end_ms: {event.audio_end_ms} ms is past the {answer.sent_ms:.0f} ms of "
+                                "audio sent for this item", "invalid_value", "audio_end_ms")
+        answer.interrupt("client_cancelled")
+        answer.heard_ms = event.audio_end_ms
+        if answer in self.answers:  # the agent is still writing it: stop it; the history is cut when it ends
+            self.live.stop("cancelled")
+        if answer.ended:
+            self._cut_history(answer)
+        await self.send({"type": "conversation.item.truncated", "item_id": answer.item, "content_index": 0,
+                         "audio_end_ms": event.audio_end_ms})
 
     def _begin(self) -> dict[str, Any]:
         """Open a response (the agent's next events belong to it); its ``response.created`` event."""
         answer = Answer(heard=self.user_item)
         self.answers.append(answer)
+        self.items[answer.item] = answer
+        while len(self.items) > ITEMS_KEPT:
+            self.items.popitem(last=False)
         return {"type": "response.created", "response": {
             "id": answer.id, "object": "realtime.response", "status": "in_progress", "output": []}}
 
     # --- agent events → server events ------------------------------------------------------------------
     def translate(self, event: Event) -> list[dict[str, Any]]:
+        if self.closing:
+            return []  # every open answer was ended by shutdown()
         if isinstance(event, SpeechStarted):
             self.user_item = new_id("item")
             return [{"type": "input_audio_buffer.speech_started", "audio_start_ms": int(event.at * 1000),
@@ -366,6 +527,25 @@ class RealtimeSession:
             "id": answer.id, "object": "realtime.response", "status": status, "status_details": details,
             "output": [{"id": answer.item, "type": "message", "role": "assistant", "content": [content]}],
             "emoslm": ours}}
+
+    async def shutdown(self) -> None:
+        """The server is stopping: every open answer ends now with ``response.done`` (cancelled,
+        server_shutdown), what is queued goes out without waiting for playback, then the socket closes."""
+        if self.closing:
+            return
+        self.live.stop("shutdown")
+        ends = [self._response_done(a, "cancelled", {}, {"type": "cancelled", "reason": "server_shutdown"})
+                for a in self.answers]
+        self.closing = True
+        for answer in self.items.values():
+            answer.interrupt("server_shutdown")
+        for event in ends:
+            self.paced.put_nowait(event)
+        self.answers.clear()
+        self.outbox.put_nowait(None)
+        await asyncio.wait(self.tasks, timeout=1.5)
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.ws.close(code=1001, reason="the server is shutting down")
 
     def close(self) -> None:
         self.live.stop("cancelled")

@@ -17,12 +17,13 @@ event, so the agent stops writing and speaking.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ import numpy as np
 from emoslm.agents.base import Agent, stoppable
 from emoslm.agents.events import Cancelled, Error, Event
 from emoslm.errors import EmoslmError
+from emoslm.serve.wire import APIError
 
 log = logging.getLogger("uvicorn.error")  # the server's own log, in uvicorn's format
 T = TypeVar("T")
@@ -132,8 +134,12 @@ class Runtime:
     agent_spec: str = "teacher"
     partial_every: float | None = None  # realtime: a partial transcript per this many seconds of speech
     lang: str | None = None  # the users' language when known (en, zh); None: detected per turn
+    host: str = "127.0.0.1"  # the bound address: the Host names the server answers to follow from it
+    allow_origins: tuple[str, ...] = ()  # web pages (origins) besides its own and localhost's that may call it
 
     model_id = "emoslm"
+    speech_models = ("tts-1", "emoslm")
+    transcription_models = ("whisper-1", "emoslm")
 
     def __post_init__(self) -> None:
         self._asr: Any = None
@@ -143,8 +149,9 @@ class Runtime:
         self.audio = AudioStore()
         self.sessions: dict[str, int] = {}
         self.closing = False
-        self._cancels: set[threading.Event] = set()
+        self._cancels: dict[threading.Event, Callable[[], None]] = {}  # turns being read: cancel → abort
         self._live: set[Any] = set()  # LiveSessions, stopped at shutdown
+        self._closers: set[Callable[[], Awaitable[None]]] = set()  # realtime sessions' shutdown()
         self._lock = threading.Lock()
 
     def asr(self) -> Any:
@@ -183,6 +190,29 @@ class Runtime:
                            "per client; close one first")
             self.sessions[client] = self.sessions.get(client, 0) + 1
 
+    @contextlib.contextmanager
+    def session(self, client: str) -> Iterator[None]:
+        """One request's slot in the per-client and total limits, held while it runs."""
+        self.open_session(client)
+        try:
+            yield
+        finally:
+            self.close_session(client)
+
+    async def held(self, chunks: AsyncIterator[T], client: str) -> AsyncIterator[T]:
+        """A streamed body's chunks, with its session slot held (taken already) until it ends or the client goes."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self.close_session(client)
+
+    def check_model(self, model: str, served: tuple[str, ...]) -> None:
+        """404 in OpenAI's words for a model this route does not serve (never echoed back as if it were)."""
+        if model not in served:
+            raise APIError(404, f"the model {model[:80]!r} does not exist here; this route serves "
+                                f"{', '.join(served)} (GET /v1/models lists them)", "model_not_found", "model")
+
     def close_session(self, client: str) -> None:
         with self._lock:
             left = self.sessions.get(client, 0) - 1
@@ -194,6 +224,11 @@ class Runtime:
     def track_live(self, session: Any, keep: bool = True) -> None:
         with self._lock:
             (self._live.add if keep else self._live.discard)(session)
+
+    def track_closer(self, closer: Callable[[], Awaitable[None]], keep: bool = True) -> None:
+        """A realtime session's ``shutdown()``, awaited when the server stops."""
+        with self._lock:
+            (self._closers.add if keep else self._closers.discard)(closer)
 
     # --- work ----------------------------------------------------------------------------------------
     async def run(self, job: Callable[[], T]) -> T:
@@ -214,8 +249,13 @@ class Runtime:
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        cancel = threading.Event()
+        cancel, aborted = threading.Event(), threading.Event()
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+
+        def abort() -> None:  # shutdown: the reader gets its end now, not at the worker's next event
+            aborted.set()
+            put(Cancelled("shutdown"))
+            put(None)
 
         def work() -> None:
             try:
@@ -241,21 +281,39 @@ class Runtime:
         future = self.submit_turn(work)
         future.add_done_callback(lambda f: put(None) if f.cancelled() else None)  # dropped at shutdown, unstarted
         with self._lock:
-            self._cancels.add(cancel)
-        return self._read(queue, future, cancel)
+            self._cancels[cancel] = abort
+        return self._read(queue, future, cancel, aborted)
 
-    async def _read(self, queue: asyncio.Queue, future: Future, cancel: threading.Event) -> AsyncIterator[Event]:
+    async def _read(self, queue: asyncio.Queue, future: Future, cancel: threading.Event,
+                    aborted: threading.Event) -> AsyncIterator[Event]:
         try:
             while (event := await queue.get()) is not None:
                 yield event
-            if not future.cancelled():
+                if aborted.is_set() and isinstance(event, Cancelled):
+                    return
+            if not future.cancelled() and not aborted.is_set():
                 await asyncio.wrap_future(future)
         finally:
             cancel.set()  # the reader stopped: the turn ends at its next event
             with self._lock:
-                self._cancels.discard(cancel)
+                self._cancels.pop(cancel, None)
 
     # --- shutdown ------------------------------------------------------------------------------------
+    async def end_streams(self) -> None:
+        """The first step of a shutdown, before the server waits for its connections: refuse new work, end
+        every open stream now (chats get their cancelled end and ``[DONE]``, realtime sessions
+        ``response.done`` cancelled and a close frame), and ask the turns to stop."""
+        with self._lock:
+            self.closing = True
+            aborts, live, closers = list(self._cancels.items()), list(self._live), list(self._closers)
+        for cancel, abort in aborts:
+            cancel.set()
+            abort()
+        for session in live:
+            session.stop("shutdown")
+        if closers:
+            await asyncio.gather(*(closer() for closer in closers), return_exceptions=True)
+
     def close(self) -> None:
         """Refuse new work, cancel turns in progress, let the workers finish, free the models."""
         with self._lock:

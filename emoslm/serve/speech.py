@@ -75,19 +75,25 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     if body.emotion is not None and body.emotion not in TAGS:
         raise APIError(400, f"unknown emotion {body.emotion!r}; use one of {', '.join(TAGS)}", "invalid_emotion",
                        "emotion")
+    runtime.check_model(body.model, runtime.speech_models)
     lang = _lang_of(body.input)
     spec = voice_spec(body.voice, runtime.voice)
-    voice = await runtime.run(lambda: voice_pool().voice(spec, lang))
-    base = reply(body.emotion) if body.emotion else Prosody()
-    prosody = Prosody(rate=base.rate * body.speed, pitch=base.pitch, energy=base.energy,
-                      variability=base.variability, style=base.style)
+    client = request.client.host if request.client else "unknown"
+    with runtime.session(client):  # per-client limits: a page cannot queue speech without end
+        voice = await runtime.run(lambda: voice_pool().voice(spec, lang))
+        base = reply(body.emotion) if body.emotion else Prosody()
+        prosody = Prosody(rate=base.rate * body.speed, pitch=base.pitch, energy=base.energy,
+                          variability=base.variability, style=base.style)
+        if body.stream_format != "sse" and body.response_format != "pcm":
+            audio = await runtime.run(lambda: voice.speak(body.input, prosody))
+            return Response(encode_audio(audio, body.response_format, voice.sample_rate),
+                            media_type=MEDIA_TYPES[body.response_format])
+    runtime.open_session(client)  # streamed: the slot is held until the last chunk
     if body.stream_format == "sse":
-        return StreamingResponse(_sse(runtime, voice, body.input, prosody), media_type="text/event-stream")
-    if body.response_format == "pcm":
-        return StreamingResponse(_pcm(runtime, voice, body.input, prosody), media_type=MEDIA_TYPES["pcm"])
-    audio = await runtime.run(lambda: voice.speak(body.input, prosody))
-    return Response(encode_audio(audio, body.response_format, voice.sample_rate),
-                    media_type=MEDIA_TYPES[body.response_format])
+        chunks, media = _sse(runtime, voice, body.input, prosody), "text/event-stream"
+    else:
+        chunks, media = _pcm(runtime, voice, body.input, prosody), MEDIA_TYPES["pcm"]
+    return StreamingResponse(runtime.held(chunks, client), media_type=media)
 
 
 async def _clauses(runtime: Runtime, voice: Voice, text: str, prosody: Prosody) -> AsyncIterator[VoiceChunk]:
@@ -116,6 +122,7 @@ async def transcriptions(request: Request, file: UploadFile = File(...), model: 
                          response_format: str = Form("json"), temperature: float = Form(0.0),
                          stream: bool = Form(False)) -> Response:
     runtime: Runtime = request.app.state.runtime
+    runtime.check_model(model, runtime.transcription_models)
     if language not in (None, "", "en", "zh"):
         raise APIError(400, f"language {language!r} is not served; use en or zh (or omit it to detect)",
                        "unsupported_language", "language")
@@ -125,7 +132,8 @@ async def transcriptions(request: Request, file: UploadFile = File(...), model: 
     clip = decode_clip(await file.read(), "file", runtime.limits.max_audio_seconds)
     asr = runtime.asr()
     lang = language or None
-    heard = await runtime.run(lambda: asr.transcribe(clip, lang))
+    with runtime.session(request.client.host if request.client else "unknown"):  # per-client limits
+        heard = await runtime.run(lambda: asr.transcribe(clip, lang))
     if stream:
         events = [{"type": "transcript.text.delta", "delta": heard.text},
                   {"type": "transcript.text.done", "text": heard.text}]

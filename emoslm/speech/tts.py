@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import importlib.util
 import json
 import re
@@ -154,6 +155,11 @@ class EspeakTTS(TTS):
         if self.binary is None:
             raise EmoslmError(f"'{binary}' is not installed: run `apt-get install espeak-ng`")
         self.voice = self.LANG_VOICES.get(voice, voice)
+        base, _, variant = self.voice.partition("+")
+        voices, variants = _espeak_voices(self.binary)
+        if base.lower() not in voices or variant and variant.lower() not in variants:
+            raise EmoslmError(f"unknown espeak voice '{voice}'; see `espeak-ng --voices` (a language such as en-us "
+                              "or cmn, optionally +VARIANT from `espeak-ng --voices=variant`, e.g. en-us+f3)")
         self.name = f"espeak:{self.voice}"
 
     def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
@@ -176,6 +182,24 @@ class EspeakTTS(TTS):
         return load_audio(result.stdout, sample_rate=22_050, allow_silent=True), 22_050
 
 
+@functools.lru_cache(maxsize=4)
+def _espeak_voices(binary: str) -> tuple[frozenset[str], frozenset[str]]:
+    """espeak-ng's voices (languages, names, files) and its variants, lower-cased, as it lists them."""
+    def listed(which: str) -> list[list[str]]:
+        out = subprocess.run([binary, f"--voices{which}"], capture_output=True, text=True, timeout=30).stdout
+        return [line.split() for line in out.splitlines()[1:] if len(line.split()) >= 5]
+
+    voices = {name.lower() for row in listed("") for name in (row[1], row[3], row[4], row[4].split("/")[-1])}
+    variants = {row[4].split("/")[-1].lower() for row in listed("=variant")}
+    return frozenset(voices), frozenset(variants)
+
+
+@functools.lru_cache(maxsize=4)
+def _flite_voices(binary: str) -> tuple[str, ...]:
+    out = subprocess.run([binary, "-lv"], capture_output=True, text=True, timeout=30).stdout
+    return tuple(out.split(":", 1)[-1].split())
+
+
 class FliteTTS(TTS):
     """CMU Flite (BSD-like): a handful of distinct English voices (kal, kal16, awb, rms, slt).
 
@@ -189,6 +213,9 @@ class FliteTTS(TTS):
         self.binary = shutil.which(binary)
         if self.binary is None:
             raise EmoslmError(f"'{binary}' is not installed: run `apt-get install flite`")
+        known = _flite_voices(self.binary)
+        if voice not in known:  # flite itself falls back to its default voice without a word
+            raise EmoslmError(f"unknown flite voice '{voice}'; use one of {', '.join(known)}")
         self.voice = voice
         self.name = f"flite:{voice}"
 

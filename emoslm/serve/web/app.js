@@ -15,6 +15,7 @@ const state = {
   users: new Map(),     // item id → the user turn (its transcript and emotion come after speech_stopped)
   stoppedAt: null,      // performance.now() at speech_stopped (client-side latency)
   playAt: 0, sources: [],
+  playing: null,        // the reply whose audio was scheduled last: what a barge-in truncates
 };
 
 function setStatus(text, on) { const s = $("status"); s.textContent = text; s.className = "status " + (on ? "on" : "off"); }
@@ -127,11 +128,30 @@ function play(samples) {
   const source = ctx.createBufferSource();
   source.buffer = buffer; source.connect(ctx.destination);
   state.playAt = Math.max(state.playAt, ctx.currentTime + 0.02);
+  const scheduled = { start: state.playAt, dur: buffer.duration };
   source.start(state.playAt); state.playAt += buffer.duration;
   state.sources.push(source);
+  return scheduled;
 }
 
 function stopPlayback() { state.sources.forEach((s) => { try { s.stop(); } catch (e) { /* ended */ } }); state.sources = []; state.playAt = 0; }
+
+// How much of a reply's audio the user has heard: what the server keeps in the history after a barge-in.
+function playedMs(r) {
+  const now = audioContext().currentTime;
+  return Math.floor(r.schedule.reduce((ms, c) => ms + Math.max(0, Math.min(now - c.start, c.dur)) * 1000, 0));
+}
+
+// The user talks over the reply: stop it, and tell the server how much was played (as OpenAI's clients do).
+function interruptPlayback() {
+  const r = state.playing;
+  if (r && r.item && state.ctx && state.ctx.currentTime < state.playAt) {
+    send({ type: "conversation.item.truncate", item_id: r.item, content_index: 0, audio_end_ms: playedMs(r) });
+  }
+  if (r) r.cut = true;  // audio of it still on the way is not played
+  state.playing = null;
+  stopPlayback();
+}
 
 function wavBlob(chunks) {
   const length = chunks.reduce((n, c) => n + c.length, 0);
@@ -153,7 +173,8 @@ function startReply(responseId) {
   think.innerHTML = "<summary>think</summary><div class='body'></div>";
   li.appendChild(think);
   const latency = document.createElement("div"); latency.className = "latency"; li.appendChild(latency);
-  state.replies.set(responseId, { id: responseId, li, think, latency, chunks: [], first: null, turn: null });
+  state.replies.set(responseId, { id: responseId, li, think, latency, chunks: [], schedule: [], item: null,
+                                  first: null, turn: null });
 }
 
 function userTurn(itemId) {
@@ -165,7 +186,7 @@ function onEvent(e) {
   const r = state.replies.get(e.response_id || (e.response && e.response.id));
   switch (e.type) {
     case "input_audio_buffer.speech_started":
-      stopPlayback();
+      interruptPlayback();
       $("partial").textContent = "(listening…)";
       break;
     case "input_audio_buffer.speech_stopped":
@@ -189,14 +210,14 @@ function onEvent(e) {
     case "response.output_text.delta":
       if (r) r.li.querySelector(".text").textContent += e.delta; break;
     case "response.output_audio.delta": {
-      if (!r) break;
+      if (!r || r.cut) break;
       const samples = fromPcm16(e.delta);
       if (r.first === null) {
         r.first = state.stoppedAt === null ? null : (performance.now() - state.stoppedAt) / 1000;
         r.server = e.emoslm ? e.emoslm.t : null;
         showLatency(r);
       }
-      r.chunks.push(samples); play(samples);
+      r.item = e.item_id; r.li.dataset.item = e.item_id; r.chunks.push(samples); r.schedule.push(play(samples)); state.playing = r;
       break;
     }
     case "response.done": {
@@ -207,9 +228,18 @@ function onEvent(e) {
         audio.controls = true; audio.src = URL.createObjectURL(wavBlob(r.chunks));
         r.li.appendChild(audio);
       }
-      if (status !== "completed") r.latency.textContent += ` · ${status}`;
+      if (status !== "completed") {
+        r.latency.textContent += ` · ${status}`;
+        const heard = e.response.output && e.response.output[0] && e.response.output[0].content[0];
+        if (heard && heard.transcript !== undefined) r.li.querySelector(".text").textContent = heard.transcript;  // what was heard
+      }
       if (r.turn && r.turn.firstAudio === undefined && r.server !== undefined) { r.turn.firstAudio = r.server; drawTable(); }
       state.replies.delete(r.id);
+      break;
+    }
+    case "conversation.item.truncated": {
+      const cut = [...document.querySelectorAll(".turn.assistant")].find((li) => li.dataset.item === e.item_id);
+      if (cut) cut.querySelector(".latency").textContent += ` · heard ${(e.audio_end_ms / 1000).toFixed(1)} s`;
       break;
     }
     case "error": {
