@@ -164,14 +164,18 @@ def tiny_text(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def served(recogniser_home):
-    """The real teacher (SmolLM2, Whisper, Piper, the shipped recogniser) behind the serve app: (url, runtime)."""
+    """The real teacher (SmolLM2, Whisper, Piper, the shipped recogniser) behind the serve app: (url, runtime).
+
+    ``EMOSLM_TEST_LLM=auto`` serves the embedded default LLM instead (slower): how README's screenshot is
+    made (``EMOSLM_SCREENSHOT=reports/serve-web.png``, the web-page test)."""
+    llm = os.environ.get("EMOSLM_TEST_LLM", "llama-cpp:smollm2-135m-instruct?reuse_prefix=0")
     from emoslm.agents import load_agent
     from emoslm.serve.app import create_app
     from emoslm.serve.runtime import Limits, Runtime
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EMOSLM_HOME", str(recogniser_home))
-        agent = load_agent("teacher", llm="llama-cpp:smollm2-135m-instruct?reuse_prefix=0", voice="piper")
+        agent = load_agent("teacher", llm=llm, voice="piper")
     runtime = Runtime(agent, Limits(max_sessions_per_client=8), voice="piper", partial_every=1.0)
     runtime.warm_up()  # every model loaded before the first request, as `emoslm serve` does
     with serving(create_app(runtime)) as url:

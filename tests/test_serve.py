@@ -334,6 +334,36 @@ def test_web_page_hears_a_fake_microphone_and_charts_the_emotion(served, sad_cli
     assert shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (make setup does it)")
+def test_web_page_tells_the_server_how_much_it_played_when_the_user_barges_in(served_light):
+    """The page's own playback bookkeeping, in a real browser: three seconds of reply audio scheduled, the user
+    starts talking after about one, and the page sends ``conversation.item.truncate`` with what it played."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(72_000) / 24_000) * 32767).astype("<i2")
+    delta = base64.b64encode(tone.tobytes()).decode()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                     "--autoplay-policy=no-user-gesture-required"])
+        page = browser.new_page()
+        page.goto(served_light + "/")
+        sent = page.evaluate("""async (delta) => {
+            const sent = [];
+            window.send = (event) => sent.push(event);  // what the page would put on the socket
+            onEvent({ type: "response.created", response: { id: "resp_1" } });
+            onEvent({ type: "response.output_audio.delta", response_id: "resp_1", item_id: "item_1", delta });
+            await new Promise((r) => setTimeout(r, 1000));
+            onEvent({ type: "input_audio_buffer.speech_started", item_id: "item_2" });
+            onEvent({ type: "response.output_audio.delta", response_id: "resp_1", item_id: "item_1", delta });
+            return { sent, scheduled: state.sources.length };
+        }""", delta)
+        browser.close()
+    truncates = [e for e in sent["sent"] if e["type"] == "conversation.item.truncate"]
+    assert len(truncates) == 1 and truncates[0]["item_id"] == "item_1", sent
+    assert 300 <= truncates[0]["audio_end_ms"] <= 2_000, truncates  # about the second that played, not 3 s
+    assert sent["scheduled"] == 0  # stopped, and the late audio of the cut reply was not played
+
+
 # --- safe by default -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -651,4 +681,5 @@ def test_ctrl_c_during_a_streamed_turn_ends_it_with_done_at_once(sad_clip):
     chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]", lines[-3:]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["emoslm"] == {"cancelled": "shutdown"}  # cut at Ctrl-C, not left to run to its end
     assert proc.returncode == 0 and "Traceback" not in out and "graceful shutdown exceeded" not in out, out

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
@@ -72,6 +73,7 @@ from emoslm.serve.wire import APIError, b64_bytes, new_id, pcm16_b64, pcm16_to_f
 from emoslm.speech.tts import CJK
 
 router = APIRouter()
+log = logging.getLogger("uvicorn.error")  # the server's own log, in uvicorn's format
 CANCEL_REASONS = {"barge-in": "turn_detected", "cancelled": "client_cancelled", "shutdown": "server_shutdown",
                   "no-speech": "no_speech"}
 AUDIO_LEAD_S = 1.0  # reply audio goes out at most this far ahead of the client's playback
@@ -254,6 +256,10 @@ class RealtimeSession:
                 except RuntimeError:  # the workers are gone: the server is shutting down
                     await self.fail("the server is shutting down", "server_shutdown")
                     return
+                except Exception as exc:  # noqa: BLE001 - a bug of ours: logged, told, and the session lives on
+                    log.exception("realtime event failed")
+                    await self.fail(f"internal error ({type(exc).__name__}); the server log has the details",
+                                    "internal_error")
         except WebSocketDisconnect:
             return
         finally:
