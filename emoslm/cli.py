@@ -456,7 +456,9 @@ def train(
     or compare runs on held-out clips (`emoslm train report RUN...`): held-out loss, reply content from audio
     vs the teacher's, and how often the think names the user's emotion. `emoslm train probe RUN...`: where the
     emotion is lost (linear probes for the acted tag at the encoder, subsampler, adapter and LLM layers, fitted on
-    the training voices and scored on the held-out ones). Killed runs resume exactly."""
+    the training voices and scored on the held-out ones). `emoslm train hearing`: where the frozen Whisper encoder
+    keeps the emotion (a probe per layer, emotion heads on the last layer and on a learned layer mix, on the
+    recogniser corpus's unheard voices and conflict clips). Killed runs resume exactly."""
     if args[0] == "report":
         from emoslm.train.report import report
 
@@ -477,6 +479,15 @@ def train(
             summary = train_replies(config, progress)
         console.print(json.dumps(summary), highlight=False)
         console.print(f"adapter: {summary['adapter']} (llama-cpp:{config.llm}?lora=PATH uses it)")
+        return
+    if args[0] == "hearing":
+        from emoslm.train.hearing import run as hearing
+
+        target = out or Path("reports/hearing-encoder")
+        bar, progress = rich_progress(err)
+        with bar:
+            hearing(target, progress=progress)
+        console.print((target / "hearing.md").read_text(), highlight=False, markup=False)
         return
     if args[0] == "probe":
         from emoslm.train.probes import probe_runs

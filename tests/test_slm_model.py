@@ -9,7 +9,7 @@ from transformers import LlamaConfig, WhisperConfig  # noqa: E402
 from emoslm.slm.model import UnifiedSLM, UnifiedSLMConfig  # noqa: E402
 
 
-def tiny() -> UnifiedSLM:
+def tiny(**listening) -> UnifiedSLM:
     torch.manual_seed(0)
     llm = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256)
@@ -17,7 +17,7 @@ def tiny() -> UnifiedSLM:
                             num_mel_bins=8, max_source_positions=64, decoder_layers=1, decoder_attention_heads=2,
                             decoder_ffn_dim=32)
     return UnifiedSLM(UnifiedSLMConfig(llm_config=llm.to_dict(), encoder_config=encoder.to_dict(), adapter_dim=16,
-                                       adapter_layers=1, adapter_heads=2))
+                                       adapter_layers=1, adapter_heads=2, **listening))
 
 
 def batch(model: UnifiedSLM):
@@ -70,6 +70,51 @@ def test_speech_changes_the_output_only_through_marked_positions():
     bad = dict(inputs, speech_mask=torch.ones(2, 14, dtype=torch.bool))
     with pytest.raises(ValueError, match="more positions"):
         model(**{k: v for k, v in bad.items() if k != "labels"})
+
+
+def test_layer_mix_and_emotion_head_learn_in_stage_1_1_and_round_trip(tmp_path):
+    """The listening path that keeps the paralinguistics: the encoder's layers mixed, an emotion head on the
+    adapter's output whose cross-entropy joins the text loss; stage 1-1 trains both; a checkpoint keeps both."""
+    from emoslm.speech.whisper_ct2 import encode_layers
+    from emoslm.train.stages import apply_stage
+
+    model = tiny(encoder_mix=True, emotion_head=True, emotion_weight=0.5)
+    inputs = batch(model)
+    with torch.no_grad():  # what the frame cache holds for such a model: every layer (mel's is the same)
+        stacks = encode_layers(model.encoder, inputs["mel"])
+    assert stacks.shape[1] == 2 and torch.allclose(model.speech_embeddings(inputs["mel"]),
+                                                   model.speech_embeddings(frames=stacks), atol=1e-5)
+    with pytest.raises(ValueError, match="every layer"):
+        model.speech_embeddings(frames=stacks[:, -1])
+    cached = {**{k: v for k, v in inputs.items() if k != "mel"}, "frames": stacks,
+              "emotion_labels": torch.tensor([2, -100])}
+    trainable = apply_stage(model, "1-1")
+    assert {id(p) for p in model.layer_mix.parameters()} <= {id(p) for p in trainable}
+    assert {id(p) for p in model.emotion_head.parameters()} <= {id(p) for p in trainable}
+    out = model(**cached)
+    assert out.emotion_loss is not None and torch.isclose(out.loss, out.emotion_loss * 0.5 + model.llm(
+        inputs_embeds=model.embed(inputs["input_ids"], inputs["speech_mask"], frames=stacks,
+                                  mel_frames=inputs["mel_frames"]), labels=inputs["labels"]).loss)
+    optimiser = torch.optim.AdamW(trainable, lr=1e-2)
+    first = None
+    for _ in range(10):
+        loss = model(**cached).emotion_loss
+        first = first if first is not None else loss.item()
+        model(**cached).loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+    assert model(**cached).emotion_loss.item() < 0.5 * first
+    assert not torch.allclose(model.layer_mix.weights, torch.full((2,), 0.5))  # the mix moved
+    assert model(**{k: v for k, v in cached.items() if k != "emotion_labels"}).get("emotion_loss") is None
+
+    model.save_pretrained(tmp_path)
+    loaded = UnifiedSLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.encoder_mix and loaded.config.emotion_head
+    assert torch.equal(loaded.layer_mix.logits, model.layer_mix.logits)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**cached).logits, loaded(**cached).logits)
+        assert torch.isclose(model(**cached).emotion_loss, loaded(**cached).emotion_loss)
 
 
 @pytest.mark.slow

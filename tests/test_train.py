@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from emoslm.errors import DataError, EmoslmError  # noqa: E402
-from emoslm.train.data import load_examples  # noqa: E402
+from emoslm.train.data import Collator, load_examples  # noqa: E402
 from emoslm.train.loop import TrainConfig, train  # noqa: E402
 
 LINES = [("I can't believe my flight got cancelled again.", "anger"), ("We won the final, I'm so happy!", "happy"),
@@ -33,7 +33,7 @@ def write_build(root: Path, spoken_replies: bool = False) -> Path:
         rel = f"audio/clips/c{i}.wav"
         save_audio(root / rel, tts.synthesize(text, acted(tag)).at())
         s11.append({"id": f"c{i}", "lang": "en", "audio": rel, "transcript": text, "response": "I hear you.",
-                    "provenance": {}})
+                    "provenance": {"acted_emotion": tag} if i % 2 else {}})  # the others: the label of 1-2
         think = f"The emotion I hear is {tag}. The most likely reason is what they just said."
         answer = {"role": "assistant", "think": think, "text": "That sounds like a lot."}
         if spoken_replies:
@@ -165,7 +165,6 @@ def test_assistant_only_labels(build, tmp_path):
 
     from emoslm.llm.hf import hf_checkpoint
     from emoslm.slm.model import UnifiedSLM
-    from emoslm.train.data import Collator
 
     tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint("smollm2-135m-instruct"))
     batch = Collator(tokenizer, UnifiedSLM.speech_length, frame_cache(tmp_path))(load_examples(build, "1-2")[:2])
@@ -174,6 +173,40 @@ def test_assistant_only_labels(build, tmp_path):
     assert text.startswith("The emotion I hear is anger") and "</think>" in text and "a lot." in text
     assert not (batch["speech_mask"] & (batch["labels"] != -100)).any()
     assert int(batch["speech_mask"][0].sum()) == UnifiedSLM.speech_length(int(batch["mel_frames"][0]))
+
+
+def test_collator_gives_every_layer_and_the_tags_to_a_model_that_mixes_them(build, tmp_path):
+    from transformers import AutoTokenizer
+
+    from emoslm.emotions import TAGS
+    from emoslm.llm.hf import hf_checkpoint
+    from emoslm.slm.model import UnifiedSLM
+    from emoslm.train.frames import FrameCache
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint("smollm2-135m-instruct"))
+    last = frame_cache(tmp_path)
+    every = FrameCache(last.encoder, last.front_end, tmp_path, layers=True)
+    examples = load_examples(build, "1-2")[:2]
+    one = Collator(tokenizer, UnifiedSLM.speech_length, last)(examples)
+    both = Collator(tokenizer, UnifiedSLM.speech_length, every, emotions=True)(examples)
+    layers = last.encoder.config.encoder_layers + 1
+    assert both["frames"].shape == (2, layers, *one["frames"].shape[1:]) and every.folder != last.folder
+    assert torch.allclose(both["frames"][:, -1], one["frames"], atol=2e-2)  # float16 on disk
+    assert torch.equal(both["speech_mask"], one["speech_mask"]) and "emotion_labels" not in one
+    assert both["emotion_labels"].tolist() == [TAGS.index(e.emotion) for e in examples]
+
+
+@pytest.mark.slow
+def test_stage_1_1_trains_the_layer_mix_and_the_emotion_head(build, tmp_path):
+    from emoslm.slm.model import UnifiedSLM
+
+    result = train(config(build, tmp_path / "mix", encoder_mix=True, emotion_head=True))
+    assert result["steps"] == 4 and result["held_out_loss"] > 0
+    logged = [json.loads(line) for line in (tmp_path / "mix" / "log.jsonl").read_text().splitlines()]
+    assert all(r["emotion_loss"] > 0 for r in logged)
+    model = UnifiedSLM.from_pretrained(tmp_path / "mix" / "final")
+    assert model.layer_mix is not None and model.emotion_head is not None
+    assert not torch.allclose(model.layer_mix.logits, torch.zeros_like(model.layer_mix.logits))  # it learned
 
 
 def test_bad_inputs_are_clear(build, tmp_path):

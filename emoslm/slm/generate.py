@@ -35,7 +35,8 @@ SYSTEM = "You are a warm, emotionally attentive voice assistant. Think about how
 
 
 def from_parts(llm: str = "smollm2-135m-instruct", encoder: str = "whisper-tiny.en", adapter_dim: int = 512,
-               adapter_layers: int = 2, adapter_heads: int = 8) -> tuple[UnifiedSLM, Any]:
+               adapter_layers: int = 2, adapter_heads: int = 8, encoder_mix: bool = False,
+               emotion_head: bool = False, emotion_weight: float = 0.5) -> tuple[UnifiedSLM, Any]:
     """A UnifiedSLM with the packaged (or given) LLM and Whisper weights and a fresh adapter, and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,7 +49,8 @@ def from_parts(llm: str = "smollm2-135m-instruct", encoder: str = "whisper-tiny.
     whisper = load_whisper_encoder(encoder)
     config = UnifiedSLMConfig(llm_config=language_model.config.to_dict(), encoder_config=whisper.config.to_dict(),
                               adapter_dim=adapter_dim, adapter_layers=adapter_layers, adapter_heads=adapter_heads,
-                              llm_source=llm, encoder_source=encoder)
+                              llm_source=llm, encoder_source=encoder, encoder_mix=encoder_mix,
+                              emotion_head=emotion_head, emotion_weight=emotion_weight)
     model = UnifiedSLM(config)
     model.llm.load_state_dict(language_model.state_dict())
     model.encoder.load_state_dict(whisper.state_dict())

@@ -23,9 +23,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from emoslm.slm.listen import Adapter, Subsampler
+from emoslm.emotions import TAGS
+from emoslm.slm.listen import Adapter, EmotionHead, LayerMix, Subsampler
 from emoslm.slm.speak import SpeakOutput, SpeechBranch, SpeechSpec, branch_spec, unit_loss
-from emoslm.speech.whisper_ct2 import encode
+from emoslm.speech.whisper_ct2 import encode, encode_layers
 
 
 class UnifiedSLMConfig(PretrainedConfig):
@@ -34,8 +35,12 @@ class UnifiedSLMConfig(PretrainedConfig):
     def __init__(self, llm_config: dict[str, Any] | None = None, encoder_config: dict[str, Any] | None = None,
                  adapter_dim: int = 512, adapter_layers: int = 2, adapter_heads: int = 8,
                  llm_source: str = "", encoder_source: str = "", speech: dict[str, Any] | None = None,
+                 encoder_mix: bool = False, emotion_head: bool = False, emotion_weight: float = 0.5,
                  **kwargs: Any) -> None:
         self.llm_config = llm_config or {}
+        # the listening path that keeps the paralinguistics (issue 33): a learned mix of every encoder layer
+        # instead of the last alone, and an emotion head on the adapter's output trained beside the text loss
+        self.encoder_mix, self.emotion_head, self.emotion_weight = encoder_mix, emotion_head, emotion_weight
         self.speech = speech  # a SpeechSpec as a dict once the model has a speech branch (stage 2)
         self.encoder_config = encoder_config or {}
         self.adapter_dim, self.adapter_layers, self.adapter_heads = adapter_dim, adapter_layers, adapter_heads
@@ -63,9 +68,11 @@ class UnifiedSLM(PreTrainedModel):
         super().__init__(config)
         encoder_config, llm_config = config.encoder(), config.llm()
         self.encoder = WhisperEncoder(encoder_config)
+        self.layer_mix = LayerMix(encoder_config.encoder_layers + 1) if config.encoder_mix else None
         self.subsampler = Subsampler(encoder_config.d_model, config.adapter_dim)
         self.adapter = Adapter(config.adapter_dim, llm_config.hidden_size, config.adapter_layers, config.adapter_heads)
         self.llm = AutoModelForCausalLM.from_config(llm_config)
+        self.emotion_head = EmotionHead(llm_config.hidden_size, len(TAGS)) if config.emotion_head else None
         spec = branch_spec(config)
         self.speech_branch = SpeechBranch(llm_config, spec) if spec else None
         self.unit_weight = 1.0  # the unit loss's weight in stage 2 (the trainer sets the recipe's)
@@ -108,49 +115,82 @@ class UnifiedSLM(PreTrainedModel):
 
     def speech_embeddings(self, mel: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None,
                           frames: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, n_mels, mel frames) log-mel, or the frozen encoder's (batch, frames, d) output when it was
-        computed before (training reads it from a cache) → (batch, speech_length, llm hidden size).
-        ``mel_frames`` are the clips' own lengths in mel frames (two per encoder frame) when padded."""
+        """(batch, n_mels, mel frames) log-mel, or the frozen encoder's output when it was computed before
+        (training reads it from a cache: (batch, frames, d), or (batch, layers + 1, frames, d) for a model that
+        mixes the layers) → (batch, speech_length, llm hidden size). ``mel_frames`` are the clips' own lengths
+        in mel frames (two per encoder frame) when padded."""
+        return self.listen(mel, mel_frames, frames)[0]
+
+    def listen(self, mel: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None,
+               frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The speech embeddings and their padding mask (True past each clip's own length)."""
         if frames is None:
             if mel is None:
                 raise ValueError("speech_embeddings needs mel or frames")
-            frames = encode(self.encoder, mel)
+            frames = encode_layers(self.encoder, mel) if self.layer_mix is not None else encode(self.encoder, mel)
+        if self.layer_mix is not None:
+            if frames.dim() != 4:
+                raise ValueError("this model mixes the encoder's layers: give frames of every layer "
+                                 "(FrameCache.for_model) or mel")
+            frames = self.layer_mix(frames)
         hidden = self.subsampler(frames)
         padding = None
         if mel_frames is not None:
             lengths = torch.tensor([self.speech_length(int(n)) for n in mel_frames], device=hidden.device)
             padding = torch.arange(hidden.shape[1], device=hidden.device)[None] >= lengths[:, None]
-        return self.adapter(hidden, padding)
+        return self.adapter(hidden, padding), padding
 
     # --- think / write ------------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, speech_mask: torch.Tensor | None = None,
               mel: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None,
               frames: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the speech embeddings written over the positions ``speech_mask`` marks."""
+        return self._embed(input_ids, speech_mask, mel, mel_frames, frames)[0]
+
+    def _embed(self, input_ids: torch.Tensor, speech_mask: torch.Tensor | None, mel: torch.Tensor | None,
+               mel_frames: torch.Tensor | None, frames: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """The embeddings, and (speech, padding) when there was speech (the emotion head reads them)."""
         embeds = self.llm.get_input_embeddings()(input_ids)
         if (mel is None and frames is None) or speech_mask is None:
-            return embeds
-        speech = self.speech_embeddings(mel, mel_frames, frames)
+            return embeds, None
+        speech, padding = self.listen(mel, mel_frames, frames)
         counts = speech_mask.sum(dim=1)
         rows = [speech[b, : int(counts[b])] for b in range(speech.shape[0])]
         if any(r.shape[0] != int(c) for r, c in zip(rows, counts, strict=True)):
             raise ValueError("speech_mask marks more positions than the clip has speech embeddings")
-        return embeds.masked_scatter(speech_mask[..., None], torch.cat(rows).to(embeds.dtype))
+        return embeds.masked_scatter(speech_mask[..., None], torch.cat(rows).to(embeds.dtype)), (speech, padding)
+
+    def emotion_loss(self, heard: Any, emotion_labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The emotion head's cross-entropy on the clips' tags (-100: no tag), or None when there is nothing to
+        learn (no head, no labels, no speech)."""
+        if self.emotion_head is None or emotion_labels is None or heard is None or bool((emotion_labels < 0).all()):
+            return None
+        speech, padding = heard
+        logits = self.emotion_head(speech, padding)
+        return nn.functional.cross_entropy(logits.float(), emotion_labels, ignore_index=-100)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 speech_mask: torch.Tensor | None = None, mel: torch.Tensor | None = None,
                 mel_frames: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 frames: torch.Tensor | None = None, unit_inputs: torch.Tensor | None = None,
                 unit_targets: torch.Tensor | None = None, unit_positions: torch.Tensor | None = None,
-                unit_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+                unit_mask: torch.Tensor | None = None, emotion_labels: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
         """The LLM's output; with ``unit_inputs`` (stage 2) a ``SpeakOutput`` with the text and unit losses.
 
         ``unit_positions`` (batch, steps) are the token positions whose layer-n hidden state feeds each
         speech step (the newest text token at that step), ``unit_inputs`` / ``unit_targets``
-        (batch, steps, group) the previous and the next group of units, ``unit_mask`` the real steps."""
-        embeds = self.embed(input_ids, speech_mask, mel, mel_frames, frames)
+        (batch, steps, group) the previous and the next group of units, ``unit_mask`` the real steps.
+        ``emotion_labels`` (batch,) are tag indices (``emoslm.emotions.TAGS``; -100 none): with an emotion head,
+        loss = text loss + ``emotion_weight`` × the head's cross-entropy, and ``emotion_loss`` is returned too."""
+        embeds, heard = self._embed(input_ids, speech_mask, mel, mel_frames, frames)
+        emotion = self.emotion_loss(heard, emotion_labels)
         if unit_inputs is None:
-            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+            if emotion is not None:
+                out["emotion_loss"] = emotion
+                out["loss"] = emotion * self.config.emotion_weight + (out.loss if out.loss is not None else 0.0)
+            return out
         if self.speech_branch is None:
             raise ValueError("unit targets given but the model has no speech branch (add_speech_branch)")
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,

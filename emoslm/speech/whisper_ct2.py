@@ -162,6 +162,23 @@ def encode(encoder: Any, mel: Any) -> Any:
     return encoder.layer_norm(hidden)
 
 
+def encode_layers(encoder: Any, mel: Any) -> Any:
+    """Every layer's frames, (batch, layers + 1, frames, d): the embedded input, each layer's output, the last
+    one after the final LayerNorm (so ``[:, -1]`` equals ``encode``) — for readers that weight the layers,
+    because emotion and speaker sit in the middle layers of speech encoders more than in the last."""
+    import torch
+
+    hidden = torch.nn.functional.gelu(encoder.conv1(mel))
+    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    states = [hidden]
+    for layer in encoder.layers:
+        hidden = layer(hidden, attention_mask=None)
+        states.append(hidden)
+    states[-1] = encoder.layer_norm(hidden)
+    return torch.stack(states, dim=1)
+
+
 def decoder_state_dict(variables: dict[str, np.ndarray], layers: int) -> dict[str, Any]:
     """``transformers`` WhisperDecoder parameter names → tensors (fused QKV and cross-attention KV split)."""
     import torch

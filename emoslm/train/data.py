@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emoslm.emotions import TAGS
 from emoslm.errors import DataError
 from emoslm.ieat.think import THINK_CLOSE
 from emoslm.slm.generate import layout
@@ -58,6 +59,8 @@ def load_examples(build: Path, stage: str) -> list[Example]:
                 example = _example(json.loads(line), build, stage)
                 example.voice = voices.get(example.key, "")
                 examples.append(example)
+    if stage == "1-1":
+        _tag_clips(build, examples)
     if stage == "2":
         examples = [e for e in examples if e.reply_audio is not None]
         if not examples:
@@ -82,6 +85,21 @@ def _example(sample: dict[str, Any], build: Path, stage: str) -> Example:
     return Example(sample["id"], key, build / turns[-2]["audio"], target, history, think=True,
                    emotion=sample["emotion"], teacher_reply=sample["response"],
                    reply_audio=build / spoken if stage == "2" and spoken else None)
+
+
+def _tag_clips(build: Path, examples: list[Example]) -> None:
+    """Stage 1-1's clips get the emotion an emotion head learns from: the one the voice acted (emoslm voiced
+    it), else the recogniser's label of the same clip in stage 1-2, else none."""
+    acted = provenance_by_key(build, "acted_emotion")
+    labelled: dict[str, str] = {}
+    path = build / STAGE_FILES["1-2"][0]
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            sample = json.loads(line) if line.strip() else None
+            if sample and len(sample.get("turns", [])) == 2:
+                labelled[sample["id"]] = sample.get("emotion", "")
+    for example in examples:
+        example.emotion = acted.get(example.key) or labelled.get(example.key, "")
 
 
 def provenance_by_key(build: Path, field: str) -> dict[str, str]:
@@ -183,8 +201,9 @@ class Collator:
 
     def __init__(self, tokenizer: Any, speech_length: Any, frames: Callable[[Path], np.ndarray],
                  max_target_tokens: int = 160, units: Callable[[Path], np.ndarray] | None = None,
-                 spec: SpeechSpec | None = None, max_unit_steps: int = 0) -> None:
+                 spec: SpeechSpec | None = None, max_unit_steps: int = 0, emotions: bool = False) -> None:
         self.tokenizer, self.speech_length, self.frames = tokenizer, speech_length, frames
+        self.emotions = emotions  # add each clip's tag (index in TAGS, -100 none) for the model's emotion head
         self.max_target_tokens = max_target_tokens
         self.units, self.spec, self.max_unit_steps = units, spec, max_unit_steps
         self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -203,10 +222,10 @@ class Collator:
         return ids + [self.end], min(len(first), len(ids))
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        clips = [self.frames(e.audio) for e in examples]
+        clips = [self.frames(e.audio) for e in examples]  # (frames, d), or (layers, frames, d)
         rows, steps = [], []
         for example, clip in zip(examples, clips, strict=True):
-            prompt = layout(self.tokenizer, self.speech_length(2 * clip.shape[0]), example.history,
+            prompt = layout(self.tokenizer, self.speech_length(2 * clip.shape[-2]), example.history,
                             think=example.think)
             target, reply_at = self.target_ids(example)
             rows.append((prompt.input_ids + target, prompt.speech_mask + [False] * len(target),
@@ -215,15 +234,18 @@ class Collator:
                 steps.append(self._steps(example, len(prompt.input_ids) + reply_at, len(rows[-1][0]) - 1))
         width = max(len(r[0]) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        longest = max(c.shape[0] for c in clips)
+        longest = max(c.shape[-2] for c in clips)
         batch = {
             "input_ids": torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows]),
             "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows]),
             "speech_mask": torch.tensor([r[1] + [False] * (width - len(r[1])) for r in rows]),
             "labels": torch.tensor([r[2] + [-100] * (width - len(r[2])) for r in rows]),
-            "frames": torch.from_numpy(np.stack([np.pad(c, ((0, longest - c.shape[0]), (0, 0))) for c in clips])),
-            "mel_frames": torch.tensor([2 * c.shape[0] for c in clips]),
+            "frames": torch.from_numpy(np.stack([_pad_frames(c, longest) for c in clips]).astype(np.float32)),
+            "mel_frames": torch.tensor([2 * c.shape[-2] for c in clips]),
         }
+        if self.emotions:
+            batch["emotion_labels"] = torch.tensor([TAGS.index(e.emotion) if e.emotion in TAGS else -100
+                                                    for e in examples])
         if steps:
             batch.update(_pad_steps(steps, self.spec))
         return batch
@@ -234,6 +256,13 @@ class Collator:
         inputs, targets = group_units(self.units(example.reply_audio), self.spec, self.max_unit_steps)
         positions = np.minimum(reply_start + np.arange(len(inputs)), last)
         return inputs, targets, positions
+
+
+def _pad_frames(clip: np.ndarray, frames: int) -> np.ndarray:
+    """Zeros after a clip's frames (the time axis is the second to last: one layer or every layer)."""
+    widths = [(0, 0)] * clip.ndim
+    widths[-2] = (0, frames - clip.shape[-2])
+    return np.pad(clip, widths)
 
 
 def _pad_steps(steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]], spec: SpeechSpec) -> dict[str, torch.Tensor]:

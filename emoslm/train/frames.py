@@ -23,7 +23,7 @@ from emoslm.atomic import atomic_file
 from emoslm.audio import load_audio
 from emoslm.config import settings
 from emoslm.speech.mel_front_end import MelFrontEnd
-from emoslm.speech.whisper_ct2 import encode
+from emoslm.speech.whisper_ct2 import encode, encode_layers
 
 
 def encoder_digest(encoder: torch.nn.Module, front_end: MelFrontEnd) -> str:
@@ -75,20 +75,30 @@ class ClipCache:
 
 
 class FrameCache(ClipCache):
-    """``cache(audio_path) → (frames, d_model)`` float32: the frozen encoder's frames of a clip."""
+    """``cache(audio_path) → (frames, d_model)`` float32: the frozen encoder's frames of a clip; with ``layers``,
+    ``(layers + 1, frames, d_model)`` float16: every layer's (for a model that mixes them)."""
 
     def __init__(self, encoder: torch.nn.Module, front_end: MelFrontEnd, root: Path | None = None,
-                 max_seconds: float = 30.0) -> None:
-        self.encoder, self.front_end = encoder, front_end
+                 max_seconds: float = 30.0, layers: bool = False) -> None:
+        self.encoder, self.front_end, self.layers = encoder, front_end, layers
         self.max_samples = int(max_seconds * 16_000)
-        super().__init__((root or settings().home / "cache" / "encoder-frames") / encoder_digest(encoder, front_end))
+        kind = "encoder-layers" if layers else "encoder-frames"
+        super().__init__((root or settings().home / "cache") / kind / encoder_digest(encoder, front_end))
+
+    @classmethod
+    def for_model(cls, model: Any, front_end: MelFrontEnd, root: Path | None = None) -> FrameCache:
+        """The cache of what ``model`` reads: every layer when it mixes them, else the last."""
+        return cls(model.encoder, front_end, root, layers=getattr(model, "layer_mix", None) is not None)
 
     def compute(self, audio: Path) -> np.ndarray:
         """Decode the clip, log-mel it with the model's own front end and run the encoder on it alone."""
         mel = self.front_end.tensor(load_audio(audio)[: self.max_samples])
         device = next(self.encoder.parameters()).device
         with torch.no_grad():
-            frames = encode(self.encoder, mel[None].to(device, next(self.encoder.parameters()).dtype))
+            mel = mel[None].to(device, next(self.encoder.parameters()).dtype)
+            if self.layers:
+                return encode_layers(self.encoder, mel)[0].float().cpu().numpy().astype(np.float16)
+            frames = encode(self.encoder, mel)
         return frames[0].float().cpu().numpy()
 
 

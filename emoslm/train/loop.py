@@ -64,6 +64,11 @@ class TrainConfig:
     unit_weight: float = 1.0  # loss = text loss + unit_weight × unit loss
     max_unit_steps: int = 150  # longer replies are cut to their first steps × group units
     lora: bool = False  # stage 2: LoRA on the top-k text layers too
+    # the listening path (issue 33), for a model built from parts: mix every encoder layer, and an emotion
+    # head on the adapter's output trained in stages 1-1 and 1-2 beside the text loss (weight emotion_weight)
+    encoder_mix: bool = False
+    emotion_head: bool = False
+    emotion_weight: float = 0.5
 
 
 def load_model(config: TrainConfig) -> tuple[Any, Any]:
@@ -81,7 +86,8 @@ def load_model(config: TrainConfig) -> tuple[Any, Any]:
             return UnifiedSLM.from_pretrained(init), AutoTokenizer.from_pretrained(init)
         except (OSError, ValueError, KeyError) as exc:
             raise EmoslmError(f"{init}: cannot load the checkpoint ({str(exc).splitlines()[0][:160]})") from None
-    return from_parts(config.llm, config.encoder, adapter_dim=config.adapter_dim)
+    return from_parts(config.llm, config.encoder, adapter_dim=config.adapter_dim, encoder_mix=config.encoder_mix,
+                      emotion_head=config.emotion_head, emotion_weight=config.emotion_weight)
 
 
 def give_voice(model: UnifiedSLM, config: TrainConfig) -> Any:
@@ -186,7 +192,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     optimiser = torch.optim.AdamW(trainable, lr=config.lr)
     model.to(accelerator.device)
     front_end = MelFrontEnd.from_pretrained(config.init or "", n_mels=model.config.encoder().num_mel_bins)
-    frames = FrameCache(model.encoder, front_end)
+    frames = FrameCache.for_model(model, front_end)
     everything = train_set + held
     with accelerator.main_process_first():  # rank 0 runs the encoder once per clip; the others then read
         main = accelerator.is_main_process
@@ -194,7 +200,8 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
         if units is not None:
             units.fill([e.reply_audio for e in everything], progress("reply units", len(everything)) if main else None)
     collate = Collator(tokenizer, UnifiedSLM.speech_length, frames, config.max_target_tokens, units,
-                       model.speech_spec, config.max_unit_steps)
+                       model.speech_spec, config.max_unit_steps,
+                       emotions=model.emotion_head is not None and config.stage != "2")
     loader = make_loader(train_set, collate, config, accelerator)
     model, optimiser = accelerator.prepare(model, optimiser)
     accelerator.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
@@ -231,7 +238,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
             mean_loss = float(accelerator.reduce(loss.detach(), "mean"))
             record = {"step": step, "loss": round(mean_loss, 5),
                       "tokens_per_s": round(seen_tokens / max(1e-9, time.perf_counter() - started), 1)}
-            for part in ("text_loss", "unit_loss"):  # stage 2 logs both halves of the joint loss
+            for part in ("text_loss", "unit_loss", "emotion_loss"):  # the parts of a joint loss
                 if getattr(output, part, None) is not None:
                     record[part] = round(float(accelerator.reduce(getattr(output, part).detach(), "mean")), 5)
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)

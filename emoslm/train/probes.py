@@ -73,17 +73,22 @@ def representations(model: Any, clips: list[ProbeClip], llm_layers: tuple[int, .
     model.eval()
     layers = llm_layers or (model.config.llm().num_hidden_layers // 2, model.config.llm().num_hidden_layers)
     front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
-    cache = FrameCache(model.encoder, front_end)
+    cache = FrameCache.for_model(model, front_end)
     device = next(model.parameters()).device
     decoder = model.llm.get_decoder()  # the layers without the LM head: no vocabulary-sized logits per frame
     rows: dict[str, list[np.ndarray]] = {}
     step = progress("probe features", len(clips))
     for clip in clips:
-        frames = torch.from_numpy(cache(clip.audio))[None].to(device)
+        frames = torch.from_numpy(cache(clip.audio).astype(np.float32))[None].to(device)
+        points = {}
+        if model.layer_mix is not None:  # every layer cached: the last layer, then the model's own mix of them
+            points["encoder"] = frames[0, -1]
+            frames = model.layer_mix(frames)
+            points["layer mix"] = frames[0]
         sub = model.subsampler(frames)
         adapted = model.adapter(sub)
         hidden = decoder(inputs_embeds=adapted, output_hidden_states=True).hidden_states
-        points = {"encoder": frames[0], "subsampler": sub[0], "adapter": adapted[0]}
+        points = {"encoder": frames[0], **points, "subsampler": sub[0], "adapter": adapted[0]}
         points.update({f"llm layer {n}": hidden[n][0] for n in layers})
         for name, value in points.items():
             rows.setdefault(name, []).append(pool(value))

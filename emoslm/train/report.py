@@ -35,7 +35,7 @@ def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: 
                    think_budget: int = 48, max_new_tokens: int = 64, held_voices: tuple[str, ...] = ()
                    ) -> dict[str, Any]:
     front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
-    collate = Collator(tokenizer, model.speech_length, FrameCache(model.encoder, front_end))
+    collate = Collator(tokenizer, model.speech_length, FrameCache.for_model(model, front_end))
     result: dict[str, Any] = {"loss_1_1": held_out_loss(model, collate, held_11) if held_11 else None,
                               "loss_1_2": held_out_loss(model, collate, held_12) if held_12 else None}
     rows = listen(model, tokenizer, held_12, {}, think_budget, max_new_tokens)["rows"]  # what `generate` writes

@@ -1,7 +1,8 @@
 """What each training stage may change (the paper's progressive plan).
 
 - stage 1-1 (speech–text alignment by self-distillation): Whisper encoder and LLM frozen; only the
-  subsampler and adapter learn to make speech embeddings the LLM reads like the words;
+  listening path learns (layer mix, subsampler, adapter, emotion head where the model has them) to make
+  speech embeddings the LLM reads like the words and that keep the emotion;
 - stage 1-2 (emotional attribute modelling): the adapter keeps learning and LoRA on the LLM's attention
   lets it write the think (emotion and cause) from the audio alone; the encoder stays frozen;
 - stage 2 (speech generation): the model gets its speech branch (a copy of the LLM's top k layers, see
@@ -29,7 +30,8 @@ def apply_stage(model: UnifiedSLM, stage: str, lora_r: int = 16, lora_alpha: int
         raise EmoslmError(f"unknown stage '{stage}'; use one of {', '.join(STAGES)}")
     for parameter in model.parameters():
         parameter.requires_grad = False
-    trained = [model.subsampler, model.adapter] if stage != "2" else [model.speech_branch]
+    listening = [m for m in (model.layer_mix, model.subsampler, model.adapter, model.emotion_head) if m is not None]
+    trained = listening if stage != "2" else [model.speech_branch]
     if any(module is None for module in trained):
         raise EmoslmError("stage 2 needs a model with a speech branch (the trainer adds it from unit_decoder)")
     for module in trained:
