@@ -42,6 +42,7 @@ class HearClip:
     voice: str
     acted: str  # the emotion the voice acts (the gold)
     words: str  # the emotion the words say (differs from ``acted`` on conflict clips)
+    text: str = ""  # what is said
 
 
 def corpus_sets(lang: str = "en") -> dict[str, list[HearClip]]:
@@ -52,7 +53,8 @@ def corpus_sets(lang: str = "en") -> dict[str, list[HearClip]]:
     clips = [c for c in corpus_clips(TrainConfig()) if c.lang == lang]
     root = corpus.corpus_root()
     corpus.synthesize(clips, root)
-    return {split: [HearClip(c.id, root / c.path, c.voice, c.emotion, c.words) for c in clips if c.split == split]
+    return {split: [HearClip(c.id, root / c.path, c.voice, c.emotion, c.words, c.text) for c in clips
+                    if c.split == split]
             for split in ("train", "test", "conflict")}
 
 
@@ -233,3 +235,41 @@ def plot(s: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# --- does the adapter keep it? stage 1-1 with and without the listening path, then the probes --------------
+
+HELD_VOICES = ("espeak-en-us-f3", "flite-awb", "flite-slt", "kokoro-en-jf-nezumi")  # the corpus's test voices
+
+
+def corpus_build(out: Path, lang: str = "en") -> Path:
+    """An IEAT-format build (stage 1-1 only) of the corpus's train and test clips: each clip's target is its
+    own words (speech–text alignment), its provenance the acted emotion and the voice. Written atomically."""
+    from emoslm.atomic import atomic_dir
+
+    if (out / "stage1_1.jsonl").exists():
+        return out
+    sets = corpus_sets(lang)
+    rows = [{"id": c.id, "lang": lang, "audio": str(c.audio.resolve()), "transcript": c.text,
+             "response": c.text, "provenance": {"acted_emotion": c.acted, "voiced_by": c.voice}}
+            for c in sets["train"] + sets["test"]]
+    with atomic_dir(out) as tmp:
+        (tmp / "recipe.json").write_text(json.dumps({"name": "hearing-corpus", "lang": lang}))
+        (tmp / "stage1_1.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return out
+
+
+def listening_runs(build: Path, runs: Path, epochs: int = 1, progress: Start = silent, **config: Any) -> list[Path]:
+    """Stage 1-1 on ``build`` twice, the same seed and steps: the last encoder layer alone (as before), and the
+    listening path (layer mix + emotion head); each run resumes if killed."""
+    from emoslm.train.loop import TrainConfig, train
+
+    done = []
+    for name, listening in (("last-layer", False), ("listening-path", True)):
+        cfg = TrainConfig(stage="1-1", data=str(build), out=str(runs / name), epochs=epochs, batch_size=8, lr=1e-3,
+                          held_out=0.05, held_out_voices=list(HELD_VOICES), save_every=20,
+                          encoder_mix=listening, emotion_head=listening, **config)
+        if not (runs / name / "final" / "config.json").exists():
+            train(cfg, progress)
+        done.append(runs / name)
+    return done

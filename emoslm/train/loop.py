@@ -157,6 +157,7 @@ def held_out_loss(model: Any, collate: Collator, examples: list[Example], batch_
     with torch.no_grad():
         for k in range(0, len(examples), batch_size):
             batch = send_to_device(collate(examples[k:k + batch_size]), device)
+            batch.pop("emotion_labels", None)  # the text loss alone, comparable with a model without a head
             out = model(**batch)
             if part == "unit":
                 n, loss = int((batch["unit_targets"] != -100).sum()), out.unit_loss

@@ -51,7 +51,8 @@ class ProbeClip:
 def build_clips(build: Path) -> list[ProbeClip]:
     """Every clip of a build that emoslm voiced with a known acted emotion (the probe's gold)."""
     acted = provenance_by_key(build, "acted_emotion")
-    labels = {e.key: e.emotion for e in load_examples(build, "1-2") if not e.history}
+    has_1_2 = (build / "stage1_2.jsonl").exists()  # a build for listening alone has stage 1-1 only
+    labels = {e.key: e.emotion for e in load_examples(build, "1-2") if not e.history} if has_1_2 else {}
     clips = [ProbeClip(e.key, e.audio, e.voice, acted.get(e.key, ""), labels.get(e.key, ""))
              for e in load_examples(build, "1-1")]
     clips = [c for c in clips if c.acted in TAGS and c.voice]
@@ -208,7 +209,7 @@ def probe_runs(runs: list[Path], data: Path | None = None, out: Path | None = No
 
 def markdown(summary: dict[str, Any]) -> str:
     refs = summary["references"]
-    points = list(next(iter(summary["models"].values())).keys()) if summary["models"] else []
+    points = list(dict.fromkeys(p for row in summary["models"].values() for p in row))  # a mixing model has one more
     fitted = {"build": "the build's clips of the training voices",
               "corpus": "the recogniser corpus's English training-voice clips"}[summary["fit_on"]]
     lines = ["# Where is the emotion lost? Linear probes for the acted tag", "",
@@ -218,7 +219,8 @@ def markdown(summary: dict[str, Any]) -> str:
              "| model | " + " | ".join(points) + " |", "|---|" + "---|" * len(points)]
     for name, row in summary["models"].items():
         lines.append(f"| {name} | " + " | ".join(
-            f"{row[p]['held_out_accuracy']:.3f} ({row[p]['cv_accuracy']:.2f})" for p in points) + " |")
+            f"{row[p]['held_out_accuracy']:.3f} ({row[p]['cv_accuracy']:.2f})" if p in row else "—"
+            for p in points) + " |")
     prosody = summary["prosody"]
     lines += ["", "| reference on the same clips | accuracy |", "|---|---|",
               f"| prosodic features through the same probe | {prosody['held_out_accuracy']:.3f} |",
@@ -228,7 +230,7 @@ def markdown(summary: dict[str, Any]) -> str:
               f"| chance | {refs['chance']:.3f} |", ""]
     columns = [("the recogniser", refs["recogniser_by_voice"]), ("prosodic features", prosody["by_voice"])]
     columns += [(f"{name}: {point}", row[point]["by_voice"]) for name, row in summary["models"].items()
-                for point in ("encoder", "adapter") if point in row]
+                for point in ("encoder", "layer mix", "adapter") if point in row]
     lines += ["Per held-out voice:", "", "| voice | " + " | ".join(c for c, _ in columns) + " |",
               "|---|" + "---|" * len(columns)]
     for voice in summary["held_out_voices"]:
@@ -244,10 +246,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     names = list(summary["models"])
-    points = list(summary["models"][names[0]].keys()) if names else []
+    points = list(dict.fromkeys(p for row in summary["models"].values() for p in row))
     width = 0.8 / max(1, len(names))
     for k, name in enumerate(names):
-        values = [summary["models"][name][p]["held_out_accuracy"] for p in points]
+        row = summary["models"][name]
+        values = [row[p]["held_out_accuracy"] if p in row else 0.0 for p in points]
         ax.bar(np.arange(len(points)) + k * width - 0.4 + width / 2, values, width, label=name)
     refs = summary["references"]
     lines = [("prosodic features", summary["prosody"]["held_out_accuracy"], "-"),
