@@ -458,7 +458,8 @@ def train(
     emotion is lost (linear probes for the acted tag at the encoder, subsampler, adapter and LLM layers, fitted on
     the training voices and scored on the held-out ones). `emoslm train hearing`: where the frozen Whisper encoder
     keeps the emotion (a probe per layer, emotion heads on the last layer and on a learned layer mix, on the
-    recogniser corpus's unheard voices and conflict clips). Killed runs resume exactly."""
+    recogniser corpus's unheard voices and conflict clips); `emoslm train hearing runs`: stage 1-1 on those clips
+    with and without the listening path (layer mix + emotion head), then the probes. Killed runs resume exactly."""
     if args[0] == "report":
         from emoslm.train.report import report
 
@@ -481,10 +482,17 @@ def train(
         console.print(f"adapter: {summary['adapter']} (llama-cpp:{config.llm}?lora=PATH uses it)")
         return
     if args[0] == "hearing":
+        from emoslm.train.hearing import listening_experiment
         from emoslm.train.hearing import run as hearing
 
-        target = out or Path("reports/hearing-encoder")
         bar, progress = rich_progress(err)
+        if args[1:] == ["runs"]:  # stage 1-1 with and without the listening path, then the probes
+            target = out or Path("reports/hearing-adapter")
+            with bar:
+                listening_experiment(target, max_steps or 40, progress)
+            console.print((target / "probes-build.md").read_text(), highlight=False, markup=False)
+            return
+        target = out or Path("reports/hearing-encoder")
         with bar:
             hearing(target, progress=progress)
         console.print((target / "hearing.md").read_text(), highlight=False, markup=False)

@@ -273,3 +273,13 @@ def listening_runs(build: Path, runs: Path, epochs: int = 1, progress: Start = s
             train(cfg, progress)
         done.append(runs / name)
     return done
+
+
+def listening_experiment(out: Path, max_steps: int = 40, progress: Start = silent, runs: Path = Path("runs")) -> Path:
+    """`emoslm train hearing runs`: the corpus build, the two stage 1-1 runs, the probes along the path into
+    ``out`` (each step resumes or is skipped when done)."""
+    from emoslm.train.probes import probe_runs
+
+    build = corpus_build(runs / "hearing-build")
+    trained = listening_runs(build, runs / "train-hearing", epochs=1, progress=progress, max_steps=max_steps)
+    return probe_runs(trained, out=out, progress=progress)
