@@ -477,6 +477,18 @@ def test_realtime_bad_events_get_error_events_and_the_session_goes_on(served_lig
 
 # --- the command ---------------------------------------------------------------------------------------
 
+def wait_until_up(proc: subprocess.Popen, port: int, seconds: float) -> None:
+    """Poll an `emoslm serve` process's /health until it says ok (it must not die meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok":
+                return
+        except httpx.HTTPError:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+
 def test_serve_refuses_a_public_address_without_a_key():
     result = subprocess.run([sys.executable, "-m", "emoslm.cli", "serve", "--agent", "none", "--host", "0.0.0.0"],
                             capture_output=True, text=True, timeout=60)
@@ -488,14 +500,7 @@ def test_serve_starts_answers_and_stops_cleanly_on_sigint():
     proc = subprocess.Popen([sys.executable, "-m", "emoslm.cli", "serve", "--agent", "none", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok":
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.2)
+        wait_until_up(proc, port, 60)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -657,14 +662,7 @@ def test_ctrl_c_during_a_streamed_turn_ends_it_with_done_at_once(sad_clip):
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok":
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.2)
+        wait_until_up(proc, port, 120)
         with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
                           json={"messages": [audio_message(sad_clip)], "stream": True,
                                 "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}) as r:

@@ -15,18 +15,10 @@ import pytest
 
 from emoslm.audio import to_wav_bytes
 from tests.conftest import serving
+from tests.test_serve import Mute
 
 pytest.importorskip("fastapi")
 websockets_sync = pytest.importorskip("websockets.sync.client")
-
-
-class Mute:
-    """Stands in for an agent that is never asked to answer: these tests end before any turn starts."""
-
-    asr = None
-
-    def close(self) -> None:
-        pass
 
 
 def _error(response: httpx.Response, status: int) -> dict:

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-RATES = (8_000, 16_000, 24_000, 44_100, 48_000)
 Rate = Literal[8_000, 16_000, 24_000, 44_100, 48_000]
 
 
