@@ -58,3 +58,19 @@ def test_silence_is_rejected_before_the_model(asr_en):
 
     with pytest.raises(AudioError, match="silent"):
         asr_en.transcribe(np.zeros(16_000, np.float32))
+
+
+def test_a_turn_without_speech_has_no_words(asr_en):
+    import numpy as np
+
+    hiss = np.random.default_rng(0).normal(0, 0.01, 32_000).astype(np.float32)  # Whisper alone would invent words
+    result = asr_en.transcribe(hiss)
+    assert result.text == "" and result.segments == []
+
+
+def test_a_turn_is_one_speech_span_and_subtitles_get_a_segment_per_phrase(asr_en, spoken_sentence):
+    turn = asr_en.transcribe(spoken_sentence)
+    assert len(turn.segments) == 1 and turn.pieces == [turn.text]
+    assert 0 <= turn.segments[0].start < turn.segments[0].end <= turn.duration
+    subtitled = asr_en.transcribe(spoken_sentence, timestamps=True)
+    assert error_rate(turn.text, subtitled.text) <= 0.15 and len(subtitled.pieces) == len(subtitled.segments) >= 1

@@ -23,10 +23,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, Field
 
 from emoslm.emotions import TAGS
+from emoslm.language import of_text
 from emoslm.serve.runtime import Runtime
 from emoslm.serve.wire import MEDIA_TYPES, APIError, decode_clip, encode_audio, pcm16_b64
 from emoslm.speech.prosody import Prosody, reply
-from emoslm.speech.tts import CJK
 from emoslm.speech.voice import Voice, VoiceChunk, voice_pool
 from emoslm.store import REGISTRY
 
@@ -63,7 +63,7 @@ def voice_spec(voice: str, default: str) -> str:
 
 
 def _lang_of(text: str) -> str:
-    return "zh" if CJK.search(text) else "en"
+    return of_text(text)
 
 
 @router.post("/v1/audio/speech")
@@ -133,7 +133,8 @@ async def transcriptions(request: Request, file: UploadFile = File(...), model: 
     asr = runtime.asr()
     lang = language or None
     with runtime.session(request.client.host if request.client else "unknown"):  # per-client limits
-        heard = await runtime.run(lambda: asr.transcribe(clip, lang))
+        timestamps = response_format in ("srt", "verbose_json", "vtt")  # one segment per phrase
+        heard = await runtime.run(lambda: asr.transcribe(clip, lang, timestamps=timestamps))
     if stream:
         events = [{"type": "transcript.text.delta", "delta": heard.text},
                   {"type": "transcript.text.done", "text": heard.text}]
