@@ -8,20 +8,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from emoslm.threads import default_threads
+
 
 def _default_home() -> Path:
     return Path(os.environ.get("EMOSLM_HOME", Path.home() / ".cache" / "emoslm")).expanduser()
-
-
-def _default_threads() -> int:
-    return int(os.environ.get("EMOSLM_THREADS", min(4, os.cpu_count() or 1)))
 
 
 class Settings(BaseModel):
     """Where caches live and how many CPU threads the backends may use."""
 
     home: Path = Field(default_factory=_default_home)
-    threads: int = Field(default_factory=_default_threads)
+    threads: int = Field(default_factory=default_threads)  # at load; emoslm.threads per call
 
     @property
     def cache_dir(self) -> Path:

@@ -24,6 +24,7 @@ from emoslm.errors import BackendError, MissingPackageError
 from emoslm.llm.base import LLM, ChatTemplate, Message, Sampling, StreamEnd
 from emoslm.store import resolve
 from emoslm.streams import on_thread
+from emoslm.threads import lanes as threads_now
 
 LLAMA_THREAD = ThreadPoolExecutor(1, thread_name_prefix="emoslm-llama")
 
@@ -77,6 +78,7 @@ class LlamaCppLLM(LLM):
         self._kept: list[KeptPrefix] = []
         self.template = template_from_llama(self.llm, model)
         self.reuse_prefix = reuse_prefix
+        self._beside, self.lanes = 0, threads_now(0, most=threads)
 
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
@@ -99,6 +101,7 @@ class LlamaCppLLM(LLM):
                 f"{self.name}: the prompt has {n_prompt} tokens, over the context of {self.llm.n_ctx()}; "
                 "shorten the history or raise n_ctx"
             )
+        self._fit_threads()
         if not self.reuse_prefix:
             self.llm.reset()
         else:
@@ -146,14 +149,20 @@ class LlamaCppLLM(LLM):
         if self.reuse_prefix:
             self.complete(text, Sampling(max_tokens=1, temperature=0.0))
 
-    def share_cpu(self, threads: int = 1) -> None:
-        """On 2 cores, llama.cpp's spinning OpenMP threads and a voice's threads starve each other (measured:
-        116 → 26 tokens/s while Piper speaks); one generation thread beside a one-thread voice keeps 74.
-        ``threads=0`` gives back every thread the model was loaded with."""
+    def share_cpu(self, beside: int = 1) -> None:
+        """Generate beside ``beside`` busy lanes of this process from now on (a voice speaking the previous
+        clause); 0: nothing beside. The thread counts themselves come from ``emoslm.threads.lanes`` at the
+        start of every generation, so a core another process takes is left to it."""
+        self._beside = beside
+        LLAMA_THREAD.submit(self._fit_threads).result()
+
+    def _fit_threads(self) -> None:
+        """Runs on ``LLAMA_THREAD``, before each generation (``threads.py``: why it must follow the load)."""
         import llama_cpp
 
-        threads = threads or self.llm.n_threads
-        LLAMA_THREAD.submit(llama_cpp.llama_set_n_threads, self.llm.ctx, threads, self.llm.n_threads_batch).result()
+        lanes = threads_now(self._beside, most=self.llm.n_threads)
+        llama_cpp.llama_set_n_threads(self.llm.ctx, lanes.decode, lanes.batch)
+        self.lanes = lanes
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

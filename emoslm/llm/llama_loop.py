@@ -30,6 +30,7 @@ from emoslm.config import settings
 from emoslm.errors import BackendError, MissingPackageError
 from emoslm.llm.base import Sampling
 from emoslm.llm.decoding import Sampler
+from emoslm.threads import lanes as threads_now
 
 _BACKEND = threading.Lock()
 _READY = False
@@ -88,7 +89,8 @@ class LlamaText:
         self._callback = llama.ggml_backend_sched_eval_callback(self._observe)  # kept alive with the context
         context = llama.llama_context_default_params()
         context.n_ctx, context.n_batch, context.n_ubatch = n_ctx, n_batch, n_batch
-        context.n_threads = context.n_threads_batch = threads or settings().threads
+        self.threads = threads or settings().threads
+        context.n_threads = context.n_threads_batch = self.threads
         context.no_perf = True
         if self._want:
             context.cb_eval, context.cb_eval_user_data = self._callback, None
@@ -116,6 +118,8 @@ class LlamaText:
     def loop(self, sampling: Sampling) -> LlamaLoop:
         """A fresh generation: the context's memory is cleared, so an older loop on it can no longer feed."""
         self.api.llama_memory_clear(self.api.llama_get_memory(self.ctx), True)
+        now = threads_now(0, most=self.threads)  # the cores nobody else is using now (emoslm.threads)
+        self.api.llama_set_n_threads(self.ctx, now.decode, now.batch)
         self.captured = None
         self.generation += 1
         return LlamaLoop(self, sampling)
