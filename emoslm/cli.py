@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from emoslm.errors import EmoslmError
+from emoslm.language import of_turn, served
 from emoslm.progress import rich_progress
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -362,10 +363,10 @@ def perception_classify(
     for col in ("file", "emotion", "p", "voice says", "words say", "valence", "arousal", "conflict", "transcript"):
         table.add_column(col)
     for path, audio in zip(files, clips, strict=True):
-        text, turn_lang = "", lang or "en"
+        text, turn_lang = "", served(lang)
         if asr is not None:
             heard = asr.transcribe(audio, lang)
-            text, turn_lang = heard.text, lang or heard.language
+            text, turn_lang = heard.text, of_turn(lang, heard.language)
         estimate = recognizer.estimate(audio, text, turn_lang)
         if as_json:
             print(json.dumps({"file": str(path), **estimate.to_json()}, ensure_ascii=False))

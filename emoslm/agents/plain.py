@@ -15,6 +15,7 @@ from emoslm.agents.events import Done, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.config import configure_threads
 from emoslm.ieat.think import Incremental, Piece, clean_reply
+from emoslm.language import of_turn
 from emoslm.llm import LLM, LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
 from emoslm.speech.prosody import Prosody
@@ -42,7 +43,7 @@ class PlainAgent(Agent):
         clock = time.perf_counter()
         speech = trim_to_speech(audio, pad=0.3)
         heard = self.asr.transcribe(speech, lang)
-        lang = lang or ("zh" if heard.language == "zh" else "en")
+        lang = of_turn(lang, heard.language)
         yield Transcript(heard.text, lang)
         yield Timing("asr", round(time.perf_counter() - clock, 4))
         messages = [{"role": "system", "content": SYSTEM.get(lang, SYSTEM["en"])}]

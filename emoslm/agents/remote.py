@@ -23,6 +23,7 @@ from emoslm.agents.base import Agent
 from emoslm.agents.events import AudioChunk, Done, Error, Event, Reply, TextDelta, Turn, decode_pcm16, from_wire
 from emoslm.audio import to_wav_bytes
 from emoslm.errors import BackendError
+from emoslm.language import served
 
 OPENAI_PCM_RATE = 24_000
 
@@ -66,7 +67,7 @@ class RemoteAgent(Agent):
         joined = np.concatenate([c.audio for c in chunks]) if chunks else None
         rate = chunks[0].sample_rate if chunks else 16_000
         if done is None:  # a plain OpenAI server: the reply is what streamed
-            done = Done(Reply(text=text, lang=lang or "en", audio=joined, sample_rate=rate))
+            done = Done(Reply(text=text, lang=served(lang), audio=joined, sample_rate=rate))
         done.reply.audio, done.reply.sample_rate = joined, rate
         yield done
 

@@ -31,6 +31,7 @@ from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.config import configure_threads
 from emoslm.errors import EmoslmError
 from emoslm.ieat.think import tag_in_think
+from emoslm.language import of_turn
 from emoslm.perception.asr import ASRPool
 from emoslm.speech.prosody import reply as reply_prosody
 from emoslm.speech.voice import VoiceChunk, VoicePool, voice_pool
@@ -97,9 +98,10 @@ class SLMAgent(Agent):
     def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
         from emoslm.slm.generate import generate_stream
 
-        lang = lang or "en"
         check_signal(audio, SAMPLE_RATE, "user audio")
         speech = trim_to_speech(audio, pad=0.3)[: 30 * SAMPLE_RATE]
+        if lang is None:  # as the other agents do: the language the speech is heard in (one encoder pass)
+            lang = of_turn(None, self.asr.for_lang(None).detect(speech)[0])
         clock = time.perf_counter()
         own = self.own_voice
         voice = self.own(lang) if own else None  # loaded before the clock matters

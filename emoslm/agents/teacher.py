@@ -20,6 +20,7 @@ from emoslm.agents.events import Done, Emotion, Event, Reply, Timing, Transcript
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.config import configure_threads
 from emoslm.ieat.think import answer_turn, system_for, tag_in_think, validate
+from emoslm.language import of_turn
 from emoslm.llm import LLMPool
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer
@@ -58,7 +59,7 @@ class TeacherAgent(Agent):
         clock = time.perf_counter()
         acoustic = self._side.submit(self.recognizer.acoustic_model.acoustic, speech)  # voice, heard meanwhile
         heard = self.asr.transcribe(speech, lang)
-        lang = lang or ("zh" if heard.language == "zh" else "en")
+        lang = of_turn(lang, heard.language)
         yield Transcript(heard.text, lang)
         yield Timing("asr", _lap(clock))
 

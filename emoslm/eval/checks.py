@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from emoslm.eval.metrics import language_matches, reply_length, trajectory_exact
+from emoslm.language import served
 
 # A spoken turn: HumDial's replies are a few sentences. Tokens as `textnorm.tokens` counts them (a CJK
 # character is one token, so the Mandarin budget is larger).
@@ -64,11 +65,11 @@ def ends_on_sentence(text: str) -> bool:
 
 def third_person(text: str, lang: str) -> bool:
     """The reply talks *about* the user ("the user's tone …") instead of to them."""
-    return bool(THIRD_PERSON["zh" if lang == "zh" else "en"].search(text))
+    return bool(THIRD_PERSON[served(lang)].search(text))
 
 
 def second_person(text: str, lang: str) -> bool:
-    return bool(SECOND_PERSON["zh" if lang == "zh" else "en"].search(text))
+    return bool(SECOND_PERSON[served(lang)].search(text))
 
 
 def check_reply(text: str, lang: str, earlier: Sequence[str] = (),
@@ -77,7 +78,7 @@ def check_reply(text: str, lang: str, earlier: Sequence[str] = (),
     """Every cheap check of one reply. ``earlier``: the agent's previous replies in the dialogue;
     ``similarity``: a sentence similarity (MiniLM cosine, `minilm_similarity`); ``gold_path``: the
     emotions to name in order, for a T1 final turn."""
-    lang = "zh" if lang == "zh" else "en"
+    lang = served(lang)
     copied = similarity is not None and any(similarity(text, before) >= NEAR_COPY for before in earlier if before)
     checks = ReplyChecks(ends_on_sentence(text), second_person(text, lang), third_person(text, lang),
                          language_matches(text, lang), reply_length(text) <= LENGTH_BUDGET[lang], copied)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 
-from emoslm.ieat.think import THINK_CLOSE, THINK_OPEN, language_of
+from emoslm.ieat.think import THINK_CLOSE, THINK_OPEN
+from emoslm.language import of_text, served
 from emoslm.textnorm import tokens
 
 # Words that name each tag, per language. The tag word itself always counts (HumDial's gold strings).
@@ -38,7 +39,7 @@ OTHER_EMOTIONS = {
 
 def emotion_mentions(text: str, lang: str) -> list[tuple[int, str]]:
     """(position, tag or ``other:word``) for every emotion word in ``text``, in order."""
-    lang = "zh" if lang == "zh" else "en"
+    lang = served(lang)
     lowered = text.lower()
     found = []
     for tag, words in TAG_WORDS[lang].items():
@@ -78,4 +79,4 @@ def reply_length(text: str) -> int:
 
 
 def language_matches(text: str, lang: str) -> bool:
-    return bool(text.strip()) and language_of(text) == ("zh" if lang == "zh" else "en")
+    return bool(text.strip()) and of_text(text) == served(lang)

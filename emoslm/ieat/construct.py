@@ -31,6 +31,7 @@ from emoslm.errors import BackendError, EmoslmError, MissingPackageError, ModelN
 from emoslm.ieat.recipe import Recipe
 from emoslm.ieat.sources import SourceItem
 from emoslm.ieat.think import language_of, system_for, think_opening, think_then_answer, trajectory_reply, validate
+from emoslm.language import served
 from emoslm.llm import LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.estimate import EmotionEstimate
@@ -140,7 +141,7 @@ def prepare(item: SourceItem, tools: Toolkit, out: Path) -> Clip:
             raise EmoslmError("no speech recognised in the clip")
         if item.meta.get("gold_emotion"):
             provenance["gold_emotion"] = item.meta["gold_emotion"]
-    lang = "zh" if lang == "zh" else "en"
+    lang = served(lang)
     save_audio(out / rel, audio)
     return Clip(item.id, lang, rel, transcript, round(len(audio) / SAMPLE_RATE, 3), provenance)
 

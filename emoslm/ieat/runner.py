@@ -36,6 +36,7 @@ from emoslm.ieat.construct import Toolkit, assign_task, build_item, file_key, it
 from emoslm.ieat.dialogues import regroup
 from emoslm.ieat.recipe import Recipe
 from emoslm.ieat.sources import SourceItem, collect
+from emoslm.language import served
 from emoslm.progress import Start, silent
 
 
@@ -237,7 +238,7 @@ def build(recipe: Recipe, out: Path, limit: int | None = None, shard: tuple[int,
         tools = tools or Toolkit(recipe)
         return tools
 
-    langs = sorted({("zh" if i.lang == "zh" else "en") for i in items})
+    langs = sorted({served(i.lang) for i in items})
     instructions = load_instructions(recipe, out, langs, shared_tools)
     mine = [item for n, item in enumerate(items) if n % shard[1] == shard[0] - 1]
     todo = [(item, assign_task(recipe, item.id)) for item in mine if _needs_work(parts, item.id, retry_errors)]

@@ -23,6 +23,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from emoslm.emotions import TAGS, ZH_NAMES
+from emoslm.language import of_text as language_of
+from emoslm.language import served
 from emoslm.llm.base import LLM, Message, Sampling
 from emoslm.streams import drain
 from emoslm.textnorm import simplified
@@ -120,7 +122,7 @@ def worked_examples(lang: str) -> str:
 def empathy_system(lang: str, examples: bool = True) -> str:
     """The system prompt of the empathetic reply, with the worked examples unless the model was tuned on the
     corpus (an adapter learned the form; the examples would only cost context)."""
-    lang = "zh" if lang == "zh" else "en"
+    lang = served(lang)
     return EMPATHY_SYSTEM[lang] + (worked_examples(lang) if examples else "")
 
 
@@ -167,7 +169,7 @@ def think_opening(tag: str, lang: str = "en", words_tag: str | None = None,
     ``trajectory`` (every user turn's perceived emotion, this one last) is given when the user asks how
     their feelings changed: the think then carries the whole path, as perceived, in order.
     """
-    lang = "zh" if lang == "zh" else "en"
+    lang = served(lang)
     kind = "none" if words_tag is None else ("same" if words_tag == tag else "conflict")
     agreement = AGREEMENT[lang][kind].format(words=ZH_NAMES.get(words_tag or "", words_tag) if lang == "zh"
                                              else words_tag)
@@ -204,7 +206,7 @@ def trajectory_reply(tags: list[str | None], lang: str) -> str:
     judge punishes; starting the reply with the path it perceived keeps the answer (and the IEAT target
     the student learns) faithful, and the teacher goes on with the causes.
     """
-    lang = "zh" if lang == "zh" else "en"
+    lang = served(lang)
     path = emotion_path(tags)
     words = [ZH_NAMES[t] if lang == "zh" else t for t in path]
     forms = TRAJECTORY_REPLY[lang]
@@ -415,14 +417,6 @@ def strip_think(text: str) -> str:
     if THINK_OPEN in text:
         text = text.split(THINK_OPEN)[0]
     return text.replace(THINK_CLOSE, "").strip()
-
-
-def language_of(text: str) -> str:
-    """zh when at least a fifth of the letters are CJK characters, else en (HumDial's two languages)."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return "en"
-    return "zh" if sum(bool(CJK.match(c)) for c in letters) / len(letters) >= 0.2 else "en"
 
 
 def validate(think: str, reply: str, tag: str, lang: str) -> list[str]:

@@ -16,6 +16,7 @@ import os
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from emoslm.errors import EmoslmError
+from emoslm.language import served
 from emoslm.llm.base import LLM, ChatTemplate, Completion, Message, Sampling
 
 DEFAULT_LLM = "llama-cpp:smollm2-135m-instruct"
@@ -70,7 +71,7 @@ class LLMPool:
         self.spec, self.loaded = spec, {}
 
     def for_lang(self, lang: str | None) -> LLM:
-        spec = AUTO_LLM.get(lang or "en", AUTO_LLM["en"]) if self.spec == "auto" else self.spec
+        spec = AUTO_LLM[served(lang)] if self.spec == "auto" else self.spec
         if spec not in self.loaded:
             self.loaded[spec] = load_llm(spec)
         return self.loaded[spec]

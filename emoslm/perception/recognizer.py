@@ -19,6 +19,7 @@ from emoslm.audio import SAMPLE_RATE, check_signal
 from emoslm.config import settings
 from emoslm.emotions import EMOTION2VEC_TO_TAG, TAGS, map_distribution
 from emoslm.errors import EmoslmError, MissingPackageError
+from emoslm.language import served
 from emoslm.perception.classifier import LinearClassifier, load_classifier
 from emoslm.perception.estimate import EmotionEstimate, Evidence, as_probs
 from emoslm.perception.features import PROSODIC_NAMES, AcousticFeaturizer
@@ -95,7 +96,7 @@ class TextModel:
     def textual(self, text: str, lang: str) -> Evidence | None:
         if not tokens(text):
             return None
-        lang = "zh" if lang == "zh" else "en"
+        lang = served(lang)
         if lang not in self.loaded:
             path = self.directory / f"text_{lang}.npz"
             if not path.exists():
