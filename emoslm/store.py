@@ -305,6 +305,17 @@ REGISTRY: dict[str, ModelSpec] = {
             note="sentence embeddings (English); zero-shot text emotion",
         ),
         ModelSpec(
+            name="smart-turn-v3.2",
+            role="vad",
+            package="pipecat-ai",
+            module="pipecat",
+            pip_args="--no-deps pipecat-ai==1.14.0",
+            locate=_in_package("pipecat", "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"),
+            hub_id="pipecat-ai/smart-turn-v3",
+            licence="BSD-2-Clause",
+            note="end-of-turn from the voice (Whisper-tiny encoder + head), ONNX; the wheel's code is not used",
+        ),
+        ModelSpec(
             name="silero-vad",
             role="vad",
             package="silero-vad",

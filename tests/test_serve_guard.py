@@ -97,6 +97,20 @@ def test_parse_event_is_strict_and_reads_both_session_shapes():
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}, "emoslm": {"lang": "zh"}}}))
     settings = settings.updated(ga.session)
     assert settings.rate == 16000 and settings.lang == "zh" and not settings.server_vad  # the rest kept
+    assert Settings().wire("s")["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"  # Smart Turn by default
+    eager = Settings().updated(parse_event(json.dumps({"type": "session.update", "session": {
+        "turn_detection": {"type": "semantic_vad", "eagerness": "high"}}})).session)
+    assert eager.semantic and eager.eagerness == "high"
+    silence = eager.updated(parse_event(json.dumps({"type": "session.update", "session": {
+        "turn_detection": {"silence_duration_ms": 700}}})).session)  # no type: server_vad, as before
+    assert not silence.semantic and silence.silence_ms == 700
+    assert silence.wire("s")["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    with pytest.raises(BadEvent, match="session.turn_detection.type: unsupported value 'push_to_talk'") as bad:
+        parse_event(json.dumps({"type": "session.update", "session": {"turn_detection": {"type": "push_to_talk"}}}))
+    assert bad.value.param == "session.turn_detection.type"
+    with pytest.raises(BadEvent, match="eagerness"):
+        parse_event(json.dumps({"type": "session.update", "session": {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}))
     with pytest.raises(BadEvent, match="unsupported event type 'dance'"):
         parse_event('{"type": "dance"}')
     with pytest.raises(BadEvent, match="not valid JSON"):

@@ -474,29 +474,81 @@ def test_live_input_without_a_language_answers_in_the_language_its_partial_heard
     assert events[-1].reply.transcript == plain.respond([], spoken_sentence, "en").transcript
 
 
-def test_barge_in_cancels_the_reply_and_the_next_turn_goes_on(plain, spoken_sentence, piper):
+def test_barge_in_cancels_the_reply_and_the_next_turn_goes_on(plain, spoken_sentence, piper, monkeypatch):
     from emoslm.agents import Conversation
     from emoslm.agents.live import LiveSession
 
+    voice = plain.voices.voice(plain.voice_spec, "en")
+    original, clauses, release = voice.clause, [], threading.Event()
+
+    def slow(text, prosody):  # the first clause speaks; the next ones wait (the reply is still going on)
+        clauses.append(text)
+        if len(clauses) > 1:
+            release.wait(120)
+        return original(text, prosody)
+
+    monkeypatch.setattr(voice, "clause", slow)
     talk = Conversation(plain, "en")
     session = LiveSession(talk, "en")
     _feed(session, _padded(spoken_sentence, after=0.6))
     got = []
-    for event in session.events(timeout=60):  # wait for the reply to start
-        got.append(event)
-        if isinstance(event, (TextDelta, AudioChunk)):
-            break
-    assert session.replying
-    _feed(session, _padded(piper.synthesize("Wait, actually, stop.").at(), before=0.1))
-    session.wait()
+    try:
+        for event in session.events(timeout=60):  # wait for the reply to speak (before that, speech continues the turn)
+            got.append(event)
+            if isinstance(event, AudioChunk):
+                break
+        assert session.replying
+        _feed(session, _padded(piper.synthesize("Wait, actually, stop.").at(), before=0.1))
+    finally:
+        release.set()
+    deadline = time.monotonic() + 120
+    while (session.replying or session.speaking) and time.monotonic() < deadline:
+        session.wait()
+        time.sleep(0.05)
     later = list(session.events())
     kinds = [type(e) for e in later]
     assert Cancelled in kinds and SpeechStarted in kinds
     assert kinds.index(Cancelled) > kinds.index(SpeechStarted)
+    assert [e.reason for e in later if isinstance(e, Cancelled)][0] == "barge-in"
     assert Done not in kinds[: kinds.index(Cancelled)]  # the first reply never finished
     assert kinds[-1] is Done  # the barge-in became the next turn
     users = [t for t in talk.history if t.role == "user"]
     assert len(users) == 2 and "stop" in users[1].text.lower()
+
+
+def test_speech_soon_after_an_end_of_turn_before_the_reply_spoke_continues_the_turn(plain, piper, monkeypatch):
+    """A turn ended too early (a pause between sentences) is answered once, as one turn, if nothing was said."""
+    from emoslm.agents import Conversation
+    from emoslm.agents.live import LiveSession
+
+    voice = plain.voices.voice(plain.voice_spec, "en")
+    entered, release = threading.Event(), threading.Event()
+    original = voice.clause
+
+    def held(text, prosody):  # the first clause is held back, as on a slow CPU: the reply has not spoken yet
+        entered.set()
+        release.wait(120)
+        return original(text, prosody)
+
+    monkeypatch.setattr(voice, "clause", held)
+    talk = Conversation(plain, "en")
+    session = LiveSession(talk, "en")
+    _feed(session, _padded(piper.synthesize("My dog died yesterday.").at(), after=0.6))
+    try:
+        assert entered.wait(120) and session.replying
+        _feed(session, _padded(piper.synthesize("And I really miss him.").at(), before=0.1))
+    finally:
+        release.set()
+    deadline = time.monotonic() + 120
+    while (session.replying or session.speaking) and time.monotonic() < deadline:
+        session.wait()
+        time.sleep(0.05)
+    events = list(session.events())
+    cancelled = [e for e in events if isinstance(e, Cancelled)]
+    assert [e.reason for e in cancelled] == ["resumed"]
+    assert sum(isinstance(e, Done) for e in events) == 1
+    users = [t.text.lower() for t in talk.history if t.role == "user"]
+    assert len(users) == 1 and "dog" in users[0] and "miss" in users[0], users
 
 
 def test_barge_in_while_the_first_clause_is_synthesised_is_acted_on_at_once(plain, spoken_sentence, monkeypatch):

@@ -54,6 +54,7 @@ from emoslm.agents.events import (
 )
 from emoslm.agents.live import LiveSession, StreamingVAD
 from emoslm.audio import SAMPLE_RATE
+from emoslm.perception.turn import PATIENCE_S, TurnEnd
 from emoslm.serve.chat import extras
 from emoslm.serve.realtime_events import (
     Append,
@@ -74,9 +75,10 @@ from emoslm.speech.tts import CJK
 
 router = APIRouter()
 log = logging.getLogger("uvicorn.error")  # the server's own log, in uvicorn's format
-CANCEL_REASONS = {"barge-in": "turn_detected", "cancelled": "client_cancelled", "shutdown": "server_shutdown",
-                  "no-speech": "no_speech"}
+CANCEL_REASONS = {"barge-in": "turn_detected", "resumed": "turn_detected", "cancelled": "client_cancelled",
+                  "shutdown": "server_shutdown", "no-speech": "no_speech"}
 AUDIO_LEAD_S = 1.0  # reply audio goes out at most this far ahead of the client's playback
+PIECE_S = 0.5  # the longest audio delta
 ITEMS_KEPT = 64  # assistant items a truncate may name
 
 
@@ -85,7 +87,9 @@ class Settings:
     """What ``session.update`` may change."""
 
     rate: int = 24_000
-    server_vad: bool = True
+    server_vad: bool = True  # the server decides turns (either kind); False: the client commits them
+    semantic: bool = True  # semantic_vad: Smart Turn at a 0.2 s pause (emoslm.perception.turn); else silence_ms
+    eagerness: str = "auto"
     silence_ms: int = 400
     threshold: float = 0.5
     audio_out: bool = True
@@ -95,6 +99,9 @@ class Settings:
     def wire(self, session_id: str) -> dict[str, Any]:
         detection = ({"type": "server_vad", "threshold": self.threshold, "silence_duration_ms": self.silence_ms,
                       "create_response": True, "interrupt_response": True} if self.server_vad else None)
+        if self.server_vad and self.semantic:
+            detection = {"type": "semantic_vad", "eagerness": self.eagerness, "create_response": True,
+                         "interrupt_response": True}
         return {"id": session_id, "object": "realtime.session", "type": "realtime", "model": "emoslm",
                 "output_modalities": ["audio"] if self.audio_out else ["text"],
                 "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.rate}, "turn_detection": detection},
@@ -110,8 +117,10 @@ class Settings:
         given, detection = s.detection()
         if given and detection is None:
             new.server_vad = False
+        elif given and detection.type == "semantic_vad":
+            new.server_vad, new.semantic, new.eagerness = True, True, detection.eagerness
         elif given:
-            new.server_vad = True
+            new.server_vad, new.semantic = True, False
             if "silence_duration_ms" in detection.model_fields_set:
                 new.silence_ms = detection.silence_duration_ms
             if "threshold" in detection.model_fields_set:
@@ -149,6 +158,18 @@ class Answer:
     def spoken(self) -> str:
         """The words of the audio the user heard: all sent, or up to what the client says it played."""
         return heard_text(self.clauses, self.sent_ms if self.heard_ms is None else self.heard_ms)
+
+
+def pieces(audio: np.ndarray, rate: int, text: str) -> list[tuple[np.ndarray, str]]:
+    """A clause's audio in deltas of at most ``PIECE_S``, each with its share of the words (CJK: characters):
+    the pacer then holds back all but ``AUDIO_LEAD_S`` of even a long clause, so speech over it stops what
+    the user has not heard (one delta per clause let a one-clause reply go out whole before any barge-in)."""
+    count = max(1, int(np.ceil(len(audio) / (PIECE_S * rate))))
+    units = list(text.strip()) if CJK.search(text) else text.split()
+    glue = "" if CJK.search(text) else " "
+    bounds = [round(len(audio) * i / count) for i in range(count + 1)]
+    words = [round(len(units) * i / count) for i in range(count + 1)]
+    return [(audio[bounds[i]:bounds[i + 1]], glue.join(units[words[i]:words[i + 1]])) for i in range(count)]
 
 
 def heard_text(clauses: list[tuple[float, float, str]], ms: float) -> str:
@@ -215,8 +236,9 @@ class RealtimeSession:
         self.tasks: list[asyncio.Task] = []
 
     def _live(self) -> LiveSession:
-        vad = StreamingVAD(threshold=self.settings.threshold, min_silence_ms=self.settings.silence_ms)
+        turn_end, vad = self._turn_taking(self.settings)
         live = LiveSession(self.conversation, self.conversation.lang, vad=vad, partial_every=self.runtime.partial_every,
+                           turn_end=turn_end,
                            run=self.runtime.submit_turn,
                            offer=self.runtime.job_lane.offer,
                            sink=lambda e: self.loop.call_soon_threadsafe(self._arrive, e))
@@ -366,11 +388,18 @@ class RealtimeSession:
         }[event.type]
         await handler(event)
 
+    def _turn_taking(self, settings: Settings) -> tuple[TurnEnd | None, StreamingVAD]:
+        """semantic_vad: the VAD reports 0.2 s pauses and Smart Turn decides; server_vad: silence_ms decides."""
+        turn_end = (TurnEnd(self.runtime.smart_turn(), patience_s=PATIENCE_S[settings.eagerness])
+                    if settings.semantic else None)
+        silence = int(turn_end.pause_s * 1000) if turn_end else settings.silence_ms
+        return turn_end, StreamingVAD(threshold=settings.threshold, min_silence_ms=silence)
+
     async def on_session_update(self, event: SessionUpdate) -> None:
         new = self.settings.updated(event.session)
-        if (new.silence_ms, new.threshold) != (self.settings.silence_ms, self.settings.threshold) and not \
-                self.live.speaking:
-            self.live.vad = StreamingVAD(threshold=new.threshold, min_silence_ms=new.silence_ms)
+        taking = ("semantic", "eagerness", "silence_ms", "threshold")
+        if any(getattr(new, k) != getattr(self.settings, k) for k in taking) and not self.live.speaking:
+            self.live.turn_end, self.live.vad = self._turn_taking(new)
         if new.rate != self.settings.rate:
             self.resampler = soxr.ResampleStream(new.rate, SAMPLE_RATE, 1, dtype="float32")
         self.settings = new
@@ -498,8 +527,9 @@ class RealtimeSession:
         if isinstance(event, AudioChunk):
             if not self.settings.audio_out:
                 return []
-            return [{"type": "response.output_audio.delta", **ids, "delta": pcm16_b64(event.audio, event.sample_rate),
-                     "emoslm": {"t": round(event.t, 4), "text": event.text}}]
+            return [{"type": "response.output_audio.delta", **ids, "delta": pcm16_b64(audio, event.sample_rate),
+                     "emoslm": {"t": round(event.t, 4), "text": text}}
+                    for audio, text in pieces(event.audio, event.sample_rate, event.text)]
         if isinstance(event, Done):
             self.answers.popleft()
             return [*self._finished(answer, ids), self._response_done(answer, "completed", extras(

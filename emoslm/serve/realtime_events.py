@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
 Rate = Literal[8_000, 16_000, 24_000, 44_100, 48_000]
 
@@ -41,9 +41,29 @@ class ServerVAD(Strict):
     idle_timeout_ms: Optional[int] = Field(None, gt=0)
 
 
+class SemanticVAD(Strict):
+    """``turn_detection`` that ends a turn when the voice sounds finished (Smart Turn at a 0.2 s pause);
+    ``eagerness`` says how long a pause that does not sound finished may last (low 1.5 s … high 0.6 s)."""
+
+    type: Literal["semantic_vad"]
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    create_response: Literal[True] = True
+    interrupt_response: Literal[True] = True
+
+
+def _detection_kind(value: Any) -> str:
+    """The tag of a ``turn_detection`` object; without ``type`` it is server_vad, as it always was."""
+    return value.get("type", "server_vad") if isinstance(value, dict) else getattr(value, "type", "server_vad")
+
+
+DETECTION_KINDS = ("server_vad", "semantic_vad")
+TurnDetection = Annotated[Union[Annotated[ServerVAD, Tag("server_vad")], Annotated[SemanticVAD, Tag("semantic_vad")]],
+                          Discriminator(_detection_kind)]
+
+
 class AudioInput(Strict):
     format: Optional[AudioFormat] = None
-    turn_detection: Optional[ServerVAD] = None  # absent: unchanged (see ``fields_set``); null: client decides
+    turn_detection: Optional[TurnDetection] = None  # absent: unchanged (see ``fields_set``); null: client decides
 
 
 class AudioConfig(Strict):
@@ -61,12 +81,12 @@ Modalities = Annotated[list[Literal["audio", "text"]], Field(min_length=1, max_l
 class SessionConfig(Strict):
     type: Optional[Literal["realtime"]] = None
     audio: Optional[AudioConfig] = None
-    turn_detection: Optional[ServerVAD] = None  # the beta shape
+    turn_detection: Optional[TurnDetection] = None  # the beta shape
     output_modalities: Optional[Modalities] = None
     modalities: Optional[Modalities] = None  # the beta shape
     emoslm: Optional[EmoslmOptions] = None
 
-    def detection(self) -> tuple[bool, Optional[ServerVAD]]:
+    def detection(self) -> tuple[bool, Optional[ServerVAD | SemanticVAD]]:
         """(given, value): whether this update sets turn detection, and to what (None: the client decides)."""
         audio_in = self.audio.input if self.audio is not None else None
         if audio_in is not None and "turn_detection" in audio_in.model_fields_set:
@@ -144,12 +164,17 @@ def _explain(error: dict[str, Any]) -> BadEvent:
     kind, loc = error["type"], [str(p) for p in error.get("loc", ())]
     if kind == "json_invalid":
         return BadEvent("the event is not valid JSON", "invalid_json", None)
+    if kind == "union_tag_invalid" and len(loc) > 1:  # a turn_detection of a kind emoslm does not have
+        tag = str((error.get("ctx") or {}).get("tag", ""))[:60]
+        param = ".".join([*loc[1:], "type"])
+        return BadEvent(f"{param}: unsupported value {tag!r}; use {' or '.join(DETECTION_KINDS)}", "invalid_value",
+                        param)
     if kind == "union_tag_invalid":
         tag = str((error.get("ctx") or {}).get("tag", ""))[:60]
         return BadEvent(f"unsupported event type {tag!r}; emoslm accepts {', '.join(KINDS)}", "unknown_event", "type")
     if kind == "union_tag_not_found" or not loc:  # not an object, or no "type"
         return BadEvent("an event must be a JSON object with a string 'type'", "invalid_event", "type")
-    param = ".".join(loc[1:]) or "event"  # loc[0] is the event type (the union's tag)
+    param = ".".join(p for p in loc[1:] if p not in DETECTION_KINDS) or "event"  # loc[0]: the event's tag
     message = error.get("msg", "invalid value")
     if kind == "missing":
         message = "is required"

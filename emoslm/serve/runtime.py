@@ -143,6 +143,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self._asr: Any = None
+        self._smart_turn: Any = None
         self.turns = Lane(1, "emoslm-turn")
         self.job_lane = Lane(self.jobs, "emoslm-job")
         self.ears = ThreadPoolExecutor(4, thread_name_prefix="emoslm-vad")  # realtime input: VAD, resampling
@@ -153,6 +154,14 @@ class Runtime:
         self._live: set[Any] = set()  # LiveSessions, stopped at shutdown
         self._closers: set[Callable[[], Awaitable[None]]] = set()  # realtime sessions' shutdown()
         self._lock = threading.Lock()
+
+    def smart_turn(self) -> Any:
+        """The end-of-turn model every realtime session asks (one onnxruntime session, loaded on first use)."""
+        from emoslm.perception.turn import SmartTurn
+
+        with self._lock:
+            self._smart_turn = self._smart_turn or SmartTurn()
+            return self._smart_turn
 
     def asr(self) -> Any:
         """The agent's Whisper pool (loaded once), or a pool of the server's own when the agent has none."""
