@@ -8,9 +8,12 @@ with a second line. First audio is measured on the client, from ``speech_stopped
 of speech). A failure is an ``error`` event, a response that is not ``completed``, or no answer within
 the timeout.
 
-Two runs in one process, side by side: one session alone, then ``--sessions`` sessions at once
-(starts spread over ``--spread`` seconds). The agent answers one turn at a time (one LLM context), so
-under load a turn waits for the turns queued before it: the ratio says how much.
+Runs against one server, side by side: one session alone, then each count of ``--sessions`` at once
+(starts spread over ``--spread`` seconds), then (``--hog``) one and four sessions while another process
+keeps one core busy (a bounded busy loop started before and stopped after). With ``--parallel N`` the
+server answers N turns at once from one batched llama.cpp context; otherwise one at a time, and a turn
+waits for those queued before it (its client is told its place: ``emoslm.queue``). A response cancelled
+because the user went on talking (a pause ended the turn too soon) is not a failure: the turn goes on.
 
 Writes ``benchmarks/results/serve.{json,md}``.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -79,7 +83,7 @@ async def turn(ws, chunks: list[str], timeout: float) -> dict:  # noqa: ANN001
 
     sender = asyncio.create_task(send())
     stopped = first = None
-    row: dict = {}
+    row: dict = {"queued": 0}
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -92,6 +96,11 @@ async def turn(ws, chunks: list[str], timeout: float) -> dict:  # noqa: ANN001
                 row["server_first_audio"] = event["emoslm"]["t"]
             elif kind == "error":
                 row["failed"] = event["error"]["message"]
+            elif kind == "emoslm.queue":
+                row["queued"] = max(row["queued"], event["ahead"])
+            elif kind == "response.done" and (event["response"].get("status_details") or {}).get(
+                    "reason") == "turn_detected" and not sender.done():
+                first = None  # the user went on: the turn goes on, and so does the clock
             elif kind == "response.done":
                 status = event["response"]["status"]
                 row["stages"] = event["response"].get("emoslm", {}).get("timings", {})
@@ -136,9 +145,27 @@ async def load(url: str, sessions: int, spread: float, clips: list[list[str]], t
     return [r for rows in results for r in rows], time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def hog(on: bool) -> object:
+    """Another process keeping one core busy while the block runs (bounded: it ends by itself in 30 min)."""
+    if not on:
+        yield None
+        return
+    loop = "import time\nend = time.time() + 1800\nwhile time.time() < end: pass"
+    busy = subprocess.Popen([sys.executable, "-c", loop])
+    time.sleep(1.0)
+    try:
+        yield busy
+    finally:
+        busy.kill()
+        busy.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--sessions", default="4,20", help="session counts to run at once, after one alone")
+    parser.add_argument("--hog", action="store_true", help="also 1 and 4 sessions with one core taken")
+    parser.add_argument("--parallel", type=int, default=1, help="the server's --parallel (turns at once)")
     parser.add_argument("--spread", type=float, default=5.0, help="seconds over which the sessions start")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one turn may take")
     parser.add_argument("--agent", default="teacher")
@@ -149,9 +176,11 @@ def main() -> None:
     voice = voice_pool().voice("piper", "en")
     clips = [pcm_chunks(voice.speak(line)) for line in LINES]
     port = free_port()
+    counts = [int(n) for n in args.sessions.split(",") if n.strip()]
+    most = max(counts + [4])
     command = [sys.executable, "-m", "emoslm.cli", "serve", "--agent", args.agent, "--port", str(port),
-               "--max-sessions", str(args.sessions + 4), "--max-sessions-per-client", str(args.sessions + 4),
-               "--partial-every", str(args.partial_every), "--lang", args.lang]
+               "--max-sessions", str(most + 4), "--max-sessions-per-client", str(most + 4),
+               "--partial-every", str(args.partial_every), "--lang", args.lang, "--parallel", str(args.parallel)]
     log = open(ROOT / "results" / "serve-server.log.tmp", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     try:
@@ -166,46 +195,53 @@ def main() -> None:
                 raise SystemExit(f"the server did not start; see {log.name}")
             time.sleep(0.5)
         url = f"ws://127.0.0.1:{port}/v1/realtime"
-        alone, alone_wall = asyncio.run(load(url, 1, 0.0, clips, args.timeout))
-        crowd, crowd_wall = asyncio.run(load(url, args.sessions, args.spread, clips, args.timeout))
+        plan = [("1 session", 1, False), *((f"{n} sessions", n, False) for n in counts)]
+        if args.hog:
+            plan += [("1 session, one core taken", 1, True), ("4 sessions, one core taken", 4, True)]
+        runs = {}
+        for name, sessions, busy in plan:
+            with hog(busy):
+                rows, wall = asyncio.run(load(url, sessions, args.spread if sessions > 1 else 0.0, clips,
+                                              args.timeout))
+            runs[name] = {**summarise(rows), "sessions": sessions, "wall_s": round(wall, 1),
+                          "told_their_place": sum(1 for r in rows if r.get("queued"))}
+            print(name, runs[name]["first_audio"], runs[name]["failures"], flush=True)
     finally:
         server.terminate()
         server.wait(60)
         log.close()
-    report(args, summarise(alone), summarise(crowd), alone_wall, crowd_wall)
+    report(args, runs)
 
 
-def report(args: argparse.Namespace, alone: dict, crowd: dict, alone_wall: float, crowd_wall: float) -> None:
-    ratio = crowd["first_audio"]["p50"] / alone["first_audio"]["p50"] if alone["first_audio"]["p50"] else None
-    result = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "agent": args.agent, "sessions": args.sessions,
-              "partial_every": args.partial_every, "lang": args.lang,
-              "turns_per_session": 2, "alone": alone, "under_load": crowd,
-              "wall_seconds": {"alone": round(alone_wall, 1), "under_load": round(crowd_wall, 1)},
-              "first_audio_p50_ratio_load_vs_alone": round(ratio, 2) if ratio else None}
+def report(args: argparse.Namespace, runs: dict[str, dict]) -> None:
+    alone = runs["1 session"]["first_audio"]["p50"]
+    for row in runs.values():
+        row["first_audio_p50_vs_alone"] = round(row["first_audio"]["p50"] / alone, 2) if alone else None
+    result = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "agent": args.agent, "parallel": args.parallel,
+              "partial_every": args.partial_every, "lang": args.lang, "turns_per_session": 2, "runs": runs}
     out = ROOT / "results"
     (out / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Server under load ({result['machine']}, agent {args.agent})", "",
-             f"`python benchmarks/bench_serve.py --sessions {args.sessions} --lang {args.lang} --partial-every "
-             f"{args.partial_every}`: realtime sessions on loopback, two "
-             "spoken turns each, 20 ms PCM16 appends at real-time pace; first audio = end of the user's speech → "
-             "first audio delta.", "",
-             "| run | turns | failures | first audio p50 / p90 (client) | first audio p50 (server) | "
-             "whole turn p50 / p90 | wall |", "|---|---|---|---|---|---|---|"]
-    for name, row, wall in (("1 session", alone, alone_wall), (f"{args.sessions} sessions", crowd, crowd_wall)):
+    lines = [f"# Server under load ({result['machine']}, agent {args.agent}, --parallel {args.parallel})", "",
+             f"`python benchmarks/bench_serve.py --sessions {args.sessions} --parallel {args.parallel}"
+             f"{' --hog' if args.hog else ''} --lang {args.lang} --partial-every {args.partial_every}`: realtime "
+             "sessions on loopback, two spoken turns each, 20 ms PCM16 appends at real-time pace; first audio = "
+             "end of the user's speech → first audio delta; told = turns whose client got `emoslm.queue`.", "",
+             "| run | turns | failures | first audio p50 / p90 (client) | ÷ alone | first audio p50 (server) | "
+             "whole turn p50 / p90 | told | wall |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in runs.items():
         lines.append(f"| {name} | {row['turns']} | {row['failures']} | {row['first_audio']['p50']:.2f} / "
-                     f"{row['first_audio']['p90']:.2f} s | {row['server_first_audio']['p50']:.2f} s | "
-                     f"{row['total']['p50']:.2f} / {row['total']['p90']:.2f} s | {wall:.0f} s |")
+                     f"{row['first_audio']['p90']:.2f} s | {row['first_audio_p50_vs_alone']}× | "
+                     f"{row['server_first_audio']['p50']:.2f} s | {row['total']['p50']:.2f} / "
+                     f"{row['total']['p90']:.2f} s | {row['told_their_place']} | {row['wall_s']:.0f} s |")
+    stages = runs["1 session"]["stage_means"]
     lines += ["", "Mean seconds per stage on the server (asr … tts: stage lengths; first_text, first_audio, total: "
-              "since the end of speech):", "", "| run | " + " | ".join(alone["stage_means"]) + " |",
-              "|---|" + "---|" * len(alone["stage_means"])]
-    for name, row in (("1 session", alone), (f"{args.sessions} sessions", crowd)):
-        lines.append(f"| {name} | " + " | ".join(f"{row['stage_means'].get(k, float('nan')):.2f}"
-                                                for k in alone["stage_means"]) + " |")
-    lines += ["", f"First audio p50 under load / alone: **{result['first_audio_p50_ratio_load_vs_alone']}×**. "
-              "The agent answers one turn at a time (one LLM context), so a turn waits for those queued before it.",
-              ""]
-    if crowd["failure_reasons"]:
-        lines.append(f"Failure reasons: {', '.join(crowd['failure_reasons'])}")
+              "since the end of speech):", "", "| run | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for name, row in runs.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row['stage_means'].get(k, float('nan')):.2f}" for k in stages)
+                     + " |")
+    reasons = sorted({r for row in runs.values() for r in row["failure_reasons"]})
+    if reasons:
+        lines += ["", f"Failure reasons: {', '.join(reasons)}"]
     (out / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -288,6 +288,8 @@ def serve(
     allow_origin: Annotated[Optional[list[str]], typer.Option(
         help="A web page origin (https://app.example.com, or *) that may call the API and open the realtime "
              "socket, besides the server's own page and localhost pages; repeat for more.")] = None,
+    parallel: Annotated[int, typer.Option(min=1, help="Turns answered at once (teacher/plain with a llama.cpp "
+                                                      "LLM): one context, a sequence per turn, batched.")] = 1,
 ) -> None:
     """`emoslm serve`: the agent behind `/v1/chat/completions` (audio in and out), `/v1/audio/speech`,
     `/v1/audio/transcriptions`, `/v1/models`, the realtime WebSocket `/v1/realtime` and a web page at `/`
@@ -308,13 +310,15 @@ def serve(
         raise EmoslmError(str(exc)) from None
     limits = Limits(max_body_mb=max_body_mb, max_audio_seconds=max_audio_seconds, max_sessions=max_sessions,
                     max_sessions_per_client=max_sessions_per_client)
+    if parallel > 1 and agent not in ("teacher", "plain"):
+        raise EmoslmError(f"--parallel needs the teacher or plain agent (a llama.cpp LLM), not {agent!r}")
     if agent == "none":
         loaded = None
     else:
         from emoslm.agents import load_agent
 
         err.print(f"loading the {agent} agent …")
-        loaded = load_agent(agent, llm=llm, voice=voice)
+        loaded = load_agent(agent, llm=llm, voice=voice, **({"slots": parallel} if parallel > 1 else {}))
     runtime = Runtime(loaded, limits, api_key=api_key, voice=voice, jobs=jobs, agent_spec=agent,
                       partial_every=partial_every or None, lang=None if lang == "auto" else lang, host=host,
                       allow_origins=origins)

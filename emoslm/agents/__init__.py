@@ -50,5 +50,5 @@ def load_agent(spec: str = "teacher", *, llm: str = "auto", asr: str | None = No
     if spec == "plain":
         from emoslm.agents.plain import PlainAgent
 
-        return PlainAgent(llm=llm, asr=ASRPool(asr), voice=voice, speak=speak)
+        return PlainAgent(llm=llm, asr=ASRPool(asr), voice=voice, speak=speak, **options)
     raise EmoslmError(f"unknown agent '{spec}'; use {SPECS}")

@@ -49,6 +49,7 @@ NO_SPEECH = "no-speech"  # the reason of a turn cancelled because its transcript
 
 
 class Agent(abc.ABC):
+    parallel: int = 1  # turns it can answer at the same moment (a batched LLM context: ``slots``)
     name: str = "agent"
     asr: ASRPool | None = None  # agents that hear with Whisper transcribe live speech as it grows
 

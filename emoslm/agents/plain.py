@@ -33,9 +33,9 @@ class PlainAgent(Agent):
     name = "plain"
 
     def __init__(self, llm: str = "auto", asr: ASRPool | None = None, voices: VoicePool | None = None,
-                 voice: str = "auto", speak: bool = True) -> None:
+                 voice: str = "auto", speak: bool = True, slots: int = 1) -> None:
         configure_threads(torch_threads=1)  # torch's OpenMP team would throttle llama.cpp's (config.py)
-        self.llms, self.asr = LLMPool(llm), asr or ASRPool()
+        self.llms, self.asr, self.parallel = LLMPool(llm, slots), asr or ASRPool(), slots
         self.voices, self.voice_spec, self.speak = voices or voice_pool(), voice, speak
 
     def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:

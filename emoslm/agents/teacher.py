@@ -33,9 +33,11 @@ class TeacherAgent(Agent):
 
     def __init__(self, llm: str = "auto", recognizer: EmotionRecognizer | None = None, asr: ASRPool | None = None,
                  voices: VoicePool | None = None, voice: str = "auto", speak: bool = True, think_budget: int = 64,
-                 reply_budget: int = 96, by_clause: bool = True, trajectory: bool = True) -> None:
+                 reply_budget: int = 96, by_clause: bool = True, trajectory: bool = True, slots: int = 1) -> None:
         configure_threads(torch_threads=1)  # torch's OpenMP team would throttle llama.cpp's (config.py)
-        self.llms = LLMPool(llm)  # thinks and answers in one context: its cached prompt grows by one exchange per turn
+        # thinks and answers in one context: its cached prompt grows by one exchange per turn; with ``slots``,
+        # that many turns (a server's sessions) are answered at once, a sequence of one batched context each
+        self.llms, self.parallel = LLMPool(llm, slots), slots
         self.recognizer = recognizer or EmotionRecognizer()
         self.asr = asr or ASRPool()
         self.voices, self.voice_spec = voices or voice_pool(), voice
@@ -73,7 +75,7 @@ class TeacherAgent(Agent):
         llm = self.llms.for_lang(lang)
         history_messages = [{"role": t.role, "content": t.text} for t in history]
         words = emotion.textual.tag if emotion.textual else None
-        llm.share_cpu(0)  # every core for the think
+        llm.share_cpu(0 if self.parallel == 1 else 1)  # every core for the think (unless others' voices speak)
         path = [*(t.emotion for t in history if t.role == "user"), emotion.tag]
         pieces = answer_turn(llm, history_messages, heard.text, path, lang, words, self.think_budget,
                              self.reply_budget, self.trajectory,
@@ -84,7 +86,7 @@ class TeacherAgent(Agent):
         reply = Reply(text=spoken.text, think=spoken.think, transcript=heard.text, lang=lang, emotion=emotion,
                       think_emotion=tag_in_think(spoken.think), audio=spoken.audio,
                       problems=validate(spoken.think, spoken.text, emotion.tag, lang))
-        if not llm.native_think():
+        if not llm.native_think() and self.parallel == 1:  # batched slots keep each sequence's cells themselves
             following = [{"role": "system", "content": system_for(llm, lang)}, *history_messages,
                          {"role": "user", "content": heard.text or "…"}, {"role": "assistant", "content": reply.text}]
             self._warming = self._side.submit(llm.prefill, llm.render(following, add_generation_prompt=False))

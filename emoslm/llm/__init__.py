@@ -4,7 +4,8 @@ Spec strings, as used on the command line and in recipes:
 
 - ``llama-cpp:smollm2-135m-instruct`` (default) or ``llama-cpp:/path/model.gguf``; options after ``?``:
   ``reuse_prefix=0`` (every prompt evaluated whole: reproducible), ``n_ctx=8192``, ``lora=/path/adapter.gguf``
-  (``lora=none``: without the shipped reply adapter)
+  (``lora=none``: without the shipped reply adapter), ``slots=4`` (one context serving 4 generations at once,
+  batched: a server's sessions then answer together instead of in turn)
 - ``transformers:smollm2-135m-instruct`` or ``transformers:Qwen/Qwen3-8B``
 - ``http://host:8000/v1`` with ``model=`` and ``template=`` options:
   ``http://localhost:8000/v1?model=Qwen/Qwen3-8B&template=Qwen/Qwen3-8B``
@@ -52,8 +53,17 @@ def load_llm(spec: str = DEFAULT_LLM, **kwargs: object) -> LLM:
                 kwargs.setdefault(key, int(value[-1]))
             elif key == "lora":
                 kwargs.setdefault(key, None if value[-1] in ("none", "") else value[-1])
+            elif key == "slots" and value[-1].isdigit() and int(value[-1]) >= 1:
+                kwargs.setdefault(key, int(value[-1]))
             else:
-                raise EmoslmError(f"unknown llama-cpp option '{key}' in '{spec}'; use reuse_prefix, n_ctx or lora")
+                raise EmoslmError(f"unknown llama-cpp option '{key}={value[-1]}' in '{spec}'; use reuse_prefix, "
+                                  "n_ctx, lora or slots (a count)")
+        if kwargs.get("slots", 1) > 1:
+            from emoslm.llm.llama_batched import BatchedLlamaLLM
+
+            kwargs.pop("reuse_prefix", None)  # a slot always reuses what its cells hold
+            return BatchedLlamaLLM(model or "smollm2-135m-instruct", **kwargs)
+        kwargs.pop("slots", None)
         return LlamaCppLLM(model or "smollm2-135m-instruct", **kwargs)
     if backend == "transformers":
         from emoslm.llm.hf import TransformersLLM
@@ -67,11 +77,13 @@ def load_llm(spec: str = DEFAULT_LLM, **kwargs: object) -> LLM:
 class LLMPool:
     """One LLM for every language (an explicit spec), or per language with ``auto``."""
 
-    def __init__(self, spec: str = "auto") -> None:
-        self.spec, self.loaded = spec, {}
+    def __init__(self, spec: str = "auto", slots: int = 1) -> None:
+        self.spec, self.loaded, self.slots = spec, {}, slots
 
     def for_lang(self, lang: str | None) -> LLM:
         spec = AUTO_LLM[served(lang)] if self.spec == "auto" else self.spec
+        if self.slots > 1 and spec.startswith("llama-cpp:") and "slots=" not in spec:
+            spec += f"{'&' if '?' in spec else '?'}slots={self.slots}"  # one context, a sequence per turn
         if spec not in self.loaded:
             self.loaded[spec] = load_llm(spec)
         return self.loaded[spec]

@@ -19,8 +19,9 @@ cleared``, ``conversation.item.input_audio_transcription.completed``, ``response
 ``response.output_audio.delta/done`` (24 kHz PCM16), ``response.output_audio_transcript.delta/done``
 (``response.output_text.*`` in a text-only session), ``response.done``, ``error``; and emoslm's, all
 named ``emoslm.*``: ``emoslm.emotion`` (each user turn's perceived emotion: tag, probabilities,
-valence/arousal), ``emoslm.transcript.partial`` (heard so far), ``emoslm.think.delta/done`` (only
-after ``session.update`` with ``"emoslm": {"think": true}``).
+valence/arousal), ``emoslm.transcript.partial`` (heard so far), ``emoslm.queue`` (``ahead``: turns
+of other sessions the model answers before this one, when it has to wait; sent again as the queue
+moves), ``emoslm.think.delta/done`` (only after ``session.update`` with ``"emoslm": {"think": true}``).
 """
 
 from __future__ import annotations
@@ -239,11 +240,15 @@ class RealtimeSession:
         turn_end, vad = self._turn_taking(self.settings)
         live = LiveSession(self.conversation, self.conversation.lang, vad=vad, partial_every=self.runtime.partial_every,
                            turn_end=turn_end,
-                           run=self.runtime.submit_turn,
+                           run=lambda job: self.runtime.submit_turn(job, self._queued),
                            offer=self.runtime.job_lane.offer,
                            sink=lambda e: self.loop.call_soon_threadsafe(self._arrive, e))
         self.runtime.track_live(live)
         return live
+
+    def _queued(self, ahead: int) -> None:
+        """The user's turn waits for others (``ahead`` turns before it): the client may say so."""
+        self.loop.call_soon_threadsafe(self.outbox.put_nowait, {"type": "emoslm.queue", "ahead": ahead})
 
     def _arrive(self, event: Event) -> None:
         """An agent event, on the event loop as soon as it is made: speech over a reply stops its audio at once

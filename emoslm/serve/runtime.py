@@ -3,9 +3,10 @@
 The models are loaded once (one agent, the process-wide voice pool, the agent's ASR) and every piece of
 CPU work runs on a bounded set of worker threads, never on the event loop:
 
-- the **turn lane** (one thread): agent turns, one at a time, because an agent holds one LLM context
-  whose cache follows the conversation it is serving. Turns from all sessions queue here in order;
-  at most ``max_queued_turns`` wait, more get 429.
+- the **turn lane** (``agent.parallel`` threads, one unless ``--parallel``): agent turns. An agent holds
+  one LLM context; a batched one (``slots``) answers that many turns at once, a sequence each. Turns from
+  all sessions queue here in order, each told its place while it waits (``submit_turn``); at most
+  ``max_queued_turns`` wait, more get 429.
 - the **job lane** (``jobs`` threads): stateless work — transcriptions, speech, earlier turns given
   as audio, live partial transcripts (those only when a job thread is idle; they are skipped otherwise).
 
@@ -122,6 +123,18 @@ class AudioStore:
         return item if item is not None and item.expires_at > time.time() else None
 
 
+class Place:
+    """A queued turn's place: who to tell how many turns are before it."""
+
+    def __init__(self, told: Callable[[int], None] | None) -> None:
+        self.told = told
+
+    def tell(self, ahead: int) -> None:
+        if self.told is not None:
+            with contextlib.suppress(Exception):  # a session that went away
+                self.told(ahead)
+
+
 @dataclass
 class Runtime:
     """The shared state of one server: agent (None: speech and transcription only), lanes, limits, sessions."""
@@ -144,7 +157,8 @@ class Runtime:
     def __post_init__(self) -> None:
         self._asr: Any = None
         self._smart_turn: Any = None
-        self.turns = Lane(1, "emoslm-turn")
+        self._waiting: list[Place] = []  # turns queued behind the lane's threads, in order
+        self.turns = Lane(max(1, getattr(self.agent, "parallel", 1)), "emoslm-turn")  # a batched agent: several
         self.job_lane = Lane(self.jobs, "emoslm-job")
         self.ears = ThreadPoolExecutor(4, thread_name_prefix="emoslm-vad")  # realtime input: VAD, resampling
         self.audio = AudioStore()
@@ -244,11 +258,29 @@ class Runtime:
         """A stateless job on the job lane, awaited."""
         return await asyncio.wrap_future(self.job_lane.submit(job))
 
-    def submit_turn(self, job: Callable[[], None]) -> Future:
-        """Queue ``job`` on the turn lane (``Busy`` when too many wait)."""
+    def submit_turn(self, job: Callable[[], None], told: Callable[[int], None] | None = None) -> Future:
+        """Queue ``job`` on the turn lane (``Busy`` when too many wait); ``told(n)`` hears its place in the
+        queue (n turns before it, 1 = next) when it has to wait, and again each time the queue moves."""
         if self.turns.held > self.limits.max_queued_turns:
             raise Busy(f"{self.turns.held} turns are waiting for the model; try again later")
-        return self.turns.submit(job)
+        place = Place(told)
+
+        def run() -> None:
+            with self._lock:
+                if place in self._waiting:
+                    self._waiting.remove(place)
+                moved = list(self._waiting)
+            for ahead, other in enumerate(moved, 1):
+                other.tell(ahead)
+            job()
+
+        with self._lock:
+            ahead = max(0, self.turns.held - self.turns.threads + 1)
+            if ahead:
+                self._waiting.append(place)
+        if ahead:
+            place.tell(ahead)
+        return self.turns.submit(run)
 
     def turn(self, events: Callable[[], Iterator[Event]]) -> AsyncIterator[Event]:
         """Queue one turn now (``Busy`` at once when the queue is full); read its events as they come.

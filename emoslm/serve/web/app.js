@@ -196,6 +196,7 @@ function onEvent(e) {
       $("partial").textContent = "";
       break;
     case "emoslm.transcript.partial": $("partial").textContent = e.text; break;
+    case "emoslm.queue": $("partial").textContent = `(${e.ahead} ahead of you: the model is answering others)`; break;
     case "conversation.item.input_audio_transcription.completed":
       userTurn(e.item_id).querySelector(".text").textContent = e.transcript;
       break;
