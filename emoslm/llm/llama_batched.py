@@ -89,7 +89,7 @@ class BatchedLlamaLLM(LLM):
             adapter = llama.llama_adapter_lora_init(self.model, str(lora).encode())
             if not adapter:
                 raise BackendError(f"{lora}: llama.cpp cannot load this LoRA adapter")
-            adapters, scales = (ctypes.c_void_p * 1)(adapter), (ctypes.c_float * 1)(1.0)
+            adapters, scales = (type(adapter) * 1)(adapter), (ctypes.c_float * 1)(1.0)
             llama.llama_set_adapters_lora(self.ctx, adapters, 1, scales)
         self.name = resolved.name + (f"+{Path(lora).stem}" if lora else "")
         self.adapter = str(lora) if lora else None
