@@ -15,7 +15,7 @@ server answers N turns at once from one batched llama.cpp context; otherwise one
 waits for those queued before it (its client is told its place: ``emoslm.queue``). A response cancelled
 because the user went on talking (a pause ended the turn too soon) is not a failure: the turn goes on.
 
-Writes ``benchmarks/results/serve.{json,md}``.
+Writes ``benchmarks/results/serve.{json,md}`` (``serve-parallel-N.*`` with ``--parallel N``).
 """
 
 from __future__ import annotations
@@ -219,8 +219,8 @@ def report(args: argparse.Namespace, runs: dict[str, dict]) -> None:
         row["first_audio_p50_vs_alone"] = round(row["first_audio"]["p50"] / alone, 2) if alone else None
     result = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "agent": args.agent, "parallel": args.parallel,
               "partial_every": args.partial_every, "lang": args.lang, "turns_per_session": 2, "runs": runs}
-    out = ROOT / "results"
-    (out / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    out, stem = ROOT / "results", "serve" if args.parallel == 1 else f"serve-parallel-{args.parallel}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Server under load ({result['machine']}, agent {args.agent}, --parallel {args.parallel})", "",
              f"`python benchmarks/bench_serve.py --sessions {args.sessions} --parallel {args.parallel}"
              f"{' --hog' if args.hog else ''} --lang {args.lang} --partial-every {args.partial_every}`: realtime "
@@ -242,7 +242,7 @@ def report(args: argparse.Namespace, runs: dict[str, dict]) -> None:
     reasons = sorted({r for row in runs.values() for r in row["failure_reasons"]})
     if reasons:
         lines += ["", f"Failure reasons: {', '.join(reasons)}"]
-    (out / "serve.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
