@@ -39,6 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from bench_latency import hog  # noqa: E402  (the same busy process as the latency benchmark)
+
 from emoslm.audio import SAMPLE_RATE, resample  # noqa: E402
 from emoslm.serve.llm_server import free_port  # noqa: E402
 from emoslm.speech.voice import voice_pool  # noqa: E402
@@ -145,22 +147,6 @@ async def load(url: str, sessions: int, spread: float, clips: list[list[str]], t
     return [r for rows in results for r in rows], time.perf_counter() - start
 
 
-@contextlib.contextmanager
-def hog(on: bool) -> object:
-    """Another process keeping one core busy while the block runs (bounded: it ends by itself in 30 min)."""
-    if not on:
-        yield None
-        return
-    loop = "import time\nend = time.time() + 1800\nwhile time.time() < end: pass"
-    busy = subprocess.Popen([sys.executable, "-c", loop])
-    time.sleep(1.0)
-    try:
-        yield busy
-    finally:
-        busy.kill()
-        busy.wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", default="4,20", help="session counts to run at once, after one alone")
@@ -200,7 +186,7 @@ def main() -> None:
             plan += [("1 session, one core taken", 1, True), ("4 sessions, one core taken", 4, True)]
         runs = {}
         for name, sessions, busy in plan:
-            with hog(busy):
+            with hog() if busy else contextlib.nullcontext():
                 rows, wall = asyncio.run(load(url, sessions, args.spread if sessions > 1 else 0.0, clips,
                                               args.timeout))
             runs[name] = {**summarise(rows), "sessions": sessions, "wall_s": round(wall, 1),

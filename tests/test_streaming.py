@@ -429,6 +429,14 @@ def _padded(clip: np.ndarray, before: float = 0.5, after: float = 1.0) -> np.nda
     return np.concatenate([np.zeros(int(before * 16_000), np.float32), clip, np.zeros(int(after * 16_000), np.float32)])
 
 
+def _until_quiet(session, most: float = 120.0) -> None:
+    """Wait until nobody talks and no reply is going on (a cancelled reply's successor may start late)."""
+    deadline = time.monotonic() + most
+    while (session.replying or session.speaking) and time.monotonic() < deadline:
+        session.wait()
+        time.sleep(0.05)
+
+
 def _feed(session, audio: np.ndarray, chunk: int = 320) -> None:
     for start in range(0, len(audio), chunk):
         session.feed(audio[start:start + chunk])
@@ -501,10 +509,7 @@ def test_barge_in_cancels_the_reply_and_the_next_turn_goes_on(plain, spoken_sent
         _feed(session, _padded(piper.synthesize("Wait, actually, stop.").at(), before=0.1))
     finally:
         release.set()
-    deadline = time.monotonic() + 120
-    while (session.replying or session.speaking) and time.monotonic() < deadline:
-        session.wait()
-        time.sleep(0.05)
+    _until_quiet(session)
     later = list(session.events())
     kinds = [type(e) for e in later]
     assert Cancelled in kinds and SpeechStarted in kinds
@@ -539,10 +544,7 @@ def test_speech_soon_after_an_end_of_turn_before_the_reply_spoke_continues_the_t
         _feed(session, _padded(piper.synthesize("And I really miss him.").at(), before=0.1))
     finally:
         release.set()
-    deadline = time.monotonic() + 120
-    while (session.replying or session.speaking) and time.monotonic() < deadline:
-        session.wait()
-        time.sleep(0.05)
+    _until_quiet(session)
     events = list(session.events())
     cancelled = [e for e in events if isinstance(e, Cancelled)]
     assert [e.reason for e in cancelled] == ["resumed"]

@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoslm.config import settings
 from emoslm.errors import BackendError
 from emoslm.llm.base import LLM, Message, Sampling, StopMatcher, StreamEnd
 from emoslm.llm.decoding import Sampler
 from emoslm.llm.llama_cpp import gguf_template, shipped_lora
-from emoslm.llm.llama_loop import _llama
+from emoslm.llm.llama_loop import LlamaText
 from emoslm.store import resolve
 from emoslm.threads import lanes as threads_now
 
@@ -67,23 +66,12 @@ class BatchedLlamaLLM(LLM):
 
     def __init__(self, model: str = "smollm2-135m-instruct", slots: int = 4, n_ctx: int = 4096,
                  threads: int | None = None, lora: str | None = "auto", n_batch: int = 512) -> None:
-        llama = self.api = _llama()
         resolved = resolve(model)
         path = resolved.require_path()
-        self.model = llama.llama_model_load_from_file(str(path).encode(), llama.llama_model_default_params())
-        if not self.model:
-            raise BackendError(f"{model}: llama.cpp cannot load it")
-        self.vocab = llama.llama_model_get_vocab(self.model)
-        self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
-        params = llama.llama_context_default_params()
-        params.n_ctx, params.n_seq_max = n_ctx * slots, slots  # n_ctx per sequence (the KV is split)
-        params.n_batch = params.n_ubatch = self.n_batch = n_batch
-        self.threads = threads or settings().threads
-        params.n_threads = params.n_threads_batch = self.threads
-        params.no_perf = True
-        self.ctx = llama.llama_init_from_model(self.model, params)
-        if not self.ctx:
-            raise BackendError(f"{model}: llama.cpp could not make a context of {slots} x {n_ctx} positions")
+        self.text = LlamaText(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch, sequences=slots)  # model + context
+        llama, self.api, self.model, self.ctx = self.text.api, self.text.api, self.text.model, self.text.ctx
+        self.vocab, self.n_vocab, self.n_batch, self.threads = (self.text.vocab, self.text.n_vocab, n_batch,
+                                                                self.text.threads)
         lora = shipped_lora(resolved.name) if lora == "auto" else lora
         if lora:
             adapter = llama.llama_adapter_lora_init(self.model, str(lora).encode())
@@ -158,12 +146,9 @@ class BatchedLlamaLLM(LLM):
         if getattr(self, "_worker", None) is not None and self._worker.is_alive():
             self._requests.put(None)
             self._worker.join()
-        if getattr(self, "ctx", None):
-            self.api.llama_free(self.ctx)
-            self.ctx = None
-        if getattr(self, "model", None):
-            self.api.llama_model_free(self.model)
-            self.model = None
+        if getattr(self, "text", None) is not None:
+            self.text.close()
+            self.ctx = self.model = None
 
     # --- the scheduler ---------------------------------------------------------------------------------
     def _run(self) -> None:

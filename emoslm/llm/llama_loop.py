@@ -72,7 +72,8 @@ class LlamaText:
     """A GGUF causal LM in llama.cpp with one context, for ``LlamaLoop``s that keep layer ``hidden_layer``."""
 
     def __init__(self, gguf: str | Path, hidden_layer: int | None = None, n_ctx: int = 4096,
-                 threads: int | None = None, n_batch: int = 512) -> None:
+                 threads: int | None = None, n_batch: int = 512, sequences: int = 1) -> None:
+        """``sequences``: sequence ids the context serves at once, ``n_ctx`` positions each (its KV split)."""
         llama = _llama()
         self.api, self.hidden_layer, self.n_batch = llama, hidden_layer, n_batch
         params = llama.llama_model_default_params()
@@ -88,7 +89,8 @@ class LlamaText:
         self._ggml = _ggml() if self._want else None
         self._callback = llama.ggml_backend_sched_eval_callback(self._observe)  # kept alive with the context
         context = llama.llama_context_default_params()
-        context.n_ctx, context.n_batch, context.n_ubatch = n_ctx, n_batch, n_batch
+        context.n_ctx, context.n_batch, context.n_ubatch = n_ctx * sequences, n_batch, n_batch
+        context.n_seq_max = sequences
         self.threads = threads or settings().threads
         context.n_threads = context.n_threads_batch = self.threads
         context.no_perf = True
@@ -97,7 +99,7 @@ class LlamaText:
         self.ctx = llama.llama_init_from_model(self.model, context)
         if not self.ctx:
             llama.llama_model_free(self.model)
-            raise BackendError(f"{gguf}: llama.cpp could not make a context of {n_ctx} positions")
+            raise BackendError(f"{gguf}: llama.cpp could not make a context of {sequences} x {n_ctx} positions")
         self.n_ctx = n_ctx
 
     def _observe(self, tensor: int, ask: bool, _: Any) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -130,18 +132,22 @@ class FasterWhisperASR(ASR):
         span = self._speech_span(audio)
         if span is None:
             return "", [], []
-        from faster_whisper.tokenizer import Tokenizer
-
         padded = np.pad(audio, (0, max(0, int(self.fit_floor * SAMPLE_RATE) - len(audio))))
         encoded = self.model.encode(even_frames(self.model.feature_extractor(padded)))
-        tokenizer = Tokenizer(self.model.hf_tokenizer, self.multilingual, task="transcribe",
-                              language=language if self.multilingual else None)
+        tokenizer = self._tokenizer(language)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         budget = min(self.model.max_length, len(prompt) + int(TOKENS_PER_SECOND * len(audio) / SAMPLE_RATE) + 16)
         result = self.model.model.generate(encoded, [prompt], beam_size=1, max_length=budget, suppress_blank=True,
                                            suppress_tokens=[-1], **DECODE_HINTS.get(language, {}))[0]
         text = tokenizer.decode(result.sequences_ids[0]).strip()
         return (text, [span], [text]) if text else ("", [], [])
+
+    @functools.cache  # noqa: B019 - one per model and language, as long as the model lives
+    def _tokenizer(self, language: str) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        return Tokenizer(self.model.hf_tokenizer, self.multilingual, task="transcribe",
+                         language=language if self.multilingual else None)
 
     def _speech_span(self, audio: np.ndarray) -> Segment | None:
         if not self.vad_filter:
