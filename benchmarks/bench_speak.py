@@ -21,7 +21,7 @@ the think, the first reply text and the first audio. It needs no training run.
 
 With ``--run`` (a stage 2 run folder) it also speaks the run's held-out clips through ``SLMAgent`` and
 reports first-audio latency split by stage, WER of the speech against the model's own text, emotion
-agreement and RTF (``emoslm.train.speaking``).
+agreement and RTF (``emoslm.eval.speaking``).
 
 Writes ``benchmarks/results/speak.{json,md}``.
 """
@@ -41,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from emoslm.eval.speaking import table  # noqa: E402
 from emoslm.llm.base import Sampling  # noqa: E402
 from emoslm.llm.decoding import TokenLoop  # noqa: E402
 from emoslm.slm.generate import from_parts  # noqa: E402
@@ -221,15 +222,41 @@ def agent_latency(final: Path, text: str, clips: int) -> dict[str, float]:
 
 
 def speaking(run: Path, clips: int) -> dict:
+    """The run's held-out clips (unheard voice, unseen texts; each clip once) through ``SLMAgent`` with its own
+    voice, then the teacher agent on the same clips for the whole-turn comparison."""
+    from emoslm.eval.speaking import speech_rows, summarise
+    from emoslm.speech.units.phonemes import parse_spec
     from emoslm.train.data import load_examples
-    from emoslm.train.speaking import speech_rows, summarise
 
     info = json.loads((run / "run.json").read_text())
     held = set(info["held_out_keys"])
-    examples = [e for e in load_examples(Path(info["config"]["data"]), "2") if e.key in held][:clips]
+    phonemes = bool(parse_spec(info["config"].get("unit_decoder") or ""))
+    seen, examples = set(), []
+    for example in load_examples(Path(info["config"]["data"]), "2", reply_audio=not phonemes):
+        if example.key in held and example.key not in seen:
+            seen.add(example.key)
+            examples.append(example)
+    examples = examples[:clips]
     rows = speech_rows(run / "final", examples)
-    return {**summarise(rows), "samples": [{k: r[k] for k in ("emotion", "text", "heard", "voice_tag",
-                                                               "teacher_voice_tag", "marks")} for r in rows[:4]]}
+    teacher = teacher_turns(examples)
+    return {**summarise(rows), "teacher_agent_p50_turn_s": teacher, "clip_ids": [e.id for e in examples],
+            "samples": [{k: r[k] for k in ("emotion", "think_tag", "text", "heard", "voice_tag", "teacher_voice_tag",
+                                           "speech_s", "teacher_s", "marks")} for r in rows[:6]]}
+
+
+def teacher_turns(examples: list) -> float | None:
+    """p50 seconds from the end of the user's speech to the teacher agent's ``Done`` (ASR, think, reply, voice),
+    on the same clips, after one warm-up turn."""
+    from emoslm.agents import load_agent
+    from emoslm.agents.events import Done
+    from emoslm.audio import load_audio
+
+    agent = load_agent("teacher")
+    if examples:
+        list(agent.stream([], load_audio(examples[0].audio), "en"))
+    turns = [next(e.t for e in agent.stream([], load_audio(x.audio), "en") if isinstance(e, Done)) for x in examples]
+    agent.close()
+    return round(statistics.median(turns), 3) if turns else None
 
 
 def main() -> None:
@@ -276,17 +303,12 @@ def main() -> None:
                   for name, row in results["first_audio"].items()]
     if "speaking" in results:
         s = results["speaking"]
-        lines += ["", f"## Speaking for itself: {s['run']}, {s['clips']} held-out clips through SLMAgent", "",
-                  "| measure | value |", "|---|---|",
-                  f"| WER of its speech vs its own text (Whisper base) | {s['wer_speech_vs_own_text']} |",
-                  f"| emotion: recogniser on its voice = on the teacher's spoken reply | "
-                  f"{s['emotion_agreement_with_teacher_voice']} |",
-                  f"| p50 first think (prefill) | {s['p50_first_think_s']} s |",
-                  f"| p50 end of think | {s['p50_think_end_s']} s |",
-                  f"| p50 first reply text | {s['p50_first_text_s']} s |",
-                  f"| p50 first audio | {s['p50_first_audio_s']} s |",
-                  f"| RTF (turn compute / speech seconds) | {s['rtf']} |",
-                  f"| clips with speech / mean seconds | {s['spoken_clips']} / {s['mean_speech_s']} |"]
+        lines += ["", f"## Speaking for itself: {s['run']}, {s['clips']} held-out clips through SLMAgent "
+                  f"(teacher agent's whole turn on the same clips: {s['teacher_agent_p50_turn_s']} s p50)", "",
+                  *table(s)]
+        lines += ["", "What it wrote, and what Whisper heard in its own voice:", ""]
+        lines += [f"- [{x['think_tag']}] said: {x['text'][:140]!r} → heard: {x['heard'][:140]!r} "
+                  f"({x['speech_s']} s; teacher TTS {x['teacher_s']} s)" for x in s["samples"]]
     (args.out / "speak.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

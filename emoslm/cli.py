@@ -177,6 +177,29 @@ def data_build(
         console.print(f"{report.summary['errors']} failures recorded in {out}/errors.jsonl")
 
 
+@data_app.command("speech")
+def data_speech(
+    checkpoint: Annotated[Path, typer.Argument(help="The unified model whose replies its speech branch will say "
+                                                    "(a run's final/ folder).")],
+    out: Annotated[Path, typer.Option(help="Build folder (resumes).")] = Path("runs/speech-data"),
+    lang: Annotated[str, typer.Option(help="Corpus language (en or zh).")] = "en",
+    limit: Annotated[Optional[int], typer.Option(help="Use the first N corpus turns.")] = None,
+) -> None:
+    """Stage 2 data for phoneme units (`unit_decoder: kokoro`): the empathy corpus's user turns voiced, each
+    with the teacher's think and reply and the checkpoint's own; a tenth held out by text and voice."""
+    from emoslm.train.speech_data import build
+
+    if not (checkpoint / "config.json").exists():
+        raise EmoslmError(f"{checkpoint}: not a unified model checkpoint (no config.json); give a run's final/")
+    if lang not in ("en", "zh"):
+        raise EmoslmError(f"--lang '{lang}': use en or zh")
+    bar, progress = rich_progress(err)
+    with bar:
+        counts = build(checkpoint, out, lang, limit or 0, progress=progress)
+    console.print(json.dumps(counts), highlight=False)
+    console.print(f"next: `emoslm train recipes/speak-kokoro.yaml --stage 2 --data {out}`")
+
+
 @data_app.command("inspect")
 def data_inspect(build_dir: Annotated[Path, typer.Argument(help="A folder written by `emoslm data build`.")]) -> None:
     """Counts per task, language and emotion, think and answer lengths, and PNGs of the emotion distribution
@@ -547,8 +570,8 @@ def units_train(
 @units_app.command("encode")
 def units_encode(
     audio: Annotated[Path, typer.Argument(help="A WAV/MP3/FLAC file.")],
-    tokenizer: Annotated[Path, typer.Option(help="A tokenizer folder (RUN/tokenizer/final) or a CosyVoice "
-                                                 "model folder.")],
+    tokenizer: Annotated[Path, typer.Option(help="A tokenizer folder (RUN/tokenizer/final), a CosyVoice "
+                                                 "model folder, or `kokoro` (phoneme units: ASR + G2P).")],
     out: Annotated[Optional[Path], typer.Option(help="Write the units here as JSON (default: print).")] = None,
 ) -> None:
     """Audio → units (JSON: rate and codes)."""
@@ -561,7 +584,8 @@ def units_encode(
 @units_app.command("decode")
 def units_decode(
     units: Annotated[Path, typer.Argument(help="Units JSON from `emoslm units encode`.")],
-    decoder: Annotated[Path, typer.Option(help="A decoder folder (RUN/decoder/final) or a CosyVoice folder.")],
+    decoder: Annotated[Path, typer.Option(help="A decoder folder (RUN/decoder/final), a CosyVoice folder, or "
+                                               "`kokoro[:VOICE]` (phoneme units).")],
     out: Annotated[Path, typer.Option(help="Output WAV.")] = Path("decoded.wav"),
     speaker: Annotated[Optional[str], typer.Option(help="A speaker the decoder knows (default: its default).")
                        ] = None,
@@ -593,15 +617,28 @@ def units_resynth(
 
 @units_app.command("evaluate")
 def units_evaluate(
-    run: Annotated[Path, typer.Argument(help="A `units train` run folder.")] = Path("runs/units"),
+    run: Annotated[Path, typer.Argument(help="A `units train` run folder, or `kokoro[:VOICE]` (phoneme units).")
+                   ] = Path("runs/units"),
     out: Annotated[Path, typer.Option(help="Report folder (report.md, summary.json, PNGs).")
                    ] = Path("reports/units"),
     per_lang: Annotated[int, typer.Option(help="Held-out clips per language.")] = 40,
 ) -> None:
     """Resynthesis WER/CER, emotion survival, codebook use, RTFs, streaming first-chunk latency; VQ vs k-means,
-    on the corpus's held-out voices speaking held-out scripts."""
+    on the corpus's held-out voices speaking held-out scripts. `emoslm units evaluate kokoro[:VOICE]` evaluates
+    the phoneme units (ASR + G2P → Kokoro) on the same clips."""
     from emoslm.eval.units import evaluate
+    from emoslm.speech.units.phonemes import parse_spec
     from emoslm.train.units import corpus_clips, load_recipe
+
+    if parse_spec(str(run)):
+        from emoslm.eval.phoneme_units import evaluate_phonemes
+
+        bar, progress = rich_progress(err)
+        target = out if out != Path("reports/units") else Path("reports/units-kokoro")
+        with bar:
+            evaluate_phonemes(str(run), corpus_clips(["en", "zh"], progress), target, per_lang, progress)
+        console.print((target / "report.md").read_text(), highlight=False, markup=False)
+        return
 
     recipe = load_recipe(run / "recipe.yaml") if (run / "recipe.yaml").exists() else None
     bar, progress = rich_progress(err)

@@ -89,7 +89,11 @@ class SLMAgent(Agent):
 
     def own(self, lang: str) -> Any:
         """The model's voice: the unit decoder its speech branch was trained for, a ``UnitVoice`` from the pool."""
+        from emoslm.speech.units.phonemes import parse_spec
+
         folder = Path(self.model.speech_spec.decoder)
+        if parse_spec(self.model.speech_spec.decoder):  # phoneme units: Kokoro says them, no folder
+            return self.voices.voice(f"units:{self.model.speech_spec.decoder}", lang)
         if not (folder / "config.json").exists():
             raise EmoslmError(f"{folder}: the unit decoder this model speaks with is missing; "
                               "keep the units run beside it or use --voice tts")

@@ -39,8 +39,9 @@ class SpeechSpec:
     units: int  # codes of the speech tokenizer
     layers: int = 4  # top-k LLM layers copied into the branch
     group: int = 4  # units per step (heads)
-    rate: float = 50.0  # units per second
-    decoder: str = ""  # the UnitDecoder folder that voices the units (it names its tokenizer)
+    rate: float = 50.0  # units per second (nominal for phoneme units, which are not frame-aligned)
+    decoder: str = ""  # the UnitDecoder folder that voices the units (it names its tokenizer), or ``kokoro:VOICE``
+    hold: int = -1  # a code meaning "nothing more in this step" (phoneme units, ``text_steps``); -1: none
 
     @property
     def bos(self) -> int:
@@ -150,6 +151,42 @@ def group_units(units: np.ndarray | list[int], spec: SpeechSpec, max_steps: int 
     return inputs, targets
 
 
+def text_steps(words: list[tuple[int, int, list[int]]], token_starts: list[int], spec: SpeechSpec,
+               lead: list[int] | None = None, max_steps: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Units tied to the text (phoneme units) → per-step (inputs, targets, token index), for lock-step speech.
+
+    ``words`` are (start, end, codes) in the reply's characters, ``token_starts`` the character where each
+    reply token starts; token ``len(token_starts)`` is the end-of-turn token. Step i reads token i (steps past
+    the end token read it again). A word's codes become available at the first token that starts at or after
+    the word's end — the next word's first token, so the branch never has to say a word the text has not
+    finished — or at the end token; ``lead`` (the style code) is available at step 0. Each step writes the
+    next ``group`` available codes, then ``hold`` if it ran out (the rest of the group ignored); once the end
+    token has been read and everything said, ``EOS``."""
+    if spec.hold < 0:
+        raise ValueError("text_steps needs a SpeechSpec with a hold code (phoneme units)")
+    end = len(token_starts)
+    ready: dict[int, list[int]] = {0: list(lead or [])}
+    for _, stop, codes in words:
+        at = next((j for j, s in enumerate(token_starts) if s >= stop and j > 0), end)
+        ready.setdefault(at, []).extend(codes)
+    queue, rows, step = [], [], 0
+    while True:
+        queue += ready.pop(min(step, end), []) if step <= end else []
+        take, queue = queue[: spec.group], queue[spec.group:]
+        finished = step >= end and not queue and not ready
+        if len(take) < spec.group:
+            take.append(spec.eos if finished else spec.hold)
+        rows.append(take + [-100] * (spec.group - len(take)))
+        step += 1
+        if (finished and rows[-1][len(take) - 1] == spec.eos) or (max_steps and step >= max_steps):
+            break
+    targets = np.asarray(rows, np.int64)
+    inputs = np.empty_like(targets)
+    inputs[0] = spec.bos
+    inputs[1:] = np.where(targets[:-1] == -100, spec.hold, targets[:-1])
+    return inputs, targets, np.minimum(np.arange(len(rows)), end)
+
+
 def branch_spec(config: Any) -> SpeechSpec | None:
     """The checkpoint's ``SpeechSpec`` (None: a model without a voice of its own)."""
     speech = getattr(config, "speech", None)
@@ -175,7 +212,8 @@ class UnitWriter:
     """Steps the speech branch one group at a time over its own KV cache, fed the text model's layer-n state.
 
     Greedy by default (``temperature`` > 0 samples from a private, seeded generator). ``BOS`` is never
-    written; the first ``EOS`` in a group ends the speech (the units before it in the group are kept)."""
+    written; the first ``EOS`` in a group ends the speech (the units before it in the group are kept), the
+    first ``hold`` ends the step."""
 
     def __init__(self, branch: SpeechBranch, temperature: float = 0.0, max_steps: int = 400, seed: int = 0) -> None:
         from transformers import DynamicCache
@@ -216,6 +254,8 @@ class UnitWriter:
         for code in codes.tolist():
             if code == self.spec.eos:
                 self.done = True
+                break
+            if code == self.spec.hold:  # nothing more this step (phoneme units wait for the text)
                 break
             out.append(code)
         self.done = self.done or self.steps >= self.max_steps

@@ -132,20 +132,27 @@ class KokoroTTS(TTS):
         threading.Thread(target=_preload_g2p, name="emoslm-g2p-preload", daemon=True).start()
 
     def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
-        style = self.model.styles[voice or self.voice]
-        speed = float(np.clip(prosody.rate, 0.5, 2.0))
-        audio = [self._infer(piece, style, speed) for piece in _pieces(phonemize(text))]
-        wave = np.concatenate(audio) if audio else np.zeros(0, np.float32)
-        wave = pitch_shift(wave, KOKORO_RATE, prosody.pitch)
-        return apply_gain(_normalised(wave), LEVEL * prosody.energy), KOKORO_RATE
+        return render(self.model, phonemize(text), prosody, voice or self.voice), KOKORO_RATE
 
-    def _infer(self, phonemes: str, style: np.ndarray, speed: float) -> np.ndarray:
-        tokens = [self.model.vocab[c] for c in phonemes if c in self.model.vocab]
-        if not tokens:
-            return np.zeros(0, np.float32)
-        feed = {"tokens": np.array([[0, *tokens, 0]], np.int64), "style": style[min(len(tokens), len(style)) - 1][None],
-                "speed": np.array([speed], np.float32)}
-        return np.asarray(self.model.session.run(None, feed)[0], np.float32).reshape(-1)
+
+def render(model: KokoroModel, phonemes: str, prosody: Prosody, voice: str) -> np.ndarray:
+    """Kokoro's symbols → 24 kHz audio with a style voice and a prosody: the one place both the Kokoro TTS
+    (text → symbols here) and the phoneme-unit decoder (symbols the unified model wrote) speak through."""
+    style = model.styles[voice]
+    speed = float(np.clip(prosody.rate, 0.5, 2.0))
+    audio = [_infer(model, piece, style, speed) for piece in _pieces(phonemes)]
+    wave = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+    wave = pitch_shift(wave, KOKORO_RATE, prosody.pitch)
+    return apply_gain(_normalised(wave), LEVEL * prosody.energy)
+
+
+def _infer(model: KokoroModel, phonemes: str, style: np.ndarray, speed: float) -> np.ndarray:
+    tokens = [model.vocab[c] for c in phonemes if c in model.vocab]
+    if not tokens:
+        return np.zeros(0, np.float32)
+    feed = {"tokens": np.array([[0, *tokens, 0]], np.int64), "style": style[min(len(tokens), len(style)) - 1][None],
+            "speed": np.array([speed], np.float32)}
+    return np.asarray(model.session.run(None, feed)[0], np.float32).reshape(-1)
 
 
 class HibariTTS(TTS):

@@ -44,8 +44,9 @@ class Example:
     reply_audio: Path | None = None  # stage 2: the reply spoken with the prosody that fits (its units are the target)
 
 
-def load_examples(build: Path, stage: str) -> list[Example]:
-    """Examples of ``stage`` from a build folder; a missing folder or file is a clear error."""
+def load_examples(build: Path, stage: str, reply_audio: bool = True) -> list[Example]:
+    """Examples of ``stage`` from a build folder; a missing folder or file is a clear error. Stage 2 keeps the
+    samples with a spoken reply, unless the units are said from the text (``reply_audio=False``: phoneme units)."""
     if not (build / "recipe.json").exists():
         raise DataError(f"{build}: not an IEAT build folder; run `emoslm data build RECIPE --out {build}` first")
     examples = []
@@ -61,7 +62,7 @@ def load_examples(build: Path, stage: str) -> list[Example]:
                 examples.append(example)
     if stage == "1-1":
         _tag_clips(build, examples)
-    if stage == "2":
+    if stage == "2" and reply_audio:
         examples = [e for e in examples if e.reply_audio is not None]
         if not examples:
             raise DataError(f"{build}: no spoken replies for stage 2; set data.stage2.synthesize: true in the "
@@ -193,10 +194,11 @@ class Collator:
     Frames are padded with zeros after the encoder, so a clip's embeddings do not depend on its batch;
     ``mel_frames`` (two per encoder frame) tells the model each clip's own length.
 
-    With ``units`` (stage 2: a ``UnitCache`` of the reply audio) and the model's ``SpeechSpec`` it also lays
-    out the speech steps: the reply's ids are tokenized apart from the think and the bridge, exactly as
-    generation feeds them, and step i reads the hidden state of reply token min(i, last) — the newest
-    text token when the model writes text and units in lock-step, the end-of-turn token after the text ends.
+    With ``units`` (stage 2: a ``UnitCache`` of the reply audio, or ``PhonemeTargets`` that say the reply's
+    text) and the model's ``SpeechSpec`` it also lays out the speech steps: the reply's ids are tokenized
+    apart from the think and the bridge, exactly as generation feeds them, and step i reads the hidden state
+    of reply token min(i, last) — the newest text token when the model writes text and units in lock-step,
+    the end-of-turn token after the text ends.
     """
 
     def __init__(self, tokenizer: Any, speech_length: Any, frames: Callable[[Path], np.ndarray],
@@ -251,6 +253,10 @@ class Collator:
         return batch
 
     def _steps(self, example: Example, reply_start: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.spec is not None and self.spec.hold >= 0:  # phoneme units: tied to the reply's own tokens
+            inputs, targets, index = self.units.steps(example, self.tokenizer, last - reply_start, self.spec,
+                                                      self.max_unit_steps)
+            return inputs, targets, reply_start + index
         if example.reply_audio is None or self.spec is None:
             raise DataError(f"{example.id}: no reply audio for the speech branch to learn from")
         inputs, targets = group_units(self.units(example.reply_audio), self.spec, self.max_unit_steps)

@@ -116,3 +116,53 @@ class UnitCache(ClipCache):
 
     def compute(self, audio: Path) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(load_audio(audio)).codes, np.int64)
+
+
+class PhonemeTargets:
+    """Stage 2's speech targets for phoneme units: the reply's own words in Kokoro's symbols, tied to the tokens
+    that wrote them (``emoslm.slm.speak.text_steps``), led by the style code of the emotion the think named (the
+    prosody the teacher's TTS spoke the reply with). No audio: the units are a function of the text."""
+
+    def __init__(self) -> None:
+        from emoslm.speech.units.phonemes import PhonemeVocab
+
+        self.vocab = PhonemeVocab.kokoro()
+        self._words: dict[str, list[tuple[int, int, list[int]]]] = {}
+
+    def words(self, reply: str) -> list[tuple[int, int, list[int]]]:
+        """(start, end, codes) per word; every word after the first begins with the space symbol."""
+        if reply not in self._words:
+            from emoslm.speech.units.phonemes import word_phonemes
+
+            space = self.vocab.encode(" ")
+            out = []
+            for start, end, phonemes in word_phonemes(reply):
+                codes = self.vocab.encode(phonemes)
+                if codes:
+                    out.append((start, end, (space if out else []) + codes))
+            self._words[reply] = out
+        return self._words[reply]
+
+    def fill(self, replies: list[str], advance: Any = None) -> None:
+        for reply in replies:
+            self.words(reply)
+            if advance:
+                advance()
+
+    def steps(self, example: Any, tokenizer: Any, reply_tokens: int, spec: Any, max_steps: int = 0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from emoslm.slm.speak import text_steps
+
+        reply = reply_text(example.target)
+        offsets = tokenizer(reply, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        starts = [int(a) for a, _ in offsets[:reply_tokens]]
+        cut = int(offsets[reply_tokens - 1][1]) if 0 < reply_tokens < len(offsets) else len(reply)
+        words = [w for w in self.words(reply) if w[1] <= cut]
+        return text_steps(words, starts, spec, [self.vocab.style(example.emotion or "neutral")], max_steps)
+
+
+def reply_text(target: str) -> str:
+    """The reply part of a stage 1-2 target (after the think and its closing bridge)."""
+    from emoslm.ieat.think import THINK_CLOSE
+
+    return target.rpartition(f"{THINK_CLOSE}\n\n")[2]

@@ -28,7 +28,7 @@ from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
 from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.train.data import BalancedSampler, Collator, Example, load_examples, split
-from emoslm.train.frames import FrameCache, UnitCache
+from emoslm.train.frames import FrameCache, PhonemeTargets, UnitCache, reply_text
 from emoslm.train.stages import apply_stage, merge_lora
 
 
@@ -91,13 +91,24 @@ def load_model(config: TrainConfig) -> tuple[Any, Any]:
 
 
 def give_voice(model: UnifiedSLM, config: TrainConfig) -> Any:
-    """Stage 2: the speech tokenizer of ``unit_decoder``, and the model's speech branch (added when the model
-    has none yet; a stage 2 checkpoint keeps its own)."""
+    """Stage 2: the speech targets (a ``UnitCache`` of ``unit_decoder``'s tokenizer, or ``PhonemeTargets`` for
+    ``kokoro[:VOICE]``), and the model's speech branch (added when the model has none yet; a stage 2
+    checkpoint keeps its own)."""
     from emoslm.slm.speak import SpeechSpec
     from emoslm.speech.units.files import tokenizer_of
+    from emoslm.speech.units.phonemes import SYMBOLS_PER_SECOND, parse_spec
     from emoslm.speech.units.tokenizer import SpeechTokenizer
 
-    decoder = Path(config.unit_decoder or (model.speech_spec.decoder if model.speech_spec else ""))
+    named = config.unit_decoder or (model.speech_spec.decoder if model.speech_spec else "")
+    if voice := parse_spec(named):
+        targets = PhonemeTargets()
+        if model.speech_branch is None:
+            model.add_speech_branch(SpeechSpec(units=targets.vocab.size, layers=config.speech_layers,
+                                               group=config.speech_group, rate=SYMBOLS_PER_SECOND,
+                                               decoder=f"kokoro:{voice}", hold=targets.vocab.hold))
+        model.unit_weight = config.unit_weight
+        return targets
+    decoder = Path(named)
     if not str(decoder) or not (decoder / "config.json").exists():
         raise EmoslmError(f"stage 2 needs train.unit_decoder: a unit decoder folder from `emoslm units train` "
                           f"(got '{decoder}')")
@@ -110,7 +121,7 @@ def give_voice(model: UnifiedSLM, config: TrainConfig) -> Any:
                                            group=config.speech_group, rate=tokenizer.rate,
                                            decoder=str(decoder.resolve())))
     model.unit_weight = config.unit_weight
-    return tokenizer, source
+    return UnitCache(tokenizer, source)
 
 
 def _mixed_precision(choice: str) -> str:
@@ -184,11 +195,13 @@ def accelerator_for(config: TrainConfig, out: Path) -> Any:
 def train(config: TrainConfig, progress: Start = silent, stop_after: int | None = None) -> dict[str, Any]:
     """Train one stage; resumes from ``RUN/checkpoint`` when it exists. ``stop_after`` ends early (tests)."""
     out = Path(config.out)
-    examples = load_examples(Path(config.data), config.stage)
+    from emoslm.speech.units.phonemes import parse_spec
+
+    examples = load_examples(Path(config.data), config.stage, reply_audio=not parse_spec(config.unit_decoder))
     train_set, held = split(examples, config.held_out, config.seed, config.held_out_voices)
     accelerator = accelerator_for(config, out)
     model, tokenizer = load_model(config)
-    units = UnitCache(*give_voice(model, config)) if config.stage == "2" else None
+    units = give_voice(model, config) if config.stage == "2" else None
     trainable = apply_stage(model, config.stage, config.lora_r, config.lora_alpha, config.lora)
     optimiser = torch.optim.AdamW(trainable, lr=config.lr)
     model.to(accelerator.device)
@@ -198,7 +211,9 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     with accelerator.main_process_first():  # rank 0 runs the encoder once per clip; the others then read
         main = accelerator.is_main_process
         frames.fill([e.audio for e in everything], progress("encoder frames", len(everything)) if main else None)
-        if units is not None:
+        if isinstance(units, PhonemeTargets):
+            units.fill([reply_text(e.target) for e in everything], progress("reply phonemes", len(everything)))
+        elif units is not None:
             units.fill([e.reply_audio for e in everything], progress("reply units", len(everything)) if main else None)
     collate = Collator(tokenizer, UnifiedSLM.speech_length, frames, config.max_target_tokens, units,
                        model.speech_spec, config.max_unit_steps,

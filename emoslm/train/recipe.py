@@ -25,8 +25,10 @@ def train_config(recipe_path: Path, stage: str, **overrides: Any) -> TrainConfig
     unknown = sorted(set(values) - known)
     if unknown:
         raise DataError(f"{recipe_path}: train: unknown key(s) {unknown}; known: {sorted(known - {'stage'})}")
+    from emoslm.speech.units.phonemes import parse_spec
+
     for key in ("data", "out", "init", "unit_decoder"):
-        if values.get(key):
+        if values.get(key) and not (key == "unit_decoder" and parse_spec(values[key])):  # kokoro:VOICE is no path
             values[key] = str(recipe.resolve(values[key]))
     values["out"] = str(Path(values.get("out") or "runs/train") / stage)
     if stage in ("1-2", "2") and not values.get("init"):  # each stage starts from the one before it

@@ -1,7 +1,9 @@
 """Units on disk and the CLI's three one-file jobs (encode, decode, resynth).
 
-A units file is JSON: ``{"rate": 50.0, "codes": [...]}``; either kind of folder loads here: an emoslm
-tokenizer/decoder (``config.json``) or a CosyVoice model folder (its ONNX tokenizer, its token2wav).
+A units file is JSON: ``{"rate": 50.0, "codes": [...]}``; three kinds of units load here: an emoslm
+tokenizer/decoder folder (``config.json``), a CosyVoice model folder (its ONNX tokenizer, its token2wav), or
+the spec ``kokoro`` / ``kokoro:VOICE`` — phoneme units (``emoslm.speech.units.phonemes``), whose tokenizer is
+ASR + G2P and whose decoder is Kokoro, so they need no folder.
 """
 
 from __future__ import annotations
@@ -25,21 +27,29 @@ def _kind(folder: Path) -> str:
         return ""
 
 
-def load_tokenizer(folder: Path) -> Any:
-    """An emoslm ``SpeechTokenizer`` folder or a CosyVoice model folder."""
+def load_tokenizer(folder: Path | str) -> Any:
+    """An emoslm ``SpeechTokenizer`` folder, a CosyVoice model folder, or ``kokoro[:VOICE]`` (phoneme units)."""
     from emoslm.speech.units.cosyvoice import CosyVoiceTokenizer
+    from emoslm.speech.units.phonemes import PhonemeTokenizer, parse_spec
     from emoslm.speech.units.tokenizer import SpeechTokenizer
 
+    if parse_spec(str(folder)):
+        return PhonemeTokenizer()
+    folder = Path(folder)
     if _kind(folder) == "emoslm-speech-tokenizer":
         return SpeechTokenizer.from_pretrained(folder)
     return CosyVoiceTokenizer(folder)
 
 
-def load_decoder(folder: Path) -> Any:
-    """An emoslm ``UnitDecoder`` folder or a CosyVoice model folder."""
+def load_decoder(folder: Path | str) -> Any:
+    """An emoslm ``UnitDecoder`` folder, a CosyVoice model folder, or ``kokoro[:VOICE]`` (phoneme units)."""
     from emoslm.speech.units.cosyvoice import CosyVoiceDecoder
     from emoslm.speech.units.decoder import UnitDecoder
+    from emoslm.speech.units.phonemes import KokoroUnitDecoder, parse_spec
 
+    if voice := parse_spec(str(folder)):
+        return KokoroUnitDecoder(voice)
+    folder = Path(folder)
     if _kind(folder) == "emoslm-unit-decoder":
         return UnitDecoder.from_pretrained(folder)
     return CosyVoiceDecoder(folder)
@@ -47,8 +57,13 @@ def load_decoder(folder: Path) -> Any:
 
 def tokenizer_of(decoder: Path) -> Path | None:
     """The tokenizer folder an emoslm decoder was trained on (its config records it; older folders stored
-    it relative to the run's working directory, then it is found in the same run layout)."""
+    it relative to the run's working directory, then it is found in the same run layout). Phoneme units'
+    tokenizer is the spec itself."""
     from emoslm.speech.units.decoder import UnitDecoder
+    from emoslm.speech.units.phonemes import parse_spec
+
+    if parse_spec(str(decoder)):
+        return Path(str(decoder))
 
     source = UnitDecoder.config_of(decoder).tokenizer
     if not source:
@@ -88,14 +103,16 @@ def decode_file(units: Path, decoder: Path, out: Path, speaker: str | None = Non
     from emoslm.emotions import normalise_tag
 
     model, codes = load_decoder(decoder), read_units(units)
-    if codes.codes.size and int(codes.codes.max()) >= getattr(getattr(model, "config", None), "codes", 1 << 30):
+    limit = getattr(getattr(model, "config", None), "codes", None) or getattr(getattr(model, "vocab", None), "size", 0)
+    if codes.codes.size and limit and int(codes.codes.max()) >= limit:
         raise EmoslmError(f"{units}: code {int(codes.codes.max())} is outside this decoder's codebook "
-                          f"({model.config.codes}); decode with the decoder trained on that tokenizer's units")
+                          f"({limit}); decode with the decoder trained on that tokenizer's units")
     if speaker_audio and not hasattr(model, "speaker_of"):
         raise EmoslmError("--speaker-audio enrols a voice for emoslm decoders; a CosyVoice folder takes --speaker "
                           "with a name from its spk2info.pt")
     voice: Any = model.speaker_of([load_audio(speaker_audio)]) if speaker_audio else speaker
-    kwargs = {"style": normalise_tag(emotion)} if emotion and hasattr(model, "style_vector") else {}
+    styled = hasattr(model, "style_vector") or hasattr(model, "vocab")  # emoslm and Kokoro decoders take a style
+    kwargs = {"style": normalise_tag(emotion)} if emotion and styled else {}
     audio = model.decode(codes, voice, **kwargs)
     save_audio(out, audio, getattr(model, "sample_rate", 16_000))
     return len(audio) / getattr(model, "sample_rate", 16_000)

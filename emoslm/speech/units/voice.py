@@ -27,7 +27,7 @@ class UnitVoice(Voice):
                  speaker: str | np.ndarray | None = None) -> None:
         self.decoder, self._tokenizer, self._source, self.speaker = decoder, tokenizer, source, speaker
         self.sample_rate = decoder.sample_rate
-        self.name = "units"
+        self.name = f"units:{decoder.name}" if hasattr(decoder, "name") else "units"
 
     @property
     def tokenizer(self) -> Any | None:
@@ -46,9 +46,12 @@ class UnitVoice(Voice):
         """A decoder folder; its tokenizer is the one it was trained on, the source the language's default TTS."""
         from emoslm.speech.units.decoder import UnitDecoder
         from emoslm.speech.units.files import tokenizer_of
+        from emoslm.speech.units.phonemes import KokoroUnitDecoder, PhonemeTokenizer, parse_spec
         from emoslm.speech.units.tokenizer import SpeechTokenizer
         from emoslm.speech.voice import voice_pool
 
+        if kokoro := parse_spec(str(decoder)):  # phoneme units: text → symbols directly, no source voice
+            return cls(KokoroUnitDecoder(kokoro), lambda: PhonemeTokenizer(), None, speaker)
         model = UnitDecoder.from_pretrained(decoder)
         source = tokenizer_of(Path(decoder))
         tokenizer = (lambda: SpeechTokenizer.from_pretrained(source)) if source is not None else None
@@ -65,6 +68,15 @@ class UnitVoice(Voice):
         return self.decoder.streamer(self.speaker, prosody)
 
     def stream(self, text: str, prosody: Prosody | None = None) -> Iterator[VoiceChunk]:
+        if hasattr(self.tokenizer, "encode_text"):  # phoneme units: the text's own symbols, clause by clause
+            from emoslm.speech.voice import Clauses
+
+            cutter = Clauses()
+            for clause in [*cutter.feed(text), *cutter.flush()]:
+                audio = self.decoder.decode(self.tokenizer.encode_text(clause), self.speaker, prosody)
+                if audio.size:
+                    yield VoiceChunk(audio, self.sample_rate, clause)
+            return
         if self.tokenizer is None or self.source is None:
             from emoslm.errors import EmoslmError
 
