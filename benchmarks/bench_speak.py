@@ -224,22 +224,32 @@ def agent_latency(final: Path, text: str, clips: int) -> dict[str, float]:
 def speaking(run: Path, clips: int) -> dict:
     """The run's held-out clips (unheard voice, unseen texts; each clip once) through ``SLMAgent`` with its own
     voice, then the teacher agent on the same clips for the whole-turn comparison."""
-    from emoslm.eval.speaking import speech_rows, summarise
+    from emoslm.eval.speaking import forced_rows, speech_rows, summarise, summarise_forced
     from emoslm.speech.units.phonemes import parse_spec
     from emoslm.train.data import load_examples
 
     info = json.loads((run / "run.json").read_text())
     held = set(info["held_out_keys"])
     phonemes = bool(parse_spec(info["config"].get("unit_decoder") or ""))
-    seen, examples = set(), []
+    seen, examples, taught = set(), [], []
     for example in load_examples(Path(info["config"]["data"]), "2", reply_audio=not phonemes):
+        if example.audio is None:  # text-only samples teach words; only clips can be heard
+            continue
         if example.key in held and example.key not in seen:
             seen.add(example.key)
             examples.append(example)
+        if example.key in held and example.id.endswith("#teacher"):
+            taught.append(example)
     examples = examples[:clips]
+    forced = {}
+    if phonemes:  # the branch saying held-out texts (the teacher's), apart from what the text model writes
+        said = forced_rows(run / "final", taught[:clips])
+        keys = ("emotion", "style", "text", "heard", "speech_s", "teacher_s")
+        forced = {**summarise_forced(said), "samples": [{k: r[k] for k in keys} for r in said[:6]]}
     rows = speech_rows(run / "final", examples)
     teacher = teacher_turns(examples)
     return {**summarise(rows), "teacher_agent_p50_turn_s": teacher, "clip_ids": [e.id for e in examples],
+            "forced": forced,
             "samples": [{k: r[k] for k in ("emotion", "think_tag", "text", "heard", "voice_tag", "teacher_voice_tag",
                                            "speech_s", "teacher_s", "marks")} for r in rows[:6]]}
 
@@ -306,6 +316,19 @@ def main() -> None:
         lines += ["", f"## Speaking for itself: {s['run']}, {s['clips']} held-out clips through SLMAgent "
                   f"(teacher agent's whole turn on the same clips: {s['teacher_agent_p50_turn_s']} s p50)", "",
                   *table(s)]
+        if s.get("forced"):
+            f = s["forced"]
+            lines += ["", f"### The branch saying held-out texts ({f['clips']} teacher replies it never trained on, "
+                      "text teacher-forced)", "", "| measure | value |", "|---|---|",
+                      f"| WER of its speech vs the text (Whisper tiny.en) | {f['wer']} |",
+                      f"| … the text's own units through the same decoder (ceiling) | {f['wer_text_units_ceiling']} |",
+                      f"| its style code = the think's emotion | {f['style_follows_think']} |",
+                      f"| recogniser reads the think's emotion: own voice / teacher TTS | "
+                      f"{f['own_voice_reads_think_emotion']} / {f['teacher_tts_reads_think_emotion']} |",
+                      f"| length / teacher TTS, p50 (share within ±30 %) | {f['length_ratio_p50']} "
+                      f"({f['length_within_30pct']}) |"]
+            lines += [f"- [{x['emotion']} → style {x['style']}] {x['text'][:120]!r} → heard {x['heard'][:120]!r}"
+                      for x in f["samples"]]
         lines += ["", "What it wrote, and what Whisper heard in its own voice:", ""]
         lines += [f"- [{x['think_tag']}] said: {x['text'][:140]!r} → heard: {x['heard'][:140]!r} "
                   f"({x['speech_s']} s; teacher TTS {x['teacher_s']} s)" for x in s["samples"]]

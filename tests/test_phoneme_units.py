@@ -190,3 +190,74 @@ def test_stage_2_on_phoneme_units_needs_no_spoken_replies_learns_and_stops(tmp_p
     assert result.units and len(result.units) < 60 * spec.group  # stopped by EOS, not by the step cap
     style, phonemes = vocab.decode(result.units)
     assert style in STYLES and phonemes.strip()
+
+
+def test_speech_data_builds_stage_2_samples_from_the_corpus(tmp_path):
+    """`emoslm data speech`: voiced corpus turns (held-out texts by the held-out voice), the teacher's and the
+    model's own replies, text-only chitchat samples; stage 2 reads it without spoken replies."""
+    from emoslm.train.data import load_examples, voices_by_key
+    from emoslm.train.speech_data import HELD_VOICE, build, held
+    from tests.tiny import tiny_slm
+
+    model, tokenizer = tiny_slm()
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    counts = build(tmp_path / "ckpt", tmp_path / "data", limit=12, think_budget=4, max_new_tokens=6, extra=5)
+    assert counts["turns"] == 12 and counts["own_replies"] == 12 and counts["chitchat_replies"] == 5
+    examples = load_examples(tmp_path / "data", "2", reply_audio=False)
+    assert len(examples) == counts["samples"]
+    assert all(e.audio.exists() for e in examples if e.user_text is None)
+    voices = voices_by_key(tmp_path / "data")
+    assert all((voices[k] == HELD_VOICE) == held(k) for k in voices)
+    teacher = [e for e in examples if e.id.endswith("#teacher")]
+    assert len(teacher) == 12 and all(e.emotion and "</think>" in e.target for e in teacher)
+    chat = [e for e in examples if e.id.endswith("#chitchat")]
+    assert len(chat) == 5 and all(e.audio is None and e.user_text and e.emotion == "neutral" for e in chat)
+    assert all(e.target.startswith("\n</think>\n\n") for e in chat)  # an empty think: neutral style
+    again = build(tmp_path / "ckpt", tmp_path / "data", limit=12, think_budget=4, max_new_tokens=6, extra=5)
+    assert again == counts  # resumes: nothing voiced or written twice
+    from emoslm.train.loop import TrainConfig, train  # batches that mix clips and text-only rows train
+
+    config = TrainConfig(stage="2", data=str(tmp_path / "data"), out=str(tmp_path / "run"), init=str(tmp_path / "ckpt"),
+                         batch_size=6, max_steps=3, save_every=3, held_out=0.2, lr=3e-3, unit_decoder="kokoro",
+                         speech_layers=2, max_unit_steps=60)
+    assert train(config)["steps"] == 3
+
+
+def test_stage_2_takes_a_cosyvoice_folder_as_its_units(tmp_path):
+    """The GPU configuration: ``unit_decoder: COSYVOICE_DIR`` trains the branch on the S3 tokenizer's units (a
+    CosyVoice-shaped ONNX here: 4,096 codes at 50 Hz), cached by the tokenizer file alone."""
+    pytest.importorskip("onnx")
+    from emoslm.slm.model import UnifiedSLM
+    from emoslm.train.loop import TrainConfig, train
+    from tests.test_train import write_build
+    from tests.tiny import fake_s3_tokenizer, tiny_slm
+
+    fake_s3_tokenizer(tmp_path / "CosyVoice-300M")
+    (tmp_path / "CosyVoice-300M" / "llm.pt").write_bytes(b"weights the cache key must not read")
+    build = write_build(tmp_path / "build", spoken_replies=True)
+    model, tokenizer = tiny_slm()
+    model.save_pretrained(tmp_path / "init")
+    tokenizer.save_pretrained(tmp_path / "init")
+    config = TrainConfig(stage="2", data=str(build), out=str(tmp_path / "run"), init=str(tmp_path / "init"),
+                         batch_size=2, max_steps=3, save_every=3, held_out=0.2, lr=3e-3,
+                         unit_decoder=str(tmp_path / "CosyVoice-300M"), speech_layers=2, max_unit_steps=40)
+    assert train(config)["steps"] == 3
+    spec = UnifiedSLM.from_pretrained(tmp_path / "run" / "final").speech_spec
+    assert (spec.units, spec.rate, spec.hold) == (4096, 50.0, -1)
+    assert spec.decoder == str((tmp_path / "CosyVoice-300M").resolve())
+
+
+def test_precomputed_text_states_equal_the_full_forward(vocab):
+    """Stage 2's cached branch inputs (the forward stopped at layer n) are the full forward's layer-n states."""
+    from tests.tiny import tiny_slm
+
+    model, _ = tiny_slm()
+    model.add_speech_branch(_spec(vocab))
+    torch.manual_seed(1)
+    ids = torch.randint(0, 1000, (2, 12))
+    positions = torch.tensor([[3, 4, 5, 11], [0, 2, 2, 7]])
+    with torch.inference_mode():
+        full = model.llm(input_ids=ids, output_hidden_states=True).hidden_states
+    cached = model.unit_text_states(input_ids=ids, unit_positions=positions)
+    assert torch.allclose(cached, model.states_at(full, positions), atol=1e-6)

@@ -237,27 +237,11 @@ def test_cosyvoice_loader_says_what_is_missing(tmp_path):
 def test_cosyvoice_tokenizer_feeds_its_onnx_the_published_inputs(tmp_path):
     """A fake tokenizer ONNX with CosyVoice's input names and shapes (the real one cannot be installed here):
     it returns one token per two mel frames, the index of the loudest of the first 16 bins."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
+    pytest.importorskip("onnx")
     from emoslm.speech.units.cosyvoice import CosyVoiceTokenizer
+    from tests.tiny import fake_s3_tokenizer
 
-    graph = helper.make_graph(
-        [helper.make_node("MaxPool", ["feats"], ["pooled"], kernel_shape=[2], strides=[2]),
-         helper.make_node("Slice", ["pooled", "starts", "ends", "axes"], ["low"]),
-         helper.make_node("ArgMax", ["low"], ["tokens"], axis=1, keepdims=0),
-         helper.make_node("Identity", ["feats_length"], ["length_out"])],
-        "fake_s3_tokenizer",
-        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, 128, None]),
-         helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1])],
-        [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, None]),
-         helper.make_tensor_value_info("length_out", TensorProto.INT32, [1])],
-        [helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-         helper.make_tensor("ends", TensorProto.INT64, [1], [16]),
-         helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "speech_tokenizer_v1.onnx"))
+    fake_s3_tokenizer(tmp_path)
     tokenizer = CosyVoiceTokenizer(tmp_path)
     audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(32_000) / 16_000)).astype(np.float32)
     feats, length = tokenizer.features(audio)

@@ -80,3 +80,29 @@ def golden(name: str, value: object | None = None) -> object:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n")
     return json.loads(path.read_text())
+
+
+def fake_s3_tokenizer(folder: Path) -> Path:
+    """A CosyVoice-shaped tokenizer ONNX (``speech_tokenizer_v1.onnx``: its input names and shapes; the real
+    one cannot be installed here): one token per two mel frames, the index of the loudest of the first 16 bins."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MaxPool", ["feats"], ["pooled"], kernel_shape=[2], strides=[2]),
+         helper.make_node("Slice", ["pooled", "starts", "ends", "axes"], ["low"]),
+         helper.make_node("ArgMax", ["low"], ["tokens"], axis=1, keepdims=0),
+         helper.make_node("Identity", ["feats_length"], ["length_out"])],
+        "fake_s3_tokenizer",
+        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, 128, None]),
+         helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1])],
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, None]),
+         helper.make_tensor_value_info("length_out", TensorProto.INT32, [1])],
+        [helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("ends", TensorProto.INT64, [1], [16]),
+         helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "speech_tokenizer_v1.onnx"))
+    return folder / "speech_tokenizer_v1.onnx"

@@ -94,6 +94,8 @@ class SLMAgent(Agent):
         folder = Path(self.model.speech_spec.decoder)
         if parse_spec(self.model.speech_spec.decoder):  # phoneme units: Kokoro says them, no folder
             return self.voices.voice(f"units:{self.model.speech_spec.decoder}", lang)
+        if folder.is_dir() and any(folder.glob("speech_tokenizer_v*.onnx")):  # CosyVoice's units: its token2wav
+            return self.voices.voice(f"units:{folder}", lang)
         if not (folder / "config.json").exists():
             raise EmoslmError(f"{folder}: the unit decoder this model speaks with is missing; "
                               "keep the units run beside it or use --voice tts")

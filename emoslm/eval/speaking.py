@@ -79,6 +79,66 @@ def speech_rows(final: Path, examples: list[Any], think_budget: int = 48, max_ne
     return rows
 
 
+def forced_rows(final: Path, examples: list[Any], teacher_voice: str = "auto", lang: str = "en",
+                progress: Start = silent) -> list[dict[str, Any]]:
+    """The branch saying held-out texts it never trained on (the teacher's think and reply, teacher-forced):
+    its words and style against the text's, beside the same text's own units through the same decoder (the
+    ceiling) and the teacher's rule-prosody TTS (the reference length and emotion)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from emoslm.perception.asr import FasterWhisperASR
+    from emoslm.perception.recognizer import EmotionRecognizer
+    from emoslm.slm.generate import speak_text
+    from emoslm.slm.model import UnifiedSLM
+    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.speech.prosody import reply as reply_prosody
+    from emoslm.speech.units.files import load_decoder
+    from emoslm.speech.units.phonemes import PhonemeVocab, text_units
+    from emoslm.speech.voice import voice_pool
+
+    model, tokenizer = UnifiedSLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final)
+    front_end = MelFrontEnd.from_pretrained(str(final), n_mels=model.config.encoder().num_mel_bins)
+    decoder, vocab = load_decoder(model.speech_spec.decoder), PhonemeVocab.kokoro()
+    asr, recogniser = FasterWhisperASR(ASR_FOR[lang]), EmotionRecognizer()
+    teacher = voice_pool().voice(teacher_voice, lang)
+    rows, advance = [], progress("saying held-out texts", len(examples))
+    for example in examples:
+        think, _, reply = example.target.rpartition("\n</think>\n\n")
+        mel = torch.from_numpy(front_end(load_audio(example.audio)))
+        units = speak_text(model, tokenizer, mel, think, reply, example.history)
+        style, _ = vocab.decode(units)
+        audio = decoder.decode(units)
+        ceiling = decoder.decode(text_units(reply, example.emotion or "neutral", vocab))
+        reference = teacher.speak(reply, reply_prosody(example.emotion or "neutral"))
+        heard, heard_ceiling = asr.transcribe(audio, lang).text, asr.transcribe(ceiling, lang).text
+        rows.append({"id": example.id, "emotion": example.emotion, "style": style, "text": reply, "heard": heard,
+                     "errors": edit_distance(tokens(reply), tokens(heard)), "words": len(tokens(reply)),
+                     "ceiling_errors": edit_distance(tokens(reply), tokens(heard_ceiling)),
+                     "speech_s": round(len(audio) / decoder.sample_rate, 3),
+                     "teacher_s": round(len(reference) / 16_000, 3),
+                     "voice_tag": recogniser.acoustic_model.acoustic(audio).tag if len(audio) > 1600 else None,
+                     "teacher_voice_tag": recogniser.acoustic_model.acoustic(reference).tag})
+        advance()
+    return rows
+
+
+def summarise_forced(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    words = sum(r["words"] for r in rows)
+    ratios = [r["speech_s"] / r["teacher_s"] for r in rows if r["teacher_s"] > 0.1 and r["speech_s"] > 0]
+    tagged = [r for r in rows if r["emotion"]]
+    return {"clips": len(rows), "wer": round(sum(r["errors"] for r in rows) / words, 4) if words else None,
+            "wer_text_units_ceiling": round(sum(r["ceiling_errors"] for r in rows) / words, 4) if words else None,
+            "style_follows_think": round(sum(r["style"] == r["emotion"] for r in tagged) / len(tagged), 4)
+            if tagged else None,
+            "own_voice_reads_think_emotion": round(sum(r["voice_tag"] == r["emotion"] for r in tagged) / len(tagged),
+                                                   4) if tagged else None,
+            "teacher_tts_reads_think_emotion": round(sum(r["teacher_voice_tag"] == r["emotion"] for r in tagged)
+                                                     / len(tagged), 4) if tagged else None,
+            "length_ratio_p50": round(statistics.median(ratios), 3) if ratios else None,
+            "length_within_30pct": round(sum(0.7 <= x <= 1.3 for x in ratios) / len(ratios), 4) if ratios else None}
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """WER, emotion agreement (own voice and teacher TTS vs the think), length ratio, p50 latencies and RTF."""
     words = sum(r["words"] for r in rows)

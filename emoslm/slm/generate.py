@@ -64,9 +64,13 @@ class Prompt:
 
 
 def layout(tokenizer: Any, speech_length: int, history: list[dict[str, str]] | None = None,
-           system: str = SYSTEM, think: bool = True) -> Prompt:
-    """Token ids of the chat template with ``speech_length`` placeholders where the user's speech goes."""
-    messages = [{"role": "system", "content": system}, *(history or []), {"role": "user", "content": SPEECH_MARK}]
+           system: str = SYSTEM, think: bool = True, user_text: str | None = None) -> Prompt:
+    """Token ids of the chat template with ``speech_length`` placeholders where the user's speech goes
+    (``user_text``: the user's turn as text instead — stage 2's text-only samples, which teach the branch words)."""
+    user = SPEECH_MARK if user_text is None else f"{user_text}{SPEECH_MARK}"
+    if user_text is not None:
+        speech_length = 0
+    messages = [{"role": "system", "content": system}, *(history or []), {"role": "user", "content": user}]
     text = ChatTemplate.from_tokenizer(tokenizer).render(messages, add_generation_prompt=True)
     if think:
         text = open_think(text)
@@ -153,6 +157,31 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
         units += (codes := writer.step(loop.hidden))
         yield UnitPiece(codes)
     return Generated(shown.emitted, said.emitted, think_tokens, reply_tokens, not closed, units)
+
+
+@torch.inference_mode()
+def speak_text(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, think: str, reply: str,
+               history: list[dict[str, str]] | None = None, max_unit_steps: int = 400) -> list[int]:
+    """The units the speech branch writes when the text is given (teacher-forced think and reply): the branch's
+    own skill at saying a text, apart from what the text model would write. The same feeding as
+    ``generate_stream`` — prompt, think and bridge, then one branch step per reply token, the end token, and
+    the steps after it until ``EOS``."""
+    if model.speech_branch is None:
+        raise EmoslmError("this checkpoint has no speech branch")
+    device = next(model.parameters()).device
+    loop = TokenLoop(model.llm, Sampling(temperature=0.0, repeat_penalty=1.0), device, hidden_layer=model.speech_layer)
+    loop.feed(embeds=prompt_embeds(model, tokenizer, mel, history)[None])
+    loop.feed(tokenizer(f"{think.strip()}\n{THINK_CLOSE}\n\n", add_special_tokens=False)["input_ids"])
+    writer, units = UnitWriter(model.speech_branch, max_steps=max_unit_steps), []
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = end if isinstance(end, int) and end != tokenizer.unk_token_id else tokenizer.eos_token_id
+    for token in [*tokenizer(reply, add_special_tokens=False)["input_ids"], end]:
+        loop.feed([token])
+        if not writer.done:
+            units += writer.step(loop.hidden)
+    while not writer.done:
+        units += writer.step(loop.hidden)
+    return units
 
 
 def _bridge(closed: bool, after_close: str) -> str:

@@ -55,6 +55,10 @@ class UnifiedSLMConfig(PretrainedConfig):
         return WhisperConfig(**{k: v for k, v in self.encoder_config.items() if k != "model_type"})
 
 
+class _Enough(Exception):
+    """Raised by ``unit_text_states``'s hook: the layers above the branch's input are not needed."""
+
+
 AutoConfig.register(UnifiedSLMConfig.model_type, UnifiedSLMConfig)  # so AutoTokenizer can read our config.json
 
 
@@ -175,14 +179,18 @@ class UnifiedSLM(PreTrainedModel):
                 frames: torch.Tensor | None = None, unit_inputs: torch.Tensor | None = None,
                 unit_targets: torch.Tensor | None = None, unit_positions: torch.Tensor | None = None,
                 unit_mask: torch.Tensor | None = None, emotion_labels: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:
+                unit_states: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """The LLM's output; with ``unit_inputs`` (stage 2) a ``SpeakOutput`` with the text and unit losses.
 
         ``unit_positions`` (batch, steps) are the token positions whose layer-n hidden state feeds each
         speech step (the newest text token at that step), ``unit_inputs`` / ``unit_targets``
         (batch, steps, group) the previous and the next group of units, ``unit_mask`` the real steps.
         ``emotion_labels`` (batch,) are tag indices (``emoslm.emotions.TAGS``; -100 none): with an emotion head,
-        loss = text loss + ``emotion_weight`` × the head's cross-entropy, and ``emotion_loss`` is returned too."""
+        loss = text loss + ``emotion_weight`` × the head's cross-entropy, and ``emotion_loss`` is returned too.
+        ``unit_states`` (batch, steps, hidden): the layer-n states at ``unit_positions``, computed before (a
+        frozen text path gives the same states every epoch) — then only the branch runs, and only its loss counts."""
+        if unit_states is not None:
+            return self._speak(unit_states, unit_inputs, unit_targets, unit_mask)
         embeds, heard = self._embed(input_ids, speech_mask, mel, mel_frames, frames)
         emotion = self.emotion_loss(heard, emotion_labels)
         if unit_inputs is None:
@@ -195,13 +203,44 @@ class UnifiedSLM(PreTrainedModel):
             raise ValueError("unit targets given but the model has no speech branch (add_speech_branch)")
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                        output_hidden_states=True, **kwargs)
-        hidden = out.hidden_states[self.speech_layer]
-        index = unit_positions[..., None].expand(-1, -1, hidden.shape[-1])
-        text_hidden = torch.gather(hidden, 1, index)
+        spoken = self._speak(self.states_at(out.hidden_states, unit_positions), unit_inputs, unit_targets, unit_mask)
+        loss = spoken.loss + (out.loss if out.loss is not None else 0.0) if spoken.loss is not None else None
+        return SpeakOutput(loss=loss, text_loss=out.loss, unit_loss=spoken.unit_loss, logits=out.logits,
+                           unit_logits=spoken.unit_logits, hidden_states=out.hidden_states)
+
+    def states_at(self, hidden_states: tuple[torch.Tensor, ...], positions: torch.Tensor) -> torch.Tensor:
+        """(batch, steps, hidden): the layer-n states (the branch's input) at ``positions`` (batch, steps)."""
+        hidden = hidden_states[self.speech_layer]
+        return torch.gather(hidden, 1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+
+    @torch.inference_mode()
+    def unit_text_states(self, input_ids: torch.Tensor, unit_positions: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None, speech_mask: torch.Tensor | None = None,
+                         frames: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None,
+                         mel: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        """What stage 2 feeds the branch, for a batch (no gradient): computed once when the text path is frozen.
+        The LLM runs only up to layer n: a hook on the last shared layer stops the forward there."""
+        from emoslm.slm.speak import _base_model
+
+        embeds, _ = self._embed(input_ids, speech_mask, mel, mel_frames, frames)
+        kept: dict[str, torch.Tensor] = {}
+
+        def stop(module: nn.Module, args: Any, output: Any) -> None:
+            kept["hidden"] = output[0] if isinstance(output, tuple) else output
+            raise _Enough
+
+        handle = _base_model(self.llm).layers[self.speech_layer - 1].register_forward_hook(stop)
+        try:
+            self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=1)
+        except _Enough:
+            pass
+        finally:
+            handle.remove()
+        return self.states_at((kept["hidden"],) * (self.speech_layer + 1), unit_positions)
+
+    def _speak(self, text_hidden: torch.Tensor, unit_inputs: torch.Tensor, unit_targets: torch.Tensor | None,
+               unit_mask: torch.Tensor | None) -> SpeakOutput:
         unit_logits, _ = self.speech_branch(self.speech_branch.inputs(text_hidden, unit_inputs), unit_mask)
         units = unit_loss(unit_logits, unit_targets) if unit_targets is not None else None
-        loss = None
-        if units is not None:
-            loss = units * self.unit_weight + (out.loss if out.loss is not None else 0.0)
-        return SpeakOutput(loss=loss, text_loss=out.loss, unit_loss=units, logits=out.logits,
-                           unit_logits=unit_logits, hidden_states=out.hidden_states)
+        return SpeakOutput(loss=units * self.unit_weight if units is not None else None, unit_loss=units,
+                           unit_logits=unit_logits)

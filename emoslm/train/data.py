@@ -34,7 +34,7 @@ STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.j
 class Example:
     id: str
     key: str  # the source item whose clip is heard (the same across stages, so held-out stays held out)
-    audio: Path
+    audio: Path | None  # None: a text-only stage 2 sample (the user's turn is ``user_text``)
     target: str  # what the assistant writes after the prompt ("<think>\n" is already in the prompt for 1-2)
     history: list[dict[str, str]] = field(default_factory=list)
     think: bool = False
@@ -42,6 +42,7 @@ class Example:
     teacher_reply: str = ""
     voice: str = ""  # the TTS voice that spoke the clip ("" for recorded speech)
     reply_audio: Path | None = None  # stage 2: the reply spoken with the prosody that fits (its units are the target)
+    user_text: str | None = None  # the user's turn as text, when there is no clip (stage 2 with phoneme units)
 
 
 def load_examples(build: Path, stage: str, reply_audio: bool = True) -> list[Example]:
@@ -82,10 +83,11 @@ def _example(sample: dict[str, Any], build: Path, stage: str) -> Example:
         history.append({"role": turn["role"], "content": turn["text"]})
     target = f"{sample['think']}\n{THINK_CLOSE}\n\n{sample['response']}"
     key = (sample["provenance"].get("members") or [sample["id"]])[-1]
-    spoken = turns[-1].get("audio")
-    return Example(sample["id"], key, build / turns[-2]["audio"], target, history, think=True,
+    spoken, heard = turns[-1].get("audio"), turns[-2].get("audio")
+    return Example(sample["id"], key, build / heard if heard else None, target, history, think=True,
                    emotion=sample["emotion"], teacher_reply=sample["response"],
-                   reply_audio=build / spoken if stage == "2" and spoken else None)
+                   reply_audio=build / spoken if stage == "2" and spoken else None,
+                   user_text=None if heard else turns[-2]["text"])
 
 
 def _tag_clips(build: Path, examples: list[Example]) -> None:
@@ -208,6 +210,7 @@ class Collator:
         self.emotions = emotions  # add each clip's tag (index in TAGS, -100 none) for the model's emotion head
         self.max_target_tokens = max_target_tokens
         self.units, self.spec, self.max_unit_steps = units, spec, max_unit_steps
+        self.states: dict[str, torch.Tensor] | None = None  # example id → its branch inputs (frozen text path)
         self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if not isinstance(self.end, int) or self.end == tokenizer.unk_token_id:
             self.end = tokenizer.eos_token_id
@@ -224,11 +227,14 @@ class Collator:
         return ids + [self.end], min(len(first), len(ids))
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        clips = [self.frames(e.audio) for e in examples]  # (frames, d), or (layers, frames, d)
+        heard = {e.id: self.frames(e.audio) for e in examples if e.audio is not None}  # (frames, d) / (layers, …)
+        like = next(iter(heard.values()), np.zeros((0, 1), np.float32))
+        empty = np.zeros((*like.shape[:-2], 0, like.shape[-1]), np.float32)  # a text-only row: no frames
+        clips = [heard.get(e.id, empty) for e in examples]
         rows, steps = [], []
         for example, clip in zip(examples, clips, strict=True):
-            prompt = layout(self.tokenizer, self.speech_length(2 * clip.shape[-2]), example.history,
-                            think=example.think)
+            prompt = layout(self.tokenizer, self.speech_length(2 * clip.shape[-2]) if clip.shape[-2] else 0,
+                            example.history, think=example.think, user_text=example.user_text)
             target, reply_at = self.target_ids(example)
             rows.append((prompt.input_ids + target, prompt.speech_mask + [False] * len(target),
                          [-100] * len(prompt.input_ids) + target))
@@ -242,14 +248,18 @@ class Collator:
             "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows]),
             "speech_mask": torch.tensor([r[1] + [False] * (width - len(r[1])) for r in rows]),
             "labels": torch.tensor([r[2] + [-100] * (width - len(r[2])) for r in rows]),
-            "frames": torch.from_numpy(np.stack([_pad_frames(c, longest) for c in clips]).astype(np.float32)),
-            "mel_frames": torch.tensor([2 * c.shape[-2] for c in clips]),
         }
+        if longest:  # text-only rows get zero frames and no placeholders: their speech is never written in
+            batch["frames"] = torch.from_numpy(np.stack([_pad_frames(c, longest) for c in clips]).astype(np.float32))
+            batch["mel_frames"] = torch.tensor([max(2, 2 * c.shape[-2]) for c in clips])
         if self.emotions:
             batch["emotion_labels"] = torch.tensor([TAGS.index(e.emotion) if e.emotion in TAGS else -100
                                                     for e in examples])
         if steps:
             batch.update(_pad_steps(steps, self.spec))
+            if self.states is not None:  # computed once (``text_states``): the text path is frozen
+                width = batch["unit_inputs"].shape[1]
+                batch["unit_states"] = torch.stack([nn_pad(self.states[e.id], width) for e in examples])
         return batch
 
     def _steps(self, example: Example, reply_start: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -262,6 +272,27 @@ class Collator:
         inputs, targets = group_units(self.units(example.reply_audio), self.spec, self.max_unit_steps)
         positions = np.minimum(reply_start + np.arange(len(inputs)), last)
         return inputs, targets, positions
+
+
+def nn_pad(states: torch.Tensor, steps: int) -> torch.Tensor:
+    """(steps', hidden) → (steps, hidden), zeros after (padded steps are masked out of the loss)."""
+    return torch.nn.functional.pad(states, (0, 0, 0, steps - states.shape[0]))
+
+
+def text_states(model: Any, collate: Collator, examples: list[Example], batch_size: int, device: Any,
+                advance: Any = None) -> dict[str, torch.Tensor]:
+    """Every example's branch inputs (the layer-n states at its speech steps), once: with the text path frozen
+    they are the same every epoch, and the 26 frozen layers then run once instead of once per epoch."""
+    out: dict[str, torch.Tensor] = {}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(chunk).items()}
+        states = model.unit_text_states(**batch).float().cpu()
+        for example, row, mask in zip(chunk, states, batch["unit_mask"], strict=True):
+            out[example.id] = row[: int(mask.sum())].clone()
+        if advance:
+            advance(len(chunk))
+    return out
 
 
 def _pad_frames(clip: np.ndarray, frames: int) -> np.ndarray:

@@ -106,9 +106,10 @@ class UnitCache(ClipCache):
     """``cache(audio_path) → (units,)`` int64: a speech tokenizer's units of a clip (stage 2's speech targets),
     in a folder named by a hash of the tokenizer's files."""
 
-    def __init__(self, tokenizer: Any, folder: Path, root: Path | None = None) -> None:
+    def __init__(self, tokenizer: Any, folder: Path, root: Path | None = None, files: list[Path] | None = None
+                 ) -> None:
         digest = hashlib.sha256()
-        for path in sorted(Path(folder).iterdir()):
+        for path in sorted(files or Path(folder).iterdir()):
             if path.is_file():
                 digest.update(path.name.encode() + path.read_bytes())
         self.tokenizer = tokenizer

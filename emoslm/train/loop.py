@@ -27,7 +27,7 @@ from emoslm.errors import EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
 from emoslm.speech.mel_front_end import MelFrontEnd
-from emoslm.train.data import BalancedSampler, Collator, Example, load_examples, split
+from emoslm.train.data import BalancedSampler, Collator, Example, load_examples, split, text_states
 from emoslm.train.frames import FrameCache, PhonemeTargets, UnitCache, reply_text
 from emoslm.train.stages import apply_stage, merge_lora
 
@@ -109,9 +109,11 @@ def give_voice(model: UnifiedSLM, config: TrainConfig) -> Any:
         model.unit_weight = config.unit_weight
         return targets
     decoder = Path(named)
+    if named and decoder.is_dir() and not (decoder / "config.json").exists() and _cosyvoice(decoder):
+        return _cosyvoice_units(model, config, decoder)
     if not str(decoder) or not (decoder / "config.json").exists():
-        raise EmoslmError(f"stage 2 needs train.unit_decoder: a unit decoder folder from `emoslm units train` "
-                          f"(got '{decoder}')")
+        raise EmoslmError(f"stage 2 needs train.unit_decoder: a unit decoder folder from `emoslm units train`, "
+                          f"a CosyVoice model folder or kokoro[:VOICE] (got '{decoder}')")
     source = tokenizer_of(decoder)
     if source is None or not (source / "config.json").exists():
         raise EmoslmError(f"{decoder}: its speech tokenizer ({source}) is missing; train the units again")
@@ -122,6 +124,27 @@ def give_voice(model: UnifiedSLM, config: TrainConfig) -> Any:
                                            decoder=str(decoder.resolve())))
     model.unit_weight = config.unit_weight
     return UnitCache(tokenizer, source)
+
+
+def _cosyvoice(folder: Path) -> bool:
+    from emoslm.speech.units.cosyvoice import TOKENIZERS
+
+    return any((folder / name).exists() for name in TOKENIZERS)
+
+
+def _cosyvoice_units(model: UnifiedSLM, config: TrainConfig, folder: Path) -> Any:
+    """The GPU-scale configuration: CosyVoice's S3 tokens (v1 50 Hz / 4,096, v2 25 Hz / 6,561) as the targets,
+    its token2wav as the voice; the cache is keyed by the tokenizer ONNX alone (the folder holds GBs of LLM)."""
+    from emoslm.slm.speak import SpeechSpec
+    from emoslm.speech.units.cosyvoice import CosyVoiceTokenizer
+
+    tokenizer = CosyVoiceTokenizer(folder)
+    if model.speech_branch is None:
+        model.add_speech_branch(SpeechSpec(units=tokenizer.codes, layers=config.speech_layers,
+                                           group=config.speech_group, rate=tokenizer.rate,
+                                           decoder=str(folder.resolve())))
+    model.unit_weight = config.unit_weight
+    return UnitCache(tokenizer, folder, files=[tokenizer.path])
 
 
 def _mixed_precision(choice: str) -> str:
@@ -210,7 +233,8 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     everything = train_set + held
     with accelerator.main_process_first():  # rank 0 runs the encoder once per clip; the others then read
         main = accelerator.is_main_process
-        frames.fill([e.audio for e in everything], progress("encoder frames", len(everything)) if main else None)
+        clips = [e.audio for e in everything if e.audio is not None]
+        frames.fill(clips, progress("encoder frames", len(clips)) if main else None)
         if isinstance(units, PhonemeTargets):
             units.fill([reply_text(e.target) for e in everything], progress("reply phonemes", len(everything)))
         elif units is not None:
@@ -218,6 +242,9 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     collate = Collator(tokenizer, UnifiedSLM.speech_length, frames, config.max_target_tokens, units,
                        model.speech_spec, config.max_unit_steps,
                        emotions=model.emotion_head is not None and config.stage != "2")
+    if units is not None and not config.lora:  # the text path is frozen: its states for the branch, once
+        collate.states = text_states(model, collate, everything, config.batch_size, accelerator.device,
+                                     progress("text states", len(everything)))
     loader = make_loader(train_set, collate, config, accelerator)
     model, optimiser = accelerator.prepare(model, optimiser)
     accelerator.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)

@@ -9,6 +9,12 @@ texts the branch never trains on — by a voice it never hears: the held-out cli
 - the **model's own**: the think and reply the checkpoint writes when it hears the clip (greedy, the serving
   budgets) — the text its speech branch will have to say when it serves, so the branch learns those words.
 
+The corpus's replies are few (about 240 in training), and saying unseen words is what the branch must learn, so
+``extra`` text-only samples come from the ``chitchat-dataset`` package's conversations: a message as the
+user's turn (text, no clip), an empty think (so the style is neutral, as the agent's rule gives for a think
+that names no emotion) and the answering message (6-30 words) as the reply. They cost little to lay out and
+teach the branch to say much more of English.
+
 The style code of each sample is the emotion its think names (``Example.emotion``; neutral when none), which is
 how the agent chooses the reply prosody too. Writes an IEAT-build-shaped folder (``recipe.json``,
 ``stage1_1.jsonl``, ``stage1_2.jsonl``, ``multiturn.jsonl``, ``audio/``) that ``emoslm train --stage 2`` reads;
@@ -35,7 +41,7 @@ def held(key: str, seed: int = 0, share: float = 0.1) -> bool:
 
 
 def build(checkpoint: Path, out: Path, lang: str = "en", limit: int = 0, seed: int = 0, think_budget: int = 48,
-          max_new_tokens: int = 64, progress: Start = silent) -> dict[str, Any]:
+          max_new_tokens: int = 64, extra: int = 6000, progress: Start = silent) -> dict[str, Any]:
     """Write the folder; returns counts."""
     from emoslm.ieat.reply_corpus import CORPUS_DIR, read_corpus
     from emoslm.ieat.think import THINK_CLOSE, think_opening
@@ -71,15 +77,50 @@ def build(checkpoint: Path, out: Path, lang: str = "en", limit: int = 0, seed: i
                             "turns": [*({"role": m["role"], "text": m["content"]} for m in turn["history"]),
                                       {"role": "user", "text": turn["user"], "audio": audio},
                                       {"role": "assistant", "text": reply}]})
+    for n, (said, answer) in enumerate(chitchat_pairs(extra) if lang == "en" else []):
+        stage12.append({"id": f"chitchat/{n}#chitchat", "think": "", "response": answer, "emotion": "neutral",
+                        "provenance": {"members": [f"chitchat/{n}"]},
+                        "turns": [{"role": "user", "text": said}, {"role": "assistant", "text": answer}]})
     _write(out / "stage1_1.jsonl", stage11)
     _write(out / "stage1_2.jsonl", stage12)
     _write(out / "multiturn.jsonl", [])
     counts = {"turns": len(turns), "samples": len(stage12), "held_out_turns": sum(held(t["key"], seed) for t in turns),
-              "own_replies": len(own), "voices": sorted({t["voice"] for t in turns})}
+              "own_replies": len(own), "chitchat_replies": sum(r["id"].endswith("#chitchat") for r in stage12),
+              "voices": sorted({t["voice"] for t in turns})}
     with atomic_file(out / "recipe.json") as tmp:
         tmp.write_text(json.dumps({"name": "speech-data", "checkpoint": str(checkpoint), "lang": lang,
                                    "seed": seed, "counts": counts}, indent=1))
     return counts
+
+
+def chitchat_pairs(count: int) -> list[tuple[str, str]]:
+    """``count`` (message, answer) pairs of ``chitchat-dataset`` whose answer has 6-30 words, in a fixed order
+    (none when the package is missing)."""
+    import re
+
+    try:
+        import chitchat_dataset
+    except ImportError:
+        return []
+    from emoslm.textnorm import tokens
+
+    def text(turn: list[dict[str, Any]]) -> str:
+        said = re.sub(r"\s+", " ", " ".join(m.get("text", "") for m in turn)).strip()
+        return said[:1].upper() + said[1:]
+
+    def usable(said: str) -> bool:
+        return said.isascii() and not re.search(r"https?:|www\.", said)
+
+    conversations = json.loads(Path(chitchat_dataset.__file__).with_name("dataset.json").read_text(encoding="utf-8"))
+    out: list[tuple[str, str]] = []
+    for key in sorted(conversations):
+        messages = [text(turn) for turn in conversations[key].get("messages", [])]
+        for said, answer in zip(messages, messages[1:], strict=False):
+            if len(out) < count and usable(said) and usable(answer) and 6 <= len(tokens(answer)) <= 30:
+                out.append((said[:200], answer))
+        if len(out) >= count:
+            break
+    return out
 
 
 def _voice(turns: list[dict[str, Any]], out: Path, lang: str, seed: int, progress: Start) -> None:

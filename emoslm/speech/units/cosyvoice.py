@@ -127,3 +127,21 @@ class CosyVoiceDecoder:
         for name in ("hift_cache_dict", "mel_overlap_dict", "flow_cache_dict"):
             getattr(model, name, {}).pop(session, None)
         return wav.reshape(-1).float().cpu().numpy()
+
+    def streamer(self, speaker: str | np.ndarray | None = None, style: Any = None) -> _Whole:
+        """Units pushed as a model writes them; token2wav runs once the speech has ended (not streamed here:
+        CosyVoice's chunked token2wav needs its own caches, which were not built without the weights)."""
+        return _Whole(self, speaker)
+
+
+class _Whole:
+    def __init__(self, decoder: CosyVoiceDecoder, speaker: str | np.ndarray | None) -> None:
+        self.decoder, self.speaker, self.codes = decoder, speaker, []
+
+    def feed(self, codes: Any) -> list[np.ndarray]:
+        self.codes += [int(c) for c in np.asarray(codes).reshape(-1)]
+        return []
+
+    def flush(self) -> list[np.ndarray]:
+        audio = self.decoder.decode(self.codes, self.speaker) if self.codes else np.zeros(0, np.float32)
+        return [audio] if audio.size else []

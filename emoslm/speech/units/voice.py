@@ -52,6 +52,11 @@ class UnitVoice(Voice):
 
         if kokoro := parse_spec(str(decoder)):  # phoneme units: text → symbols directly, no source voice
             return cls(KokoroUnitDecoder(kokoro), lambda: PhonemeTokenizer(), None, speaker)
+        if not (Path(decoder) / "config.json").exists():  # a CosyVoice folder: its token2wav
+            from emoslm.speech.units.files import load_decoder, load_tokenizer
+
+            return cls(load_decoder(Path(decoder)), lambda: load_tokenizer(Path(decoder)),
+                       lambda: voice_pool().voice("auto", lang), speaker)
         model = UnitDecoder.from_pretrained(decoder)
         source = tokenizer_of(Path(decoder))
         tokenizer = (lambda: SpeechTokenizer.from_pretrained(source)) if source is not None else None
