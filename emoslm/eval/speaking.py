@@ -184,7 +184,8 @@ def plot_losses(run: Path, out: Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(6, 3.2))
     steps = [r["step"] for r in rows]
     axis.plot(steps, [r["unit_loss"] for r in rows], label="unit loss (per unit)")
-    axis.plot(steps, [r["text_loss"] for r in rows], label="text loss (per token)")
+    if all("text_loss" in r for r in rows):  # a frozen text path trains the branch alone: no text loss
+        axis.plot(steps, [r["text_loss"] for r in rows], label="text loss (per token)")
     config = run / "final" / "config.json"
     speech = json.loads(config.read_text()).get("speech") if config.exists() else None
     if speech:
