@@ -575,9 +575,11 @@ def units_encode(
     out: Annotated[Optional[Path], typer.Option(help="Write the units here as JSON (default: print).")] = None,
 ) -> None:
     """Audio → units (JSON: rate and codes)."""
+    from emoslm.perception.asr import transcriber
     from emoslm.speech.units.files import encode_file
+    from emoslm.speech.units.phonemes import parse_spec
 
-    text = encode_file(audio, tokenizer, out)
+    text = encode_file(audio, tokenizer, out, transcriber() if parse_spec(str(tokenizer)) else None)
     console.print(f"wrote {out}" if out else text, highlight=False)
 
 
@@ -609,9 +611,12 @@ def units_resynth(
                                                         "own voice, enrolled from it).")] = None,
 ) -> None:
     """Audio → units → audio: hear what the units keep (words, some prosody) and lose."""
+    from emoslm.perception.asr import transcriber
     from emoslm.speech.units.files import resynth_file
+    from emoslm.speech.units.phonemes import parse_spec
 
-    n_units, seconds = resynth_file(audio, tokenizer, decoder, out, speaker)
+    n_units, seconds = resynth_file(audio, tokenizer, decoder, out, speaker,
+                                    transcriber() if parse_spec(str(tokenizer)) else None)
     console.print(f"{n_units} units → wrote {out} ({seconds:.2f} s)")
 
 

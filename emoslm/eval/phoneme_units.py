@@ -25,13 +25,14 @@ from emoslm.progress import Start, silent
 
 def evaluate_phonemes(spec: str, clips: list[Any], out: Path, per_lang: int = 40, progress: Start = silent
                       ) -> dict[str, Any]:
-    from emoslm.perception.asr import FasterWhisperASR
+    from emoslm.perception.asr import FasterWhisperASR, transcriber
     from emoslm.speech.units.files import load_decoder
     from emoslm.speech.units.phonemes import PhonemeTokenizer, text_units
 
     test = _held_out(clips, per_lang)
     asr, decoder = FasterWhisperASR("whisper-base"), load_decoder(spec)
-    tokenizers = {lang: PhonemeTokenizer("whisper-base", lang) for lang in {c.lang for c in test}}
+    hear = transcriber("whisper-base")
+    tokenizers = {lang: PhonemeTokenizer(hear, lang) for lang in {c.lang for c in test}}
     original, resynth, spoken = Tally(), Tally(), Tally()
     rows, first_ms = [], []
     advance = progress("phoneme units: resynthesis", len(test))

@@ -168,6 +168,19 @@ class FasterWhisperASR(ASR):
                 [s.text.strip() for s in segments])
 
 
+def transcriber(model: str = "whisper-base") -> Any:
+    """``(audio, lang) → text`` with one Whisper, loaded on first use: the ASR that phoneme units hear with
+    (``emoslm.speech.units.phonemes.PhonemeTokenizer``), handed down to the speech package."""
+    asr: list[FasterWhisperASR] = []
+
+    def transcribe(audio: np.ndarray, lang: str | None = None) -> str:
+        if not asr:
+            asr.append(FasterWhisperASR(model))
+        return asr[0].transcribe(audio, lang).text
+
+    return transcribe
+
+
 def even_frames(mel: np.ndarray) -> np.ndarray:
     """A mel spectrogram (n_mels, frames) cut or padded to an even number of frames, at least 2: the
     Whisper encoder's stride-2 convolution takes any such length in CTranslate2, so a short clip costs

@@ -7,7 +7,7 @@ On held-out clips (never trained on; the ids are in each run's ``run.json``):
   and the teacher's reply written from the transcript;
 - emotion in think: the share of clips whose generated think names the recogniser's tag (chance 1/7;
   the share of the most frequent tag is printed beside it, since a model can learn to always say it);
-- for a stage 2 run, how the model speaks for itself (``emoslm.eval.speaking``): WER of its speech against
+- for a stage 2 run, how the model speaks for itself (``emoslm.train.speaking``): WER of its speech against
   its own text, the emotion its voice carries against the teacher's spoken reply, first-audio latency
   split by stage, and the real-time factor.
 """
@@ -103,7 +103,7 @@ def report(runs: list[Path], out: Path | None = None, clips: int | None = 160) -
     speech = {}
     for run, info in zip(runs, infos, strict=True):
         if info["config"]["stage"] == "2":
-            from emoslm.eval.speaking import plot_losses, speech_rows, summarise
+            from emoslm.train.speaking import plot_losses, speech_rows, summarise
 
             spoken = [e for e in load_examples(data, "2") if e.key in held_keys]
             rows_2 = speech_rows(run / "final", spoken)
@@ -151,7 +151,7 @@ def markdown(summary: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {c['epoch']} | {f(c['think_vs_label'])} | {f(c['think_vs_acted'])} | "
                   f"{f(c['recogniser_vs_acted'])} | {f(c['reply_repeats_think'])} |" for c in summary["listening"]]
-    from emoslm.eval.speaking import table as speech_table
+    from emoslm.train.speaking import table as speech_table
 
     for name, sp in summary.get("speech", {}).items():
         lines += ["", f"Speaking for itself — {name}, {sp['clips']} held-out clips through `SLMAgent` (own voice):", "",

@@ -27,14 +27,15 @@ def _kind(folder: Path) -> str:
         return ""
 
 
-def load_tokenizer(folder: Path | str) -> Any:
-    """An emoslm ``SpeechTokenizer`` folder, a CosyVoice model folder, or ``kokoro[:VOICE]`` (phoneme units)."""
+def load_tokenizer(folder: Path | str, transcribe: Any = None) -> Any:
+    """An emoslm ``SpeechTokenizer`` folder, a CosyVoice model folder, or ``kokoro[:VOICE]`` (phoneme units, which
+    hear audio through ``transcribe(audio, lang) → text``, the caller's ASR)."""
     from emoslm.speech.units.cosyvoice import CosyVoiceTokenizer
     from emoslm.speech.units.phonemes import PhonemeTokenizer, parse_spec
     from emoslm.speech.units.tokenizer import SpeechTokenizer
 
     if parse_spec(str(folder)):
-        return PhonemeTokenizer()
+        return PhonemeTokenizer(transcribe)
     folder = Path(folder)
     if _kind(folder) == "emoslm-speech-tokenizer":
         return SpeechTokenizer.from_pretrained(folder)
@@ -93,8 +94,8 @@ def read_units(path: Path) -> Units:
         raise EmoslmError(f"{path}: not a units file (expected JSON with `rate` and `codes`)") from None
 
 
-def encode_file(audio: Path, tokenizer: Path, out: Path | None = None) -> str:
-    return write_units(load_tokenizer(tokenizer).encode(load_audio(audio)), out)
+def encode_file(audio: Path, tokenizer: Path, out: Path | None = None, transcribe: Any = None) -> str:
+    return write_units(load_tokenizer(tokenizer, transcribe).encode(load_audio(audio)), out)
 
 
 def decode_file(units: Path, decoder: Path, out: Path, speaker: str | None = None, speaker_audio: Path | None = None,
@@ -118,10 +119,10 @@ def decode_file(units: Path, decoder: Path, out: Path, speaker: str | None = Non
     return len(audio) / getattr(model, "sample_rate", 16_000)
 
 
-def resynth_file(audio: Path, tokenizer: Path, decoder: Path, out: Path, speaker: str | None = None
-                 ) -> tuple[int, float]:
+def resynth_file(audio: Path, tokenizer: Path, decoder: Path, out: Path, speaker: str | None = None,
+                 transcribe: Any = None) -> tuple[int, float]:
     """Encode and decode one file with the input's own voice (enrolled) and style (estimated)."""
-    tok, dec, signal = load_tokenizer(tokenizer), load_decoder(decoder), load_audio(audio)
+    tok, dec, signal = load_tokenizer(tokenizer, transcribe), load_decoder(decoder), load_audio(audio)
     units = tok.encode(signal)
     if not hasattr(dec, "style_of"):  # CosyVoice's token2wav: its own speaker, no style input
         speech = dec.decode(units, speaker)

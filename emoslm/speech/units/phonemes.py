@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,21 +131,22 @@ def text_units(text: str, style: str | None = None, vocab: PhonemeVocab | None =
 
 
 class PhonemeTokenizer:
-    """``encode(audio) → Units``: what an ASR hears, in Kokoro's symbols (supervised units by construction)."""
+    """``encode(audio) → Units``: what an ASR hears, in Kokoro's symbols (supervised units by construction).
+
+    ``transcribe(audio, lang) → text`` is the ASR, given by the caller (``emoslm.perception.asr.transcriber``):
+    speech sits below perception, so it takes the recogniser rather than importing it. Without one, only
+    ``encode_text`` works (all a voice needs)."""
 
     rate = SYMBOLS_PER_SECOND
 
-    def __init__(self, asr: str = "whisper-base", lang: str | None = None) -> None:
-        self.vocab, self.asr_name, self.lang = PhonemeVocab.kokoro(), asr, lang
-
-    @functools.cached_property
-    def asr(self) -> Any:
-        from emoslm.perception.asr import FasterWhisperASR
-
-        return FasterWhisperASR(self.asr_name)
+    def __init__(self, transcribe: Callable[[np.ndarray, str | None], str] | None = None, lang: str | None = None
+                 ) -> None:
+        self.vocab, self._transcribe, self.lang = PhonemeVocab.kokoro(), transcribe, lang
 
     def transcribe(self, audio: np.ndarray) -> str:
-        return self.asr.transcribe(np.asarray(audio, np.float32), self.lang).text
+        if self._transcribe is None:
+            raise EmoslmError("these phoneme units were loaded without an ASR to hear audio; encode text instead")
+        return self._transcribe(np.asarray(audio, np.float32), self.lang)
 
     def encode(self, audio: np.ndarray, style: str | None = None) -> Units:
         return self.encode_text(self.transcribe(audio), style)
