@@ -3,7 +3,7 @@
 Two ways to play the dialogues:
 
 - ``--mode text`` (the levers): the user's words and gold emotion tags go straight into the reply step the
-  agents use (``ieat.think.answer_turn``), so each configuration's replies differ only by the model, the
+  agents use (``emoslm.think.answer_turn``), so each configuration's replies differ only by the model, the
   prompt and the decoding. First reply text is timed from the call (the LLM's share of a turn).
 - ``--mode agent`` (the product): the teacher agent on the voiced dialogues through ASR and the recogniser,
   as ``emoslm eval humdial`` plays them; latency counts from the end of the user's speech.
@@ -33,7 +33,7 @@ from emoslm.dialogues import Dialogue, examples_dir, read_dialogues
 from emoslm.eval.checks import check_dialogue, minilm_similarity, summarise
 from emoslm.eval.judge import DIMENSIONS, Judge
 from emoslm.eval.run import judged_turn
-from emoslm.ieat.think import answer_turn
+from emoslm.think import answer_turn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"

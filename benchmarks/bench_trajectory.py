@@ -27,7 +27,7 @@ from emoslm.audio import load_audio  # noqa: E402
 from emoslm.config import settings  # noqa: E402
 from emoslm.dialogues import examples_dir, read_dialogues  # noqa: E402
 from emoslm.eval.metrics import trajectory_exact  # noqa: E402
-from emoslm.ieat.think import emotion_path  # noqa: E402
+from emoslm.think import emotion_path  # noqa: E402
 from emoslm.voicing import voice_dialogues  # noqa: E402
 
 

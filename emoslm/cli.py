@@ -487,7 +487,9 @@ def train(
     the training voices and scored on the held-out ones). `emoslm train hearing`: where the frozen Whisper encoder
     keeps the emotion (a probe per layer, emotion heads on the last layer and on a learned layer mix, on the
     recogniser corpus's unheard voices and conflict clips); `emoslm train hearing runs`: stage 1-1 on those clips
-    with and without the listening path (layer mix + emotion head), then the probes. Killed runs resume exactly."""
+    with and without the listening path (layer mix + emotion head), then the probes; `emoslm train hearing think
+    [CKPT]`: the think's emotion on unheard voices, same-sentence and conflict clips beside the recogniser (without
+    CKPT it first trains stage 1-1 with the prosody-reading head that opens the think). Killed runs resume exactly."""
     if args[0] == "report":
         from emoslm.train.report import report
 
@@ -514,6 +516,16 @@ def train(
         from emoslm.train.hearing import run as hearing
 
         bar, progress = rich_progress(err)
+        if args[1:2] == ["think"]:  # the think's tag on unheard voices and same-sentence clips
+            from emoslm.eval.hearing import evaluate
+            from emoslm.train.hearing import prosody_run
+
+            target = out or Path("reports/hearing-think")
+            with bar:
+                checkpoint = Path(args[2]) if len(args) > 2 else prosody_run(Path("runs"), max_steps or 0, progress)
+                evaluate(checkpoint, target, progress=progress)
+            console.print((target / "hearing-think.md").read_text(), highlight=False, markup=False)
+            return
         if args[1:] == ["runs"]:  # stage 1-1 with and without the listening path, then the probes
             target = out or Path("reports/hearing-adapter")
             with bar:

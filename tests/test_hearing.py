@@ -91,3 +91,51 @@ def test_fit_head_and_predict_on_layer_stacks_of_different_lengths():
     head = fit_head(stacks, tags, mix=True, seed=0, epochs=40, lr=1e-2, batch_size=8)
     assert predict(head, stacks) == tags
     assert pooled(stacks[0]).shape == (3, 12)
+
+
+def test_a_prosody_head_standardises_by_its_training_clips_and_can_ignore_the_frames():
+    """The head that opens the think reads the clip's pitch and loudness functionals (standardised by the training
+    clips' statistics, which travel as buffers); with frame_dropout 1.0 the frames cannot move its answer."""
+    from emoslm.slm.listen import prosody_size, prosody_vector
+
+    torch.manual_seed(0)
+    head = EmotionHead(4, 7, prosody_dim=prosody_size(), frame_dropout=1.0).eval()
+    vectors = torch.randn(50, prosody_size()) * 5 + 3
+    head.fit_prosody(vectors)
+    assert torch.allclose(head.prosody_mean, vectors.mean(0)) and torch.allclose(head.prosody_scale, vectors.std(0))
+    assert {"prosody_mean", "prosody_scale"} <= set(head.state_dict())
+    frames, other = torch.randn(2, 6, 4), 100 * torch.randn(2, 6, 4)
+    with torch.no_grad():
+        assert torch.equal(head(frames, prosody=vectors[:2]), head(other, prosody=vectors[:2]))
+        assert not torch.equal(head(frames, prosody=vectors[:2]), head(frames, prosody=vectors[2:4]))
+    with pytest.raises(ValueError, match="prosody"):
+        head(frames)
+    both = EmotionHead(4, 7, prosody_dim=prosody_size()).eval()  # frames and prosody: both move the answer
+    with torch.no_grad():
+        assert not torch.equal(both(frames, prosody=vectors[:2]), both(other, prosody=vectors[:2]))
+
+    rng = np.random.default_rng(0)
+    tone = np.sin(2 * np.pi * 220 * np.arange(16000) / 16000).astype(np.float32) * 0.3
+    loud, quiet = prosody_vector(tone + rng.normal(0, 1e-3, 16000).astype(np.float32)), prosody_vector(tone * 0.03)
+    assert loud.shape == (prosody_size(),) and float(loud[9] - quiet[9]) > 20  # loudness mean, in dB
+    assert abs(float(loud[0] - quiet[0])) < 1  # the same pitch (semitones)
+
+
+def test_the_hearing_report_sets_the_think_beside_the_references(tmp_path):
+    from emoslm.eval.hearing import markdown, plot
+
+    row = {"title": "same sentence, every emotion", "clips": 7, "think": 0.43, "recogniser_fused": 0.43,
+           "recogniser_acoustic": 0.46, "encoder_head": None, "commonest": 0.14, "chance": 0.14,
+           "think_follows_words": 0.14, "confusion": {t: {t: 1} for t in ("neutral", "happy", "sad", "anger", "fear",
+                                                                           "surprise", "disgust")},
+           "samples": [{"acted": "sad", "voice": "flite-awb", "text": "The bus is at six.",
+                        "think": "The user speaks with a low, slow voice, so the emotion I hear is sad.",
+                        "reply": "Oh."}]}
+    results = {"model": {"checkpoint": "runs/x/final", "injects_emotion": True, "head_reads_prosody": True,
+                         "encoder_mix": True}, "sets": {"same": row}}
+    text = markdown(results)
+    assert "| same sentence, every emotion | 7 | **0.430** | 0.430 | 0.460 | — | 0.140 | 0.140 |" in text
+    assert "emotion-in-think is the head's accuracy" in text and "| sad | 0 | 1 | 0 |" in text
+    assert "reading the adapter's output + the clip's pitch and loudness functionals" in text
+    plot(results, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000

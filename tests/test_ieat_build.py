@@ -20,8 +20,8 @@ from emoslm.errors import BackendError
 from emoslm.ieat.dialogues import regroup
 from emoslm.ieat.recipe import load_recipe
 from emoslm.ieat.runner import build
-from emoslm.ieat.think import emotion_path, trajectory_reply
 from emoslm.perception.recognizer import RECOGNISER_VERSION
+from emoslm.think import emotion_path, trajectory_reply
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ieat"
 OUTPUTS = ["stage1_1.jsonl", "stage1_2.jsonl", "multiturn.jsonl", "stage2.jsonl", "errors.jsonl", "summary.json",

@@ -61,7 +61,7 @@ def test_decontamination_drops_a_dialogue_near_an_evaluation_turn():
 
 
 def test_samples_are_the_agent_prompt_with_the_cause_and_reply_as_target(llama):
-    from emoslm.ieat.think import THINK_CLOSE, empathy_system, think_opening, trajectory_reply
+    from emoslm.think import THINK_CLOSE, empathy_system, think_opening, trajectory_reply
 
     dialogue = next(d for d in read_corpus([CORPUS_DIR]) if d.kind == "trajectory" and d.lang == "en")
     system = empathy_system("en", examples=False)

@@ -204,9 +204,9 @@ def test_stage_2_learns_units_resumes_exactly_and_the_saved_model_speaks(build, 
     assert "first_audio" in reply.timings and "unit_decoder" in reply.timings
     # the audio streamed chunk by chunk is the offline decoding of the same units (stated tolerance)
     from emoslm.audio import trim_to_speech
-    from emoslm.ieat.think import tag_in_think
     from emoslm.slm.generate import generate
     from emoslm.speech.prosody import reply as reply_prosody
+    from emoslm.think import tag_in_think
 
     units = generate(agent.model, agent.tokenizer, agent.mels.tensor(trim_to_speech(clip, pad=0.3)),
                      think_budget=6, max_new_tokens=8, speak=True, text=agent.text).units

@@ -27,11 +27,11 @@ from emoslm.agents.events import (
     Transcript,
     from_wire,
 )
-from emoslm.ieat.think import Incremental, clean_reply
 from emoslm.llm import Sampling
 from emoslm.llm.base import StopMatcher
 from emoslm.perception.estimate import EmotionEstimate, Evidence, as_probs
 from emoslm.speech.voice import Clauses
+from emoslm.think import Incremental, clean_reply
 from tests.conftest import free_port
 
 GREEDY = Sampling(max_tokens=32, temperature=0.0, seed=0)
@@ -309,6 +309,49 @@ def test_batched_generation_writes_what_one_clip_at_a_time_writes(slm_and_clip, 
     together = generate_batch(model, tokenizer, mels, histories, think_budget=10, max_new_tokens=10, batch_size=2)
     assert together == alone
     assert all(g.think_tokens > 0 for g in together)
+
+
+def test_the_think_starts_with_what_the_emotion_head_hears(spoken_sentence):
+    """A model that injects its head's tag opens every think as the IEAT teacher's does ("… so the emotion I hear
+    is X. The most likely reason they feel X is") and the LLM goes on from there: streamed, drained and batched
+    alike; the head reads the clip's prosody, so forgetting it is an error, and the prosody changes the tag."""
+    import torch
+
+    from emoslm.slm.generate import generate, generate_batch, generate_stream, injected_opening
+    from emoslm.slm.listen import prosody_vector
+    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.think import tag_in_think, think_opening
+    from tests.tiny import tiny_slm
+
+    model, tokenizer = tiny_slm(emotion_head=True, emotion_prosody=True, inject_emotion=True)
+    mel = MelFrontEnd.for_mels(80).tensor(spoken_sentence)
+    prosody = prosody_vector(spoken_sentence)
+    with pytest.raises(ValueError, match="prosody"):
+        generate(model, tokenizer, mel, think_budget=6, max_new_tokens=4)
+    quieter = prosody_vector(spoken_sentence * 0.05)
+    model.emotion_head.fit_prosody(torch.stack([prosody, quieter]))  # standardised: loud > 0 > quiet
+    with torch.no_grad():  # one clear winner per prosody: a head that reads loudness alone
+        model.emotion_head.classify.weight.zero_()
+        model.emotion_head.prosody.weight.zero_()
+        model.emotion_head.prosody.weight[2, 9] = 1.0  # TAGS[2] grows with the loudness mean (feature 9)
+        model.emotion_head.prosody.weight[4, 9] = -1.0  # TAGS[4] with its opposite
+    probs = model.heard_emotion(mel, prosody)
+    tag = max(probs, key=probs.get)
+    opening = injected_opening(model, mel, prosody)
+    assert opening == think_opening(tag, "en") and abs(sum(probs.values()) - 1) < 1e-5
+    quiet = injected_opening(model, mel, quieter)
+    assert tag_in_think(quiet) != tag  # 26 dB quieter: the other tag
+
+    pieces = list(generate_stream(model, tokenizer, mel, think_budget=6, max_new_tokens=4, prosody=prosody))
+    assert pieces[0].part == "think" and pieces[0].text == opening.strip()
+    alone = generate(model, tokenizer, mel, think_budget=6, max_new_tokens=4, prosody=prosody)
+    assert alone.think.startswith(opening.strip()) and tag_in_think(alone.think) == tag
+    assert alone.think_tokens <= 6  # the opening is given, not generated: the budget is the LLM's
+    together = generate_batch(model, tokenizer, [mel, mel], think_budget=6, max_new_tokens=4, prosody=[prosody] * 2)
+    assert together == [alone, alone]
+
+    plain, _ = tiny_slm(emotion_head=True)  # a head that does not inject: the think is the LLM's alone
+    assert injected_opening(plain, mel) == ""
 
 
 # --- agents ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 
-from emoslm.ieat.think import language_of, strip_think, think_opening, think_then_answer, validate
+from emoslm.think import language_of, strip_think, think_opening, think_then_answer, validate
 
 MESSAGES = [{"role": "system", "content": "You are a warm assistant. Reply in English in two sentences."},
             {"role": "user", "content": "My cat has been sick all week and the vet says there isn't much left to do."}]
@@ -44,8 +44,8 @@ def test_think_budget_closes_runaway_thinking(llama):
 
 
 def test_think_stream_pieces_join_to_the_blocking_result(llama):
-    from emoslm.ieat.think import think_stream
     from emoslm.streams import drain
+    from emoslm.think import think_stream
 
     pieces, result = [], None
     stream = think_stream(llama, MESSAGES, think_opening("sad"), think_budget=24, reply_budget=30)
@@ -64,7 +64,7 @@ def test_think_stream_pieces_join_to_the_blocking_result(llama):
 
 
 def test_the_think_is_read_back_as_the_emotion_it_states():
-    from emoslm.ieat.think import tag_in_think
+    from emoslm.think import tag_in_think
 
     assert tag_in_think(think_opening("sad", "en", "anger") + " a loss.") == "sad"  # not the words' "anger"
     assert tag_in_think(think_opening("fear", "zh", "happy")) == "fear"
@@ -75,7 +75,7 @@ def test_the_think_is_read_back_as_the_emotion_it_states():
 def test_trajectory_question_gets_the_perceived_path():
     from emoslm.dialogues import examples_dir, read_dialogues
     from emoslm.eval.metrics import trajectory_exact
-    from emoslm.ieat.think import asks_trajectory, emotion_path, tag_in_think, think_opening, trajectory_reply
+    from emoslm.think import asks_trajectory, emotion_path, tag_in_think, think_opening, trajectory_reply
 
     for dialogue in read_dialogues(examples_dir()):  # only the last turn of the T1 dialogues asks
         asked = [asks_trajectory(t.text, dialogue.lang) for t in dialogue.turns]
@@ -92,7 +92,7 @@ def test_trajectory_question_gets_the_perceived_path():
 
 
 def test_sentence_stop_ends_a_reply_after_its_last_allowed_sentence():
-    from emoslm.ieat.think import SentenceStop
+    from emoslm.think import SentenceStop
 
     stop = SentenceStop(2)
     kept = [stop.feed(d) for d in ["That is 3.5 times", " more. Wow... really", "! And then", " more."]]
@@ -103,7 +103,7 @@ def test_sentence_stop_ends_a_reply_after_its_last_allowed_sentence():
 
 def test_a_reply_cut_by_its_budget_ends_on_a_sentence_boundary(llama):
     from emoslm.eval.checks import ends_on_sentence
-    from emoslm.ieat.think import _ended
+    from emoslm.think import _ended
 
     assert _ended("One. Two is cut", "One.", "en") == "One."
     assert _ended("One. Two is cut", "One. Two is", "en") == "One. Two is."  # already spoken: closed, not dropped
@@ -116,8 +116,8 @@ def test_a_reply_cut_by_its_budget_ends_on_a_sentence_boundary(llama):
 def test_the_reply_stops_after_the_sentences_it_may_have(llama):
     import re
 
-    from emoslm.ieat.think import think_stream
     from emoslm.streams import drain
+    from emoslm.think import think_stream
 
     out = drain(think_stream(llama, MESSAGES, think_opening("sad"), think_budget=16, reply_budget=120,
                              sentences=1))

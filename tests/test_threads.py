@@ -15,6 +15,7 @@ BUSY = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
 @pytest.fixture()
 def hog():
     """Another process keeping one core busy, for as long as the test needs it (30 s at most)."""
+    threads.WATCH.start()  # sampling from now on (run alone, no earlier test has started it)
     process = subprocess.Popen([sys.executable, "-c", BUSY])
     time.sleep(1.5)  # the watcher judges the load over the last second
     yield process

@@ -128,6 +128,29 @@ def test_stage_1_1_resumes_exactly_and_stage_1_2_trains_lora(build, tmp_path):
     assert "stage 1-2 (lora)" in (tmp_path / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_stage_1_2_stops_when_the_replies_collapse_and_keeps_the_last_good_checkpoint(build, tmp_path, monkeypatch):
+    """The loop's side of the guard: the verdicts are scripted (fine before training, collapsed after the first
+    epoch), so the test does not depend on what two clips' replies happen to be; the guard's reading of real
+    numbers is tested above."""
+    from emoslm.slm.model import UnifiedSLM
+    from emoslm.train.listening import CollapseGuard
+
+    first = train(config(build, tmp_path / "base"))
+    verdicts = iter([[], ["scripted collapse"]])
+    monkeypatch.setattr(CollapseGuard, "reasons", lambda self, result: next(verdicts))
+    run = replace(config(build, tmp_path / "run", init=str(tmp_path / "base" / "final")), stage="1-2",
+                  epochs=3, max_steps=0, listen_clips=2, lr=1e-2)
+    result = train(run)
+    assert result["collapsed"] == ["scripted collapse"] and result["final_from_epoch"] == 0
+    assert result["steps"] < first["steps"] * 3  # stopped after the first epoch, not the third
+    curve = [json.loads(line) for line in (tmp_path / "run" / "listening.jsonl").read_text().splitlines()]
+    assert [c["collapsed"] for c in curve] == [[], ["scripted collapse"]]
+    before = UnifiedSLM.from_pretrained(tmp_path / "base" / "final").state_dict()
+    kept = UnifiedSLM.from_pretrained(tmp_path / "run" / "final").state_dict()
+    assert all(torch.equal(before[k], kept[k]) for k in before)  # final/ is the epoch-0 model, not the trained one
+
+
 def _two_ranks(*args: str) -> None:
     import os
     import subprocess
@@ -195,9 +218,18 @@ def test_collator_gives_every_layer_and_the_tags_to_a_model_that_mixes_them(buil
     assert torch.equal(both["speech_mask"], one["speech_mask"]) and "emotion_labels" not in one
     assert both["emotion_labels"].tolist() == [TAGS.index(e.emotion) for e in examples]
 
+    from emoslm.audio import load_audio
+    from emoslm.slm.listen import prosody_size, prosody_vector
+    from emoslm.train.frames import ProsodyCache
+
+    heard = Collator(tokenizer, UnifiedSLM.speech_length, last, prosody=ProsodyCache(tmp_path))(examples)
+    assert heard["prosody"].shape == (2, prosody_size()) and "prosody" not in one
+    assert torch.allclose(heard["prosody"][1], prosody_vector(load_audio(examples[1].audio)))
+
 
 @pytest.mark.slow
 def test_stage_1_1_trains_the_layer_mix_and_the_emotion_head(build, tmp_path):
+    from emoslm.emotions import TAGS
     from emoslm.slm.model import UnifiedSLM
 
     result = train(config(build, tmp_path / "mix", encoder_mix=True, emotion_head=True))
@@ -207,6 +239,27 @@ def test_stage_1_1_trains_the_layer_mix_and_the_emotion_head(build, tmp_path):
     model = UnifiedSLM.from_pretrained(tmp_path / "mix" / "final")
     assert model.layer_mix is not None and model.emotion_head is not None
     assert not torch.allclose(model.layer_mix.logits, torch.zeros_like(model.layer_mix.logits))  # it learned
+
+    heard = train(config(build, tmp_path / "prosody", emotion_head=True, emotion_prosody=True, inject_emotion=True))
+    assert heard["steps"] == 4
+    model = UnifiedSLM.from_pretrained(tmp_path / "prosody" / "final")
+    head = model.emotion_head
+    assert head.prosody_dim and model.injects_emotion
+    assert not torch.allclose(head.prosody_mean, torch.zeros_like(head.prosody_mean))  # the training clips' statistics
+    assert not torch.allclose(head.prosody_scale, torch.ones_like(head.prosody_scale))  # travelled with the checkpoint
+
+    from emoslm.eval.hearing import evaluate
+
+    result = evaluate(tmp_path / "prosody" / "final", tmp_path / "hearing", per_set=2, encoder_head=False,
+                      think_budget=6, max_new_tokens=4)
+    assert list(result["sets"]) == ["test", "same", "conflict", "chitchat"] and result["model"]["injects_emotion"]
+    rows = json.loads((tmp_path / "hearing" / "hearing-think.json").read_text())["rows"]
+    for name, clips in rows.items():
+        assert len(clips) == 2 and all(r["think"].startswith("The user speaks with") for r in clips)
+        hits = sum(r["think_tag"] == r["acted"] for r in clips) / 2
+        assert result["sets"][name]["think"] == hits and all(r["think_tag"] in TAGS for r in clips)
+    assert (tmp_path / "hearing" / "hearing-think.png").exists()
+    assert "same sentence" in (tmp_path / "hearing" / "hearing-think.md").read_text()
 
 
 def test_bad_inputs_are_clear(build, tmp_path):
@@ -257,6 +310,21 @@ def test_held_out_by_voice_and_by_text(build, tmp_path):
     assert {e.key for e in held} == {"c0", "c3"} and all(e.voice == "piper" for e in train_set)
     _, by_text = split(examples, 0.5, 0, ["kokoro:jf_alpha"])
     assert {e.key for e in by_text} > {"c0", "c3"}  # texts held out on top of the voice
+
+
+def test_collapse_guard_reads_the_replies_not_the_loss():
+    from emoslm.train.listening import CollapseGuard, distinct_2
+
+    varied = ["I am so sorry about the rain today.", "That sounds like a wonderful surprise!", "Tell me more."]
+    assert distinct_2(varied) == 1.0
+    assert distinct_2(["9 9 9 9 9 9", "9 9 9 9"]) == pytest.approx(1 / 8, abs=1e-4)
+    guard = CollapseGuard(min_distinct_2=0.3, max_repeats_think=0.2, min_relevance_share=0.5)
+    assert guard.reasons({"distinct_2": 0.9, "reply_repeats_think": 0.0, "reply_relevance": 0.4}) == []
+    assert guard.best_relevance == 0.4
+    assert guard.reasons({"distinct_2": 0.9, "reply_repeats_think": 0.0, "reply_relevance": 0.3}) == []
+    assert guard.best_relevance == 0.4  # the best so far, not the latest
+    why = guard.reasons({"distinct_2": 0.1, "reply_repeats_think": 0.5, "reply_relevance": 0.1})
+    assert len(why) == 3 and "distinct-2" in why[0] and "repeat the think" in why[1] and "relevance" in why[2]
 
 
 def test_listening_scores_and_plots(tmp_path):

@@ -54,8 +54,9 @@ def tiny_gguf(llm, folder: Path) -> Path:
     return export_gguf(llm, template, folder / "tiny-f32.gguf", "f32")
 
 
-def tiny_slm(seed: int = 0):
-    """A UnifiedSLM of the tiny Llama and a 1-layer, 80-mel Whisper encoder, with SmolLM2's tokenizer."""
+def tiny_slm(seed: int = 0, **options: object):
+    """A UnifiedSLM of the tiny Llama and a 1-layer, 80-mel Whisper encoder, with SmolLM2's tokenizer (``options``:
+    more ``UnifiedSLMConfig`` fields, e.g. an emotion head)."""
     from transformers import WhisperConfig
 
     from emoslm.slm.model import UnifiedSLM, UnifiedSLMConfig
@@ -65,7 +66,7 @@ def tiny_slm(seed: int = 0):
                             decoder_attention_heads=2, decoder_ffn_dim=32)
     config = UnifiedSLMConfig(llm_config=tiny_llama_config().to_dict(), encoder_config=encoder.to_dict(),
                               adapter_dim=32, adapter_layers=1, adapter_heads=2,
-                              llm_source="smollm2-135m-instruct")  # its tokenizer and GGUF template
+                              llm_source="smollm2-135m-instruct", **options)  # its tokenizer and GGUF template
     torch.manual_seed(seed)  # after the tokenizer is in place (see tiny_llm)
     model = UnifiedSLM(config).eval()
     return model, smollm_tokenizer()

@@ -14,12 +14,12 @@ from emoslm.agents.base import Agent, Spoken, speak_along
 from emoslm.agents.events import Done, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.config import configure_threads
-from emoslm.ieat.think import Incremental, Piece, clean_reply
 from emoslm.language import of_turn
 from emoslm.llm import LLM, LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
 from emoslm.speech.prosody import Prosody
 from emoslm.speech.voice import VoicePool, voice_pool
+from emoslm.think import Incremental, Piece, clean_reply
 
 SYSTEM = {
     "en": "You are a warm, attentive voice assistant. Answer the user in English in at most two short "

@@ -30,11 +30,11 @@ from emoslm.agents.events import AudioChunk, Done, Event, Reply, Timing, Transcr
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.config import configure_threads
 from emoslm.errors import EmoslmError
-from emoslm.ieat.think import tag_in_think
 from emoslm.language import of_turn
 from emoslm.perception.asr import ASRPool
 from emoslm.speech.prosody import reply as reply_prosody
 from emoslm.speech.voice import VoiceChunk, VoicePool, voice_pool
+from emoslm.think import tag_in_think
 
 
 class SLMAgent(Agent):
@@ -102,7 +102,7 @@ class SLMAgent(Agent):
         return self.voices.voice(f"units:{folder}", lang)
 
     def _events(self, history: list[Turn], audio: np.ndarray, lang: str | None) -> Iterator[Event]:
-        from emoslm.slm.generate import generate_stream
+        from emoslm.slm.generate import generate_stream, heard_prosody
 
         check_signal(audio, SAMPLE_RATE, "user audio")
         speech = trim_to_speech(audio, pad=0.3)[: 30 * SAMPLE_RATE]
@@ -113,7 +113,8 @@ class SLMAgent(Agent):
         voice = self.own(lang) if own else None  # loaded before the clock matters
         pieces = generate_stream(self.model, self.tokenizer, self.mels.tensor(speech),
                                  [{"role": t.role, "content": t.text} for t in history],
-                                 self.think_budget, self.max_new_tokens, speak=own, text=self.text)
+                                 self.think_budget, self.max_new_tokens, speak=own, text=self.text,
+                                 prosody=heard_prosody(self.model, speech), lang=lang)
         spoken = Spoken()
         if own:
             yield from speak_units(pieces, voice, spoken)

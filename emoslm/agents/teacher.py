@@ -19,13 +19,13 @@ from emoslm.agents.base import Agent, Spoken, speak_along
 from emoslm.agents.events import Done, Emotion, Event, Reply, Timing, Transcript, Turn
 from emoslm.audio import SAMPLE_RATE, check_signal, trim_to_speech
 from emoslm.config import configure_threads
-from emoslm.ieat.think import answer_turn, system_for, tag_in_think, validate
 from emoslm.language import of_turn
 from emoslm.llm import LLMPool
 from emoslm.perception.asr import ASRPool
 from emoslm.perception.recognizer import EmotionRecognizer
 from emoslm.speech.prosody import reply as reply_prosody
 from emoslm.speech.voice import VoicePool, voice_pool
+from emoslm.think import answer_turn, system_for, tag_in_think, validate
 
 
 class TeacherAgent(Agent):

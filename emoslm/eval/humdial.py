@@ -25,8 +25,8 @@ from emoslm.audio import SAMPLE_RATE, load_audio, save_audio
 from emoslm.dialogues import Dialogue, read_dialogues, write_dialogues
 from emoslm.errors import DataError
 from emoslm.eval.metrics import think_leaked
-from emoslm.ieat.think import strip_think
 from emoslm.progress import Start, silent
+from emoslm.think import strip_think
 
 TASKS = ("T1", "T2", "T3")
 FILE_TASK = re.compile(r"(?:HD-Track1-|^)T([123])$|^task([234])(?:_\d)?$", re.IGNORECASE)

@@ -25,8 +25,8 @@ from typing import Any
 from emoslm.audio import to_wav_bytes
 from emoslm.dialogues import Dialogue
 from emoslm.errors import DataError
-from emoslm.ieat.think import strip_think
 from emoslm.llm import LLM, Sampling, load_llm
+from emoslm.think import strip_think
 
 RUBRIC_DIR = Path(__file__).with_name("rubrics")
 DIMENSIONS = {

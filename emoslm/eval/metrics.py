@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 
-from emoslm.ieat.think import THINK_CLOSE, THINK_OPEN
 from emoslm.language import of_text, served
 from emoslm.textnorm import tokens
+from emoslm.think import THINK_CLOSE, THINK_OPEN
 
 # Words that name each tag, per language. The tag word itself always counts (HumDial's gold strings).
 TAG_WORDS = {

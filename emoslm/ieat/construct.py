@@ -30,7 +30,6 @@ from emoslm.audio import SAMPLE_RATE, load_audio, save_audio, trim_to_speech
 from emoslm.errors import BackendError, EmoslmError, MissingPackageError, ModelNotFoundError
 from emoslm.ieat.recipe import Recipe
 from emoslm.ieat.sources import SourceItem
-from emoslm.ieat.think import language_of, system_for, think_opening, think_then_answer, trajectory_reply, validate
 from emoslm.language import served
 from emoslm.llm import LLMPool, Message, Sampling
 from emoslm.perception.asr import ASRPool
@@ -40,6 +39,7 @@ from emoslm.speech.prosody import acted
 from emoslm.speech.prosody import reply as reply_prosody
 from emoslm.speech.tts import TTS
 from emoslm.speech.voice import voice_pool
+from emoslm.think import language_of, system_for, think_opening, think_then_answer, trajectory_reply, validate
 
 PROMPT_VERSION = "ieat-prompts-v3"  # v2: trajectory questions carry the perceived path; v3: one prompt (issue 32)
 

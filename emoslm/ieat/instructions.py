@@ -17,8 +17,8 @@ from typing import Any
 from emoslm.audio import save_audio
 from emoslm.emotions import TAGS
 from emoslm.ieat.construct import Toolkit, file_key, item_seed, speak
-from emoslm.ieat.think import language_of
 from emoslm.textnorm import tokens
+from emoslm.think import language_of
 
 SEEDS: dict[str, dict[str, list[str]]] = {
     "trajectory": {

@@ -5,7 +5,7 @@ cause the assistant reasons out (the continuation of IEAT's injected think openi
 It teaches the reply model what issue 32 found missing: speak *to* the user, name the concrete cause from
 what they said (earlier turns included), answer a "how did my feelings change" question with the path and
 what moved it, and stay short. Rendering uses the same think opening, system prompt and chat template the
-agents run with (``ieat.think``), so the adapter is trained on exactly the text it later continues.
+agents run with (``emoslm.think``), so the adapter is trained on exactly the text it later continues.
 
 No dialogue may resemble the evaluation dialogues (``examples/dialogues``): ``decontaminate`` drops any whose
 user turns come near one of them (MiniLM cosine), and the build records what it dropped.
@@ -21,7 +21,7 @@ from typing import Any
 
 from emoslm.emotions import TAGS
 from emoslm.errors import DataError
-from emoslm.ieat.think import THINK_CLOSE, THINK_OPEN, think_opening, trajectory_reply
+from emoslm.think import THINK_CLOSE, THINK_OPEN, think_opening, trajectory_reply
 
 KINDS = ("trajectory", "why", "empathy")
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "corpora" / "empathy"

@@ -35,9 +35,9 @@ from typing import Any
 
 from emoslm.errors import DataError, MissingPackageError
 from emoslm.ieat.recipe import Recipe, SourceSpec
-from emoslm.ieat.think import language_of
 from emoslm.jsonl import json_lines, open_text
 from emoslm.textnorm import tokens
+from emoslm.think import language_of
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,19 @@ def plan(seed: int = 0, renditions: int = 2) -> list[Clip]:
     return clips
 
 
+def same_sentence_plan(lang: str = "en", seed: int = 0) -> list[Clip]:
+    """Every held-out plain (neutral-worded) script spoken in every emotion by every held-out voice.
+
+    The words are the same across a script's seven clips, so a reader of the words scores chance here and only a
+    listener can do better: the set issue 33 asks for, "an evaluation the words cannot answer". Voices and
+    scripts are the test split's, never seen by the recogniser or by anything trained on the corpus's train split.
+    """
+    plain = [item for item in split_scripts(lang, seed=seed)["test"] if item[1] == "neutral"]
+    return [make_clip(voice, "same", script_id, text, emotion, words, 0)
+            for voice in VOICES if voice.lang == lang and voice.split == "test"
+            for script_id, words, text in plain for emotion in TAGS]
+
+
 def _conflicts(voice: Voice, items: list[tuple[str, str, str]], rng: random.Random) -> list[Clip]:
     """Emotional words in a neutral or mismatched voice, and neutral words in an emotional voice."""
     out = []

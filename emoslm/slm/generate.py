@@ -23,12 +23,12 @@ from typing import Any
 import torch
 
 from emoslm.errors import EmoslmError
-from emoslm.ieat.think import THINK_CLOSE, Incremental, Piece, clean_reply, open_think
 from emoslm.llm.base import ChatTemplate, Sampling, StopMatcher
 from emoslm.llm.decoding import Detokenizer, TokenLoop, cache_arg, end_ids
 from emoslm.slm.model import UnifiedSLM, UnifiedSLMConfig
 from emoslm.slm.speak import UnitPiece, UnitWriter
 from emoslm.streams import drain
+from emoslm.think import THINK_CLOSE, Incremental, Piece, clean_reply, open_think
 
 SPEECH_MARK = "<|emoslm-speech|>"
 SYSTEM = "You are a warm, emotionally attentive voice assistant. Think about how the user feels and why, then reply."
@@ -36,7 +36,8 @@ SYSTEM = "You are a warm, emotionally attentive voice assistant. Think about how
 
 def from_parts(llm: str = "smollm2-135m-instruct", encoder: str = "whisper-tiny.en", adapter_dim: int = 512,
                adapter_layers: int = 2, adapter_heads: int = 8, encoder_mix: bool = False,
-               emotion_head: bool = False, emotion_weight: float = 0.5) -> tuple[UnifiedSLM, Any]:
+               emotion_head: bool = False, emotion_weight: float = 0.5, emotion_prosody: bool = False,
+               inject_emotion: bool = False, emotion_frame_dropout: float = 0.0) -> tuple[UnifiedSLM, Any]:
     """A UnifiedSLM with the packaged (or given) LLM and Whisper weights and a fresh adapter, and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -50,7 +51,9 @@ def from_parts(llm: str = "smollm2-135m-instruct", encoder: str = "whisper-tiny.
     config = UnifiedSLMConfig(llm_config=language_model.config.to_dict(), encoder_config=whisper.config.to_dict(),
                               adapter_dim=adapter_dim, adapter_layers=adapter_layers, adapter_heads=adapter_heads,
                               llm_source=llm, encoder_source=encoder, encoder_mix=encoder_mix,
-                              emotion_head=emotion_head, emotion_weight=emotion_weight)
+                              emotion_head=emotion_head, emotion_weight=emotion_weight,
+                              emotion_prosody=emotion_prosody, inject_emotion=inject_emotion,
+                              emotion_frame_dropout=emotion_frame_dropout)
     model = UnifiedSLM(config)
     model.llm.load_state_dict(language_model.state_dict())
     model.encoder.load_state_dict(whisper.state_dict())
@@ -82,15 +85,40 @@ def layout(tokenizer: Any, speech_length: int, history: list[dict[str, str]] | N
                   [False] * len(head) + [True] * speech_length + [False] * len(tail))
 
 
-def prompt_embeds(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None
-                  ) -> torch.Tensor:
-    """(prompt length, hidden) input embeddings of one clip's prompt, its speech written in (no grad)."""
+def prompt_embeds(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
+                  opening: str = "") -> torch.Tensor:
+    """(prompt length, hidden) input embeddings of one clip's prompt, its speech written in (no grad);
+    ``opening`` (the injected start of the think) follows ``<think>``."""
     device = next(model.parameters()).device
     prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
+    ids = prompt.input_ids + (tokenizer(opening, add_special_tokens=False)["input_ids"] if opening else [])
+    mask = prompt.speech_mask + [False] * (len(ids) - len(prompt.input_ids))
     with torch.inference_mode():
-        return model.embed(torch.tensor([prompt.input_ids], device=device),
-                           torch.tensor([prompt.speech_mask], device=device), mel[None].to(device),
-                           torch.tensor([mel.shape[-1]], device=device))[0]
+        return model.embed(torch.tensor([ids], device=device), torch.tensor([mask], device=device),
+                           mel[None].to(device), torch.tensor([mel.shape[-1]], device=device))[0]
+
+
+def heard_prosody(model: UnifiedSLM, audio: Any) -> torch.Tensor | None:
+    """What a caller with the clip's audio passes as ``prosody``: its prosodic functionals when the model's
+    emotion head reads them, else None (the cost of computing them is then skipped)."""
+    from emoslm.slm.listen import prosody_vector
+
+    head = model.emotion_head
+    return prosody_vector(audio) if head is not None and head.prosody_dim else None
+
+
+def injected_opening(model: UnifiedSLM, mel: torch.Tensor, prosody: torch.Tensor | None = None, lang: str = "en"
+                     ) -> str:
+    """The start of the think that the model's own emotion head decides, as the IEAT teacher's think starts with
+    the recogniser's tag (``think_opening``): "The user speaks with …, so the emotion I hear is sad. The most
+    likely reason they feel sad is" — the LLM writes the reason. "" for a model that does not inject (no head,
+    or ``config.inject_emotion`` off): its think is the LLM's alone."""
+    from emoslm.think import think_opening
+
+    if not model.injects_emotion:
+        return ""
+    probs = model.heard_emotion(mel, prosody)
+    return think_opening(max(probs, key=probs.get), lang)
 
 
 @dataclass
@@ -106,16 +134,20 @@ class Generated:
 def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
                     think_budget: int = 64, max_new_tokens: int = 128, sampling: Sampling | None = None,
                     speak: bool = False, unit_temperature: float = 0.0, max_unit_steps: int = 400,
-                    text: Any = None) -> Generator[Piece | UnitPiece, None, Generated]:
+                    text: Any = None, prosody: torch.Tensor | None = None, lang: str = "en"
+                    ) -> Generator[Piece | UnitPiece, None, Generated]:
     """Think then reply for one clip (mel: (n_mels, frames)), delta by delta, on one KV cache; with ``speak``
     (the model must have a speech branch) the reply's units too, in lock-step with its text. ``text``: a
     ``LlamaText`` of the model's LLM (``emoslm.slm.llama_text``) decodes the text stream in llama.cpp; the
-    prompt's embeddings and the speech branch stay in PyTorch."""
+    prompt's embeddings and the speech branch stay in PyTorch. A model that injects what its emotion head hears
+    (``injected_opening``; ``prosody``: the clip's ``prosody_vector`` when the head reads it) starts its think
+    with that opening, in ``lang``."""
     if speak and model.speech_branch is None:
         raise EmoslmError("this checkpoint has no speech branch (train stage 2 to give it a voice); use a TTS voice")
     s = sampling or Sampling(temperature=0.0, repeat_penalty=1.0)
     device = next(model.parameters()).device
-    embeds = prompt_embeds(model, tokenizer, mel, history)[None]
+    opening = injected_opening(model, mel, prosody, lang)
+    embeds = prompt_embeds(model, tokenizer, mel, history, opening)[None]
     if text is not None:
         loop = text.loop(s)
     else:
@@ -125,6 +157,8 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
 
     think, stops, shown = Detokenizer(tokenizer), StopMatcher([THINK_CLOSE]), Incremental(str.strip)
     think_tokens, closed = 0, False
+    if opening:
+        yield Piece("think", shown.update(opening))
     while think_tokens < think_budget and not closed:
         token = loop.sample()
         if token in ends:
@@ -196,11 +230,11 @@ def _bridge(closed: bool, after_close: str) -> str:
 
 def generate(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
              think_budget: int = 64, max_new_tokens: int = 128, temperature: float = 0.0, speak: bool = False,
-             text: Any = None) -> Generated:
+             text: Any = None, prosody: torch.Tensor | None = None, lang: str = "en") -> Generated:
     """``generate_stream``, drained."""
     sampling = Sampling(temperature=temperature, repeat_penalty=1.0)
     return drain(generate_stream(model, tokenizer, mel, history, think_budget, max_new_tokens, sampling, speak,
-                                 text=text))
+                                 text=text, prosody=prosody, lang=lang))
 
 
 @dataclass
@@ -210,6 +244,7 @@ class _Row:
 
     think: Detokenizer
     reply: Detokenizer
+    opening: str = ""  # the injected start of the think (in the prompt, not generated)
     phase: str = "think"  # think | reply | done
     think_tokens: int = 0
     reply_tokens: int = 0
@@ -219,25 +254,28 @@ class _Row:
 
 def generate_batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor],
                    histories: list[list[dict[str, str]] | None] | None = None, think_budget: int = 64,
-                   max_new_tokens: int = 128, batch_size: int = 16) -> list[Generated]:
+                   max_new_tokens: int = 128, batch_size: int = 16, prosody: list[torch.Tensor] | None = None
+                   ) -> list[Generated]:
     """Greedy think + reply for many clips at once: what ``generate`` writes for each (the same budget, the
     same bridge), decoded side by side over a left-padded batch. Evaluation scores hundreds of held-out
     clips; one clip at a time decodes ~12 tokens/s on this CPU, a batch of 16 many times that."""
     histories = histories or [None] * len(mels)
+    openings = [injected_opening(model, mel, p) for mel, p in zip(mels, prosody or [None] * len(mels), strict=True)]
     out: list[Generated] = []
     for start in range(0, len(mels), batch_size):
-        out += _batch(model, tokenizer, mels[start:start + batch_size], histories[start:start + batch_size],
-                      think_budget, max_new_tokens)
+        window = slice(start, start + batch_size)
+        out += _batch(model, tokenizer, mels[window], histories[window], think_budget, max_new_tokens, openings[window])
     return out
 
 
 @torch.inference_mode()
 def _batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor], histories: list[Any], think_budget: int,
-           max_new_tokens: int) -> list[Generated]:
+           max_new_tokens: int, openings: list[str]) -> list[Generated]:
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    embeds = [prompt_embeds(model, tokenizer, mel, history) for mel, history in zip(mels, histories, strict=True)]
+    embeds = [prompt_embeds(model, tokenizer, mel, history, opening)
+              for mel, history, opening in zip(mels, histories, openings, strict=True)]
     longest = max(e.shape[0] for e in embeds)
     batch = torch.zeros(len(embeds), longest, embeds[0].shape[-1], dtype=embeds[0].dtype, device=device)
     mask = torch.zeros(len(embeds), longest, dtype=torch.long, device=device)
@@ -247,7 +285,7 @@ def _batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor], historie
     keyword = cache_arg(model.llm)
     logits = _forward(model.llm, keyword, cache, mask, inputs_embeds=batch)
     ends, pad = end_ids(tokenizer), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows = [_Row(Detokenizer(tokenizer), Detokenizer(tokenizer)) for _ in mels]
+    rows = [_Row(Detokenizer(tokenizer), Detokenizer(tokenizer), opening) for opening in openings]
     while any(r.phase != "done" for r in rows):
         feed = [_next(row, int(token), ends, tokenizer, think_budget, max_new_tokens)
                 for row, token in zip(rows, logits.argmax(-1).tolist(), strict=True)]
@@ -305,4 +343,4 @@ def _queue_bridge(row: _Row, tokenizer: Any) -> None:
 
 def _think_text(row: _Row) -> str:
     """The think as ``generate_stream`` shows it: what comes before ``</think>``, trimmed."""
-    return row.think.text.split(THINK_CLOSE, 1)[0].strip()
+    return (row.opening + row.think.text.split(THINK_CLOSE, 1)[0]).strip()

@@ -8,7 +8,7 @@ and the encoder's configs inside, ``model.safetensors``, the tokenizer), loadabl
 ``UnifiedSLM.from_pretrained``.
 
 Think markers: models with think tokens (Qwen3) use them; models without (SmolLM2) get ``<think>`` /
-``</think>`` as plain text, the same choice as the IEAT teacher (``emoslm.ieat.think``). Adding new
+``</think>`` as plain text, the same choice as the IEAT teacher (``emoslm.think``). Adding new
 tokens would give them untrained embeddings that the small data here cannot teach well; as text they
 are a few ordinary tokens the model already reads.
 """
@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from emoslm.emotions import TAGS
-from emoslm.slm.listen import Adapter, EmotionHead, LayerMix, Subsampler
+from emoslm.slm.listen import Adapter, EmotionHead, LayerMix, Subsampler, prosody_size
 from emoslm.slm.speak import SpeakOutput, SpeechBranch, SpeechSpec, branch_spec, unit_loss
 from emoslm.speech.whisper_ct2 import encode, encode_layers
 
@@ -36,11 +36,16 @@ class UnifiedSLMConfig(PretrainedConfig):
                  adapter_dim: int = 512, adapter_layers: int = 2, adapter_heads: int = 8,
                  llm_source: str = "", encoder_source: str = "", speech: dict[str, Any] | None = None,
                  encoder_mix: bool = False, emotion_head: bool = False, emotion_weight: float = 0.5,
+                 emotion_prosody: bool = False, inject_emotion: bool = False, emotion_frame_dropout: float = 0.0,
                  **kwargs: Any) -> None:
         self.llm_config = llm_config or {}
         # the listening path that keeps the paralinguistics (issue 33): a learned mix of every encoder layer
         # instead of the last alone, and an emotion head on the adapter's output trained beside the text loss
         self.encoder_mix, self.emotion_head, self.emotion_weight = encoder_mix, emotion_head, emotion_weight
+        # the head also reads the clip's prosodic functionals; and the think starts with what the head heard
+        # (generate.injected_opening), as the IEAT teacher's think starts with the recogniser's tag
+        self.emotion_prosody, self.inject_emotion = emotion_prosody, inject_emotion
+        self.emotion_frame_dropout = emotion_frame_dropout  # 1.0 with prosody: the head reads the prosody alone
         self.speech = speech  # a SpeechSpec as a dict once the model has a speech branch (stage 2)
         self.encoder_config = encoder_config or {}
         self.adapter_dim, self.adapter_layers, self.adapter_heads = adapter_dim, adapter_layers, adapter_heads
@@ -76,7 +81,10 @@ class UnifiedSLM(PreTrainedModel):
         self.subsampler = Subsampler(encoder_config.d_model, config.adapter_dim)
         self.adapter = Adapter(config.adapter_dim, llm_config.hidden_size, config.adapter_layers, config.adapter_heads)
         self.llm = AutoModelForCausalLM.from_config(llm_config)
-        self.emotion_head = EmotionHead(llm_config.hidden_size, len(TAGS)) if config.emotion_head else None
+        self.emotion_head = EmotionHead(llm_config.hidden_size, len(TAGS),
+                                        prosody_dim=prosody_size() if config.emotion_prosody else 0,
+                                        frame_dropout=getattr(config, "emotion_frame_dropout", 0.0)
+                                        ) if config.emotion_head else None
         spec = branch_spec(config)
         self.speech_branch = SpeechBranch(llm_config, spec) if spec else None
         self.unit_weight = 1.0  # the unit loss's weight in stage 2 (the trainer sets the recipe's)
@@ -164,14 +172,30 @@ class UnifiedSLM(PreTrainedModel):
             raise ValueError("speech_mask marks more positions than the clip has speech embeddings")
         return embeds.masked_scatter(speech_mask[..., None], torch.cat(rows).to(embeds.dtype)), (speech, padding)
 
-    def emotion_loss(self, heard: Any, emotion_labels: torch.Tensor | None) -> torch.Tensor | None:
+    def emotion_loss(self, heard: Any, emotion_labels: torch.Tensor | None, prosody: torch.Tensor | None = None
+                     ) -> torch.Tensor | None:
         """The emotion head's cross-entropy on the clips' tags (-100: no tag), or None when there is nothing to
         learn (no head, no labels, no speech)."""
         if self.emotion_head is None or emotion_labels is None or heard is None or bool((emotion_labels < 0).all()):
             return None
         speech, padding = heard
-        logits = self.emotion_head(speech, padding)
+        logits = self.emotion_head(speech, padding, prosody)
         return nn.functional.cross_entropy(logits.float(), emotion_labels, ignore_index=-100)
+
+    @property
+    def injects_emotion(self) -> bool:
+        """Whether the think starts with what the emotion head hears (``generate.injected_opening``)."""
+        return self.emotion_head is not None and bool(getattr(self.config, "inject_emotion", False))
+
+    @torch.inference_mode()
+    def heard_emotion(self, mel: torch.Tensor, prosody: torch.Tensor | None = None) -> dict[str, float]:
+        """The emotion head's probabilities for one clip (mel: (n_mels, frames); prosody: (prosody_dim,))."""
+        if self.emotion_head is None:
+            raise ValueError("this model has no emotion head")
+        device = next(self.parameters()).device
+        speech, padding = self.listen(mel[None].to(device), torch.tensor([mel.shape[-1]], device=device))
+        logits = self.emotion_head(speech, padding, None if prosody is None else prosody[None].to(device))
+        return dict(zip(TAGS, torch.softmax(logits[0].float(), -1).tolist(), strict=True))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 speech_mask: torch.Tensor | None = None, mel: torch.Tensor | None = None,
@@ -179,20 +203,21 @@ class UnifiedSLM(PreTrainedModel):
                 frames: torch.Tensor | None = None, unit_inputs: torch.Tensor | None = None,
                 unit_targets: torch.Tensor | None = None, unit_positions: torch.Tensor | None = None,
                 unit_mask: torch.Tensor | None = None, emotion_labels: torch.Tensor | None = None,
-                unit_states: torch.Tensor | None = None, **kwargs: Any) -> Any:
+                unit_states: torch.Tensor | None = None, prosody: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """The LLM's output; with ``unit_inputs`` (stage 2) a ``SpeakOutput`` with the text and unit losses.
 
         ``unit_positions`` (batch, steps) are the token positions whose layer-n hidden state feeds each
         speech step (the newest text token at that step), ``unit_inputs`` / ``unit_targets``
         (batch, steps, group) the previous and the next group of units, ``unit_mask`` the real steps.
         ``emotion_labels`` (batch,) are tag indices (``emoslm.emotions.TAGS``; -100 none): with an emotion head,
-        loss = text loss + ``emotion_weight`` × the head's cross-entropy, and ``emotion_loss`` is returned too.
+        loss = text loss + ``emotion_weight`` × the head's cross-entropy, and ``emotion_loss`` is returned too;
+        ``prosody`` (batch, prosody_dim): the clips' prosodic functionals, for a head that reads them.
         ``unit_states`` (batch, steps, hidden): the layer-n states at ``unit_positions``, computed before (a
         frozen text path gives the same states every epoch) — then only the branch runs, and only its loss counts."""
         if unit_states is not None:
             return self._speak(unit_states, unit_inputs, unit_targets, unit_mask)
         embeds, heard = self._embed(input_ids, speech_mask, mel, mel_frames, frames)
-        emotion = self.emotion_loss(heard, emotion_labels)
+        emotion = self.emotion_loss(heard, emotion_labels, prosody)
         if unit_inputs is None:
             out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
             if emotion is not None:

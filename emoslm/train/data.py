@@ -22,9 +22,9 @@ import torch
 
 from emoslm.emotions import TAGS
 from emoslm.errors import DataError
-from emoslm.ieat.think import THINK_CLOSE
 from emoslm.slm.generate import layout
 from emoslm.slm.speak import SpeechSpec, group_units
+from emoslm.think import THINK_CLOSE
 
 STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.jsonl"],
                "2": ["stage1_2.jsonl", "multiturn.jsonl"]}  # stage 2: the same samples with their reply audio
@@ -205,9 +205,11 @@ class Collator:
 
     def __init__(self, tokenizer: Any, speech_length: Any, frames: Callable[[Path], np.ndarray],
                  max_target_tokens: int = 160, units: Callable[[Path], np.ndarray] | None = None,
-                 spec: SpeechSpec | None = None, max_unit_steps: int = 0, emotions: bool = False) -> None:
+                 spec: SpeechSpec | None = None, max_unit_steps: int = 0, emotions: bool = False,
+                 prosody: Callable[[Path], np.ndarray] | None = None) -> None:
         self.tokenizer, self.speech_length, self.frames = tokenizer, speech_length, frames
         self.emotions = emotions  # add each clip's tag (index in TAGS, -100 none) for the model's emotion head
+        self.prosody = prosody  # each clip's prosodic functionals (a ``ProsodyCache``), for a head that reads them
         self.max_target_tokens = max_target_tokens
         self.units, self.spec, self.max_unit_steps = units, spec, max_unit_steps
         self.states: dict[str, torch.Tensor] | None = None  # example id → its branch inputs (frozen text path)
@@ -252,6 +254,11 @@ class Collator:
         if longest:  # text-only rows get zero frames and no placeholders: their speech is never written in
             batch["frames"] = torch.from_numpy(np.stack([_pad_frames(c, longest) for c in clips]).astype(np.float32))
             batch["mel_frames"] = torch.tensor([max(2, 2 * c.shape[-2]) for c in clips])
+        if self.prosody is not None and longest:
+            sizes = {e.id: self.prosody(e.audio) for e in examples if e.audio is not None}
+            width = len(next(iter(sizes.values())))
+            batch["prosody"] = torch.from_numpy(np.stack([sizes.get(e.id, np.zeros(width, np.float32))
+                                                          for e in examples]).astype(np.float32))
         if self.emotions:
             batch["emotion_labels"] = torch.tensor([TAGS.index(e.emotion) if e.emotion in TAGS else -100
                                                     for e in examples])

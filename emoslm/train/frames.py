@@ -102,6 +102,21 @@ class FrameCache(ClipCache):
         return frames[0].float().cpu().numpy()
 
 
+class ProsodyCache(ClipCache):
+    """``cache(audio_path) → (prosody_dim,)`` float32: a clip's prosodic functionals (what an emotion head with
+    ``prosody_dim`` reads beside the adapter's output), computed once per clip."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        from emoslm.slm.listen import prosody_size
+
+        super().__init__((root or settings().home / "cache") / f"prosody-{prosody_size()}")
+
+    def compute(self, audio: Path) -> np.ndarray:
+        from emoslm.slm.listen import prosody_vector
+
+        return prosody_vector(load_audio(audio)).numpy().astype(np.float32)
+
+
 class UnitCache(ClipCache):
     """``cache(audio_path) → (units,)`` int64: a speech tokenizer's units of a clip (stage 2's speech targets),
     in a folder named by a hash of the tokenizer's files."""
@@ -164,6 +179,6 @@ class PhonemeTargets:
 
 def reply_text(target: str) -> str:
     """The reply part of a stage 1-2 target (after the think and its closing bridge)."""
-    from emoslm.ieat.think import THINK_CLOSE
+    from emoslm.think import THINK_CLOSE
 
     return target.rpartition(f"{THINK_CLOSE}\n\n")[2]

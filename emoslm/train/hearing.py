@@ -45,17 +45,39 @@ class HearClip:
     text: str = ""  # what is said
 
 
-def corpus_sets(lang: str = "en") -> dict[str, list[HearClip]]:
-    """The recogniser corpus's clips of ``lang`` by split (train, test, conflict), rendered if missing."""
+def corpus_sets(lang: str = "en", per_split: int = 0) -> dict[str, list[HearClip]]:
+    """The recogniser corpus's clips of ``lang`` by split (train, test, conflict, and ``same``: held-out plain
+    scripts acted in every emotion by the held-out voices), rendered if missing; ``per_split``: only that many
+    clips of each, spread evenly (a quick check renders those alone)."""
     from emoslm.perception import corpus
     from emoslm.perception.training import TrainConfig, corpus_clips
 
-    clips = [c for c in corpus_clips(TrainConfig()) if c.lang == lang]
+    clips = [c for c in corpus_clips(TrainConfig()) if c.lang == lang] + corpus.same_sentence_plan(lang)
+    clips += chitchat_plan(lang)
+    if per_split:
+        by_split = {s: [c for c in clips if c.split == s] for s in ("train", "test", "conflict", "same", "chitchat")}
+        clips = [c for chosen in by_split.values() for c in chosen[:: max(1, len(chosen) // per_split)][:per_split]]
     root = corpus.corpus_root()
     corpus.synthesize(clips, root)
     return {split: [HearClip(c.id, root / c.path, c.voice, c.emotion, c.words, c.text) for c in clips
                     if c.split == split]
-            for split in ("train", "test", "conflict")}
+            for split in ("train", "test", "conflict", "same", "chitchat")}
+
+
+def chitchat_plan(lang: str = "en", per_tag: int = 12) -> list[Any]:
+    """Real chat turns (the packaged chitchat data set's last conversations, which no build here starts from)
+    spoken by the corpus's held-out voices in turn, every emotion acted equally often: what an IEAT build's
+    held-out clips are (words unrelated to the acted emotion), without its teacher. English only (the data set)."""
+    from emoslm.ieat.sources import SourceSpec, read_chitchat
+    from emoslm.perception import corpus
+
+    if lang != "en":
+        return []
+    voices = [v for v in corpus.VOICES if v.lang == lang and v.split == "test"]
+    items = list(read_chitchat(SourceSpec(type="chitchat", lang="en", min_words=6, max_words=30), None, None))
+    chosen = items[-per_tag * len(TAGS):]
+    return [corpus.make_clip(voices[i % len(voices)], "chitchat", f"chitchat-{item.id}", item.text,
+                             TAGS[i % len(TAGS)], "", 0) for i, item in enumerate(chosen)]
 
 
 def pooled(states: np.ndarray) -> np.ndarray:
@@ -283,3 +305,20 @@ def listening_experiment(out: Path, max_steps: int = 40, progress: Start = silen
     build = corpus_build(runs / "hearing-build")
     trained = listening_runs(build, runs / "train-hearing", epochs=1, progress=progress, max_steps=max_steps)
     return probe_runs(trained, out=out, progress=progress)
+
+
+def prosody_run(runs: Path, max_steps: int = 0, progress: Start = silent, epochs: int = 2,
+                frame_dropout: float = 1.0) -> Path:
+    """Stage 1-1 on the corpus build with the whole listening path: the layer mix, and an emotion head that reads
+    the adapter's output and the clip's prosody and opens the think (``inject_emotion``); resumes if killed.
+    Returns the checkpoint."""
+    from emoslm.train.loop import TrainConfig, train
+
+    build = corpus_build(runs / "hearing-build")
+    run = runs / "train-hearing" / "prosody-head"
+    if not (run / "final" / "config.json").exists():
+        train(TrainConfig(stage="1-1", data=str(build), out=str(run), epochs=epochs, max_steps=max_steps, batch_size=8,
+                          lr=1e-3, held_out=0.05, held_out_voices=list(HELD_VOICES), save_every=20, encoder_mix=True,
+                          emotion_head=True, emotion_prosody=True, inject_emotion=True,
+                          emotion_frame_dropout=frame_dropout, emotion_lr=1e-2), progress)
+    return run / "final"

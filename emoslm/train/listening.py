@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from emoslm.audio import load_audio
 from emoslm.emotions import TAGS
-from emoslm.ieat.think import tag_in_think
 from emoslm.speech.mel_front_end import MelFrontEnd
+from emoslm.think import tag_in_think
 from emoslm.train.data import Example, provenance_by_key
 
 
@@ -34,23 +35,79 @@ def repeats_think(think: str, reply: str, words: int = 6) -> bool:
     return any(" ".join(tokens[i:i + words]) in said for i in range(max(0, len(tokens) - words + 1)))
 
 
+def distinct_2(replies: list[str]) -> float:
+    """Distinct bigrams over all bigrams of the replies together: 1.0 when no two-word phrase repeats; a model
+    whose replies collapsed into one sentence (or a run of "9"s) scores near 0."""
+    bigrams = [tuple(words[i:i + 2]) for reply in replies for words in [re.findall(r"\w+", reply.lower())]
+               for i in range(len(words) - 1)]
+    return round(len(set(bigrams)) / len(bigrams), 4) if bigrams else 0.0
+
+
+def relevance(replies: list[str], references: list[str], embedder: Any) -> float | None:
+    """Mean MiniLM cosine between each reply and the teacher's reply written from the transcript (content: did
+    the model understand what was said?). None when no clip has a reference."""
+    pairs = [(reply or " ", ref) for reply, ref in zip(replies, references, strict=True) if ref]
+    if not pairs:
+        return None
+    a = embedder.encode([p[0] for p in pairs], normalize_embeddings=True)
+    b = embedder.encode([p[1] for p in pairs], normalize_embeddings=True)
+    return round(float((a * b).sum(1).mean()), 4)
+
+
 def listen(model: Any, tokenizer: Any, examples: list[Example], acted: dict[str, str],
-           think_budget: int = 48, max_new_tokens: int = 64, batch_size: int = 16) -> dict[str, Any]:
+           think_budget: int = 48, max_new_tokens: int = 64, batch_size: int = 16, embedder: Any = None
+           ) -> dict[str, Any]:
     """Generate think + reply for each held-out clip (from its audio; greedy, a batch of clips at a time: the
-    same text ``generate`` writes) and score the think's tag."""
-    from emoslm.slm.generate import generate_batch
+    same text ``generate`` writes) and score the think's tag; with ``embedder`` (MiniLM) the replies' relevance
+    to the teacher's too. Distinct-2 and the share of replies repeating the think are always measured: together
+    they say whether the replies are still replies (the collapse guard reads them)."""
+    from emoslm.slm.generate import generate_batch, heard_prosody
 
     front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
     was_training = model.training
     model.eval()
-    outs = generate_batch(model, tokenizer, [front_end.tensor(load_audio(e.audio)) for e in examples],
-                          [e.history for e in examples], think_budget, max_new_tokens, batch_size)
+    audio = [load_audio(e.audio) for e in examples]
+    outs = generate_batch(model, tokenizer, [front_end.tensor(a) for a in audio], [e.history for e in examples],
+                          think_budget, max_new_tokens, batch_size, prosody=[heard_prosody(model, a) for a in audio])
     model.train(was_training)
     rows = [{"id": example.id, "label": example.emotion, "acted": acted.get(example.key, ""),
              "think_tag": tag_in_think(out.think) or "none", "voice": example.voice,
              "think": out.think, "reply": out.reply, "repeats": repeats_think(out.think, out.reply)}
             for example, out in zip(examples, outs, strict=True)]
-    return summarise(rows)
+    summary = summarise(rows)
+    summary["reply_relevance"] = relevance([r["reply"] for r in rows], [e.teacher_reply for e in examples],
+                                           embedder) if embedder is not None else None
+    return summary
+
+
+@dataclass
+class CollapseGuard:
+    """Says when a stage's replies stopped being replies, so training stops and keeps the last good checkpoint.
+
+    The learn-en run (reports/learn-en) went from varied replies to a run of "9"s within an epoch of stage 1-2,
+    and its held-out loss kept falling: the loss cannot see it, the replies can. A check counts as collapsed when
+    the replies' distinct-2 falls under ``min_distinct_2``, more than ``max_repeats_think`` of them read the think
+    aloud, or their relevance falls under ``min_relevance_share`` of the best seen so far in this run."""
+
+    min_distinct_2: float = 0.3
+    max_repeats_think: float = 0.2
+    min_relevance_share: float = 0.5
+    best_relevance: float | None = None
+
+    def reasons(self, result: dict[str, Any]) -> list[str]:
+        """Why ``result`` (a ``listen`` summary) is collapsed; empty when the replies are still replies."""
+        why = []
+        if result.get("distinct_2") is not None and result["distinct_2"] < self.min_distinct_2:
+            why.append(f"distinct-2 {result['distinct_2']} < {self.min_distinct_2}")
+        if (result.get("reply_repeats_think") or 0.0) > self.max_repeats_think:
+            why.append(f"{result['reply_repeats_think']} of the replies repeat the think (> {self.max_repeats_think})")
+        relevance = result.get("reply_relevance")
+        if relevance is not None and self.best_relevance is not None \
+                and relevance < self.min_relevance_share * self.best_relevance:
+            why.append(f"relevance {relevance} < {self.min_relevance_share} x the best {self.best_relevance}")
+        if not why and relevance is not None:
+            self.best_relevance = max(relevance, self.best_relevance or relevance)
+        return why
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,6 +126,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "commonest_acted": share([r["acted"] == top_acted for r in with_acted]),
         "chance": round(1 / len(TAGS), 4),
         "reply_repeats_think": share([r["repeats"] for r in rows]),
+        "distinct_2": distinct_2([r.get("reply", "") for r in rows]),
         "confusion": {t: dict(Counter(r["think_tag"] for r in rows if r["label"] == t)) for t in TAGS},
         "rows": rows,
     }

@@ -26,8 +26,8 @@ import torch
 
 from emoslm.errors import EmoslmError
 from emoslm.ieat.reply_corpus import CORPUS_DIR, Sample, decontaminate, read_corpus, render_samples
-from emoslm.ieat.think import empathy_system
 from emoslm.progress import Start, silent
+from emoslm.think import empathy_system
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -36,11 +36,11 @@ def speech_rows(final: Path, examples: list[Any], think_budget: int = 48, max_ne
     """One row per held-out example: what the model wrote and said, how it was heard, when it started
     (``text``: the agent's text stream, ``SLMAgent``'s option; ``teacher_voice``: the reference TTS)."""
     from emoslm.agents.slm import SLMAgent
-    from emoslm.ieat.think import tag_in_think
     from emoslm.perception.asr import FasterWhisperASR
     from emoslm.perception.recognizer import EmotionRecognizer
     from emoslm.speech.prosody import reply as reply_prosody
     from emoslm.speech.voice import voice_pool
+    from emoslm.think import tag_in_think
 
     agent = SLMAgent(final, think_budget=think_budget, max_new_tokens=max_new_tokens, text=text)
     asr, recogniser = FasterWhisperASR(ASR_FOR[lang]), EmotionRecognizer()

@@ -44,7 +44,7 @@ def build(checkpoint: Path, out: Path, lang: str = "en", limit: int = 0, seed: i
           max_new_tokens: int = 64, extra: int = 6000, progress: Start = silent) -> dict[str, Any]:
     """Write the folder; returns counts."""
     from emoslm.ieat.reply_corpus import CORPUS_DIR, read_corpus
-    from emoslm.ieat.think import THINK_CLOSE, think_opening
+    from emoslm.think import THINK_CLOSE, think_opening
 
     dialogues = [d for d in read_corpus([CORPUS_DIR / f"{lang}.jsonl"])]
     turns = []
@@ -149,10 +149,10 @@ def _own_replies(checkpoint: Path, turns: list[dict[str, Any]], out: Path, think
     from transformers import AutoTokenizer
 
     from emoslm.audio import load_audio
-    from emoslm.ieat.think import tag_in_think
-    from emoslm.slm.generate import generate_batch
+    from emoslm.slm.generate import generate_batch, heard_prosody
     from emoslm.slm.model import UnifiedSLM
     from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.think import tag_in_think
 
     path = out / "own.jsonl"
     done = {r["key"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
@@ -164,9 +164,10 @@ def _own_replies(checkpoint: Path, turns: list[dict[str, Any]], out: Path, think
     advance = progress("the model's own replies", len(todo))
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
-        mels = [torch.from_numpy(front_end(load_audio(out / t["audio"]))) for t in chunk]
-        written = generate_batch(model, tokenizer, mels, [t["history"] for t in chunk], think_budget, max_new_tokens,
-                                 batch)
+        audio = [load_audio(out / t["audio"]) for t in chunk]
+        written = generate_batch(model, tokenizer, [torch.from_numpy(front_end(a)) for a in audio],
+                                 [t["history"] for t in chunk], think_budget, max_new_tokens, batch,
+                                 prosody=[heard_prosody(model, a) for a in audio])
         with open(path, "a", encoding="utf-8") as f:
             for turn, gen in zip(chunk, written, strict=True):
                 row = {"key": turn["key"], "think": gen.think, "reply": gen.reply, "tag": tag_in_think(gen.think)}

@@ -14,6 +14,10 @@ think is handed to a fresh chat turn as private notes and the answer is generate
 ``think_stream`` is the primitive: it yields the think and then the reply delta by delta (what a
 live agent shows and speaks while the model is still writing); ``think_then_answer`` drains it. The
 system prompts of the IEAT tasks live here too, so the data builder and the agents share them.
+
+A module of its own at the base of the package (it depends on the LLM interface and the language rules only):
+the teacher agent, the unified model's generation, training, evaluation and the IEAT builder all read the
+think through it, so none of them can open, budget, close or parse a think differently.
 """
 
 from __future__ import annotations
