@@ -353,6 +353,12 @@ def test_the_think_starts_with_what_the_emotion_head_hears(spoken_sentence):
     plain, _ = tiny_slm(emotion_head=True)  # a head that does not inject: the think is the LLM's alone
     assert injected_opening(plain, mel) == ""
 
+    alone, _ = tiny_slm(emotion_head=True, emotion_prosody=True, inject_emotion=True, emotion_frame_dropout=1.0)
+    alone.emotion_head.load_state_dict(model.emotion_head.state_dict())  # the same prosody term, frames unread
+    with torch.no_grad():
+        alone.emotion_head.classify.weight.normal_()  # would change the answer if the frames were read
+    assert alone.heard_emotion(mel, prosody) == pytest.approx(probs, abs=1e-5)
+
 
 # --- agents ----------------------------------------------------------------------------------------------
 

@@ -193,7 +193,10 @@ class UnifiedSLM(PreTrainedModel):
         if self.emotion_head is None:
             raise ValueError("this model has no emotion head")
         device = next(self.parameters()).device
-        speech, padding = self.listen(mel[None].to(device), torch.tensor([mel.shape[-1]], device=device))
+        if self.emotion_head.reads_frames:
+            speech, padding = self.listen(mel[None].to(device), torch.tensor([mel.shape[-1]], device=device))
+        else:  # a head on the prosody alone: no encoder pass before the first token
+            speech, padding = torch.zeros(1, 1, self.config.llm().hidden_size, device=device), None
         logits = self.emotion_head(speech, padding, None if prosody is None else prosody[None].to(device))
         return dict(zip(TAGS, torch.softmax(logits[0].float(), -1).tolist(), strict=True))
 
