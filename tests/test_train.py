@@ -149,6 +149,11 @@ def test_stage_1_2_stops_when_the_replies_collapse_and_keeps_the_last_good_check
     before = UnifiedSLM.from_pretrained(tmp_path / "base" / "final").state_dict()
     kept = UnifiedSLM.from_pretrained(tmp_path / "run" / "final").state_dict()
     assert all(torch.equal(before[k], kept[k]) for k in before)  # final/ is the epoch-0 model, not the trained one
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "run" / "best.safetensors", "pt") as kept_weights:  # the trainable part only
+        assert kept_weights.metadata()["epoch"] == "0" and any("lora_" in k for k in kept_weights.keys())
+        assert not any(k.startswith("encoder.") for k in kept_weights.keys())
 
 
 def _two_ranks(*args: str) -> None:

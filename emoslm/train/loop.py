@@ -12,7 +12,6 @@ the loss curve continues as if never interrupted. Logs go to TensorBoard (``RUN/
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from emoslm.atomic import atomic_dir, atomic_file
 from emoslm.errors import EmoslmError
@@ -300,7 +300,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                                   "processes": accelerator.num_processes})
     advance = progress(f"stage {config.stage}", total) if accelerator.is_main_process else (lambda n=1: None)
     advance(step)
-    listening = Listening(config, out, held, tokenizer, front_end)
+    listening = Listening(config, out, held, tokenizer)
     if step == 0:
         listening(accelerator, model, 0, step)
     started, seen_tokens = time.perf_counter(), 0
@@ -353,11 +353,11 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     if listening.collapsed and listening.best is not None:
         summary.update(collapsed=listening.collapsed, final_from_epoch=listening.best_epoch)
     if accelerator.is_main_process:
-        if listening.collapsed and listening.best is not None:  # the last checkpoint whose replies were replies
-            with atomic_dir(out / "final") as tmp:
-                shutil.copytree(listening.best, tmp, dirs_exist_ok=True)
-        else:
-            save_folder(accelerator.unwrap_model(model), tokenizer, front_end, out / "final")
+        plain = accelerator.unwrap_model(model)
+        if listening.collapsed and listening.best is not None:  # back to the last check whose replies were replies
+            plain.load_state_dict({k: v.to(next(plain.parameters()).device) for k, v in listening.best.items()},
+                                  strict=False)
+        save_folder(plain, tokenizer, front_end, out / "final")
         write_json(out / "summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it ends the process group too
@@ -375,19 +375,20 @@ def save_folder(model: Any, tokenizer: Any, front_end: MelFrontEnd, folder: Path
 class Listening:
     """The learning curve of hearing and of the replies: the think's tag, the replies' relevance, distinct-2 and
     repeats of the think on held-out clips, before training and after each epoch (``RUN/listening.jsonl``, one
-    line per epoch; the clips' thinks and replies in ``RUN/listening/epoch-N.json``). Each check whose replies
-    are still replies is kept in ``RUN/best``; ``collapsed`` holds the reasons once a check collapsed."""
+    line per epoch; the clips' thinks and replies in ``RUN/listening/epoch-N.json``). The trainable weights of
+    each check whose replies are still replies are kept (``best``, on the CPU, and ``RUN/best.safetensors``): only
+    the adapter, heads and LoRA, so an 8B model is never copied whole; ``collapsed`` holds the reasons once a check
+    collapsed."""
 
-    def __init__(self, config: TrainConfig, out: Path, held: list[Example], tokenizer: Any,
-                 front_end: MelFrontEnd | None = None) -> None:
+    def __init__(self, config: TrainConfig, out: Path, held: list[Example], tokenizer: Any) -> None:
         from emoslm.train.listening import CollapseGuard, acted_by_key
 
-        self.out, self.tokenizer, self.front_end = out, tokenizer, front_end
+        self.out, self.tokenizer = out, tokenizer
         self.clips = held[: config.listen_clips] if config.stage != "1-1" else []
         self.acted = acted_by_key(Path(config.data)) if self.clips else {}
         self.guard = CollapseGuard(config.min_distinct_2, config.max_repeats_think)
         self.collapsed: list[str] = []
-        self.best: Path | None = None
+        self.best: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
         self._embedder: Any = None
 
@@ -409,9 +410,13 @@ class Listening:
             write_json(self.out / "listening" / f"epoch-{epoch}.json", result)
             append_log(self.out / "listening.jsonl", {"epoch": epoch, "step": step, "collapsed": self.collapsed,
                                                    **{k: v for k, v in result.items() if k != "rows"}})
-            if not self.collapsed and self.front_end is not None:
-                save_folder(copy.deepcopy(plain), self.tokenizer, self.front_end, self.out / "best")
-                self.best, self.best_epoch = self.out / "best", epoch
+            if not self.collapsed:
+                self.best = {name: p.detach().to("cpu", copy=True) for name, p in plain.named_parameters()
+                             if p.requires_grad}
+                self.best_epoch = epoch
+                with atomic_file(self.out / "best.safetensors", suffix=".safetensors") as tmp:
+                    save_file({k: v.contiguous() for k, v in self.best.items()}, str(tmp),
+                              metadata={"epoch": str(epoch), "step": str(step)})
         accelerator.wait_for_everyone()
         return time.perf_counter() - began
 
