@@ -331,7 +331,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                 append_log(out / "log.jsonl", record)
             if batches_done % per_epoch == 0:
                 started += listening(accelerator, model, batches_done // per_epoch, step)  # not training time
-                if listening.collapsed and config.stop_on_collapse and listening.best is not None:
+                if config.stop_on_collapse and listening.stops:
                     break
             if step % config.save_every == 0 or step == total:
                 save_checkpoint(accelerator, out, config.stage, step, batches_done)
@@ -340,7 +340,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                 return {"stopped_at": step}
             if step >= total:
                 break
-        if listening.collapsed and config.stop_on_collapse and listening.best is not None:
+        if config.stop_on_collapse and listening.stops:
             save_checkpoint(accelerator, out, config.stage, step, batches_done)
             break
     loss_held = held_out_loss(model, collate, held) if held else None
@@ -350,11 +350,11 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     summary = {"stage": config.stage, "steps": step, "train_examples": len(train_set), "held_out_examples": len(held),
                "held_out_loss": loss_held, "held_out_unit_loss": units_held,
                "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes}
-    if listening.collapsed and listening.best is not None:
+    if listening.stops:
         summary.update(collapsed=listening.collapsed, final_from_epoch=listening.best_epoch)
     if accelerator.is_main_process:
         plain = accelerator.unwrap_model(model)
-        if listening.collapsed and listening.best is not None:  # back to the last check whose replies were replies
+        if listening.stops and listening.best is not None:  # back to the last check whose replies were replies
             plain.load_state_dict({k: v.to(next(plain.parameters()).device) for k, v in listening.best.items()},
                                   strict=False)
         save_folder(plain, tokenizer, front_end, out / "final")
@@ -418,7 +418,16 @@ class Listening:
                     save_file({k: v.contiguous() for k, v in self.best.items()}, str(tmp),
                               metadata={"epoch": str(epoch), "step": str(step)})
         accelerator.wait_for_everyone()
+        from accelerate.utils import broadcast_object_list
+
+        # every rank must stop together (a rank that trains on alone waits in its all-reduce for ever)
+        self.collapsed, self.best_epoch = broadcast_object_list([self.collapsed, self.best_epoch])
         return time.perf_counter() - began
+
+    @property
+    def stops(self) -> bool:
+        """The last check collapsed and an earlier one was good: there is something to go back to."""
+        return bool(self.collapsed) and self.best_epoch is not None
 
 
 def resume_position(accelerator: Any, out: Path, config: TrainConfig) -> tuple[int, int]:
