@@ -1,7 +1,7 @@
 """Does the unified model hear the emotion? Its think's tag on voices it never heard, and where the words
 cannot tell (issue 33's evaluation).
 
-Three sets from the recogniser corpus, all spoken by its held-out voices (never in any training split):
+Four sets, all spoken by its held-out voices (never in any training split):
 
 - **unheard voices** (``test``): held-out scripts, each acted with the emotion its words carry (plain scripts
   neutrally and in one other emotion) — words and voice mostly agree;
@@ -31,6 +31,7 @@ import numpy as np
 
 from emoslm.audio import load_audio
 from emoslm.emotions import TAGS
+from emoslm.errors import EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.train.hearing import HearClip, corpus_sets
 
@@ -114,9 +115,11 @@ def accuracy(tags: list[str], gold: list[str]) -> float:
 
 def evaluate(checkpoint: Path, out: Path, lang: str = "en", think_budget: int = 32, max_new_tokens: int = 40,
              progress: Start = silent, per_set: int = 0, encoder_head: bool = True) -> dict[str, Any]:
-    """Score ``checkpoint`` on the three sets; write ``hearing-think.json``/``.md``/``.png`` into ``out``.
+    """Score ``checkpoint`` on the four sets; write ``hearing-think.json``/``.md``/``.png`` into ``out``.
     ``per_set``: that many clips of each set (a quick check; 0: all); ``encoder_head``: train the frozen-encoder
     reference head (minutes: every training clip's layers)."""
+    if not (checkpoint / "config.json").exists():
+        raise EmoslmError(f"{checkpoint}: not a UnifiedSLM checkpoint (no config.json); give a run's final/ folder")
     every = corpus_sets(lang, per_set)
     sets = {name: every[name] for name in SETS}
     rows, kind = think_tags(checkpoint, sets, think_budget, max_new_tokens, progress)

@@ -86,16 +86,17 @@ def layout(tokenizer: Any, speech_length: int, history: list[dict[str, str]] | N
 
 
 def prompt_embeds(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
-                  opening: str = "") -> torch.Tensor:
+                  opening: str = "", heard: Any = None) -> torch.Tensor:
     """(prompt length, hidden) input embeddings of one clip's prompt, its speech written in (no grad);
-    ``opening`` (the injected start of the think) follows ``<think>``."""
+    ``opening`` (the injected start of the think) follows ``<think>``; ``heard``: ``model.hear(mel)`` when the
+    caller already ran it (the emotion head read the same speech embeddings: one encoder pass a turn)."""
     device = next(model.parameters()).device
     prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
     ids = prompt.input_ids + (tokenizer(opening, add_special_tokens=False)["input_ids"] if opening else [])
     mask = prompt.speech_mask + [False] * (len(ids) - len(prompt.input_ids))
     with torch.inference_mode():
         return model.embed(torch.tensor([ids], device=device), torch.tensor([mask], device=device),
-                           mel[None].to(device), torch.tensor([mel.shape[-1]], device=device))[0]
+                           mel[None].to(device), torch.tensor([mel.shape[-1]], device=device), heard=heard)[0]
 
 
 def heard_prosody(model: UnifiedSLM, audio: Any) -> torch.Tensor | None:
@@ -107,8 +108,8 @@ def heard_prosody(model: UnifiedSLM, audio: Any) -> torch.Tensor | None:
     return prosody_vector(audio) if head is not None and head.prosody_dim else None
 
 
-def injected_opening(model: UnifiedSLM, mel: torch.Tensor, prosody: torch.Tensor | None = None, lang: str = "en"
-                     ) -> str:
+def injected_opening(model: UnifiedSLM, mel: torch.Tensor, prosody: torch.Tensor | None = None, lang: str = "en",
+                     heard: Any = None) -> str:
     """The start of the think that the model's own emotion head decides, as the IEAT teacher's think starts with
     the recogniser's tag (``think_opening``): "The user speaks with …, so the emotion I hear is sad. The most
     likely reason they feel sad is" — the LLM writes the reason. "" for a model that does not inject (no head,
@@ -117,7 +118,7 @@ def injected_opening(model: UnifiedSLM, mel: torch.Tensor, prosody: torch.Tensor
 
     if not model.injects_emotion:
         return ""
-    probs = model.heard_emotion(mel, prosody)
+    probs = model.heard_emotion(mel, prosody, heard)
     return think_opening(max(probs, key=probs.get), lang)
 
 
@@ -146,8 +147,9 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
         raise EmoslmError("this checkpoint has no speech branch (train stage 2 to give it a voice); use a TTS voice")
     s = sampling or Sampling(temperature=0.0, repeat_penalty=1.0)
     device = next(model.parameters()).device
-    opening = injected_opening(model, mel, prosody, lang)
-    embeds = prompt_embeds(model, tokenizer, mel, history, opening)[None]
+    heard = model.hear(mel)
+    opening = injected_opening(model, mel, prosody, lang, heard)
+    embeds = prompt_embeds(model, tokenizer, mel, history, opening, heard)[None]
     if text is not None:
         loop = text.loop(s)
     else:
@@ -260,22 +262,24 @@ def generate_batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor],
     same bridge), decoded side by side over a left-padded batch. Evaluation scores hundreds of held-out
     clips; one clip at a time decodes ~12 tokens/s on this CPU, a batch of 16 many times that."""
     histories = histories or [None] * len(mels)
-    openings = [injected_opening(model, mel, p) for mel, p in zip(mels, prosody or [None] * len(mels), strict=True)]
+    prosody = prosody or [None] * len(mels)
     out: list[Generated] = []
     for start in range(0, len(mels), batch_size):
         window = slice(start, start + batch_size)
-        out += _batch(model, tokenizer, mels[window], histories[window], think_budget, max_new_tokens, openings[window])
+        out += _batch(model, tokenizer, mels[window], histories[window], think_budget, max_new_tokens, prosody[window])
     return out
 
 
 @torch.inference_mode()
 def _batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor], histories: list[Any], think_budget: int,
-           max_new_tokens: int, openings: list[str]) -> list[Generated]:
+           max_new_tokens: int, prosody: list[torch.Tensor | None]) -> list[Generated]:
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    embeds = [prompt_embeds(model, tokenizer, mel, history, opening)
-              for mel, history, opening in zip(mels, histories, openings, strict=True)]
+    heard = [model.hear(mel) for mel in mels]
+    openings = [injected_opening(model, mel, p, heard=h) for mel, p, h in zip(mels, prosody, heard, strict=True)]
+    embeds = [prompt_embeds(model, tokenizer, mel, history, opening, h)
+              for mel, history, opening, h in zip(mels, histories, openings, heard, strict=True)]
     longest = max(e.shape[0] for e in embeds)
     batch = torch.zeros(len(embeds), longest, embeds[0].shape[-1], dtype=embeds[0].dtype, device=device)
     mask = torch.zeros(len(embeds), longest, dtype=torch.long, device=device)

@@ -74,8 +74,8 @@ class EmotionHead(nn.Module):
     Trained with a cross-entropy on the acted (or labelled) emotion next to the text loss, it makes the
     frames it reads keep what the emotion needs; alone, on the frozen encoder, it measures what is there.
 
-    With ``prosody_dim`` it also reads the clip's prosodic functionals (``prosody_vector``: pitch, loudness,
-    rhythm and spectral statistics), standardised by the training clips' mean and spread (``fit_prosody``, saved
+    With ``prosody_dim`` it also reads the clip's prosodic functionals (``prosody_vector``: pitch and loudness
+    statistics), standardised by the training clips' mean and spread (``fit_prosody``, saved
     as buffers with the model) and added as a second linear term. Whisper-tiny's frames separate the training
     voices more than the emotions (a head on them fell to 0.28 on unheard voices, reports/hearing-encoder); pitch
     and loudness statistics carry the acted emotion across voices."""

@@ -155,17 +155,19 @@ class UnifiedSLM(PreTrainedModel):
     # --- think / write ------------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, speech_mask: torch.Tensor | None = None,
               mel: torch.Tensor | None = None, mel_frames: torch.Tensor | None = None,
-              frames: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with the speech embeddings written over the positions ``speech_mask`` marks."""
-        return self._embed(input_ids, speech_mask, mel, mel_frames, frames)[0]
+              frames: torch.Tensor | None = None, heard: Any = None) -> torch.Tensor:
+        """Token embeddings with the speech embeddings written over the positions ``speech_mask`` marks
+        (``heard``: ``listen``'s output when the caller already has it, so the encoder runs once)."""
+        return self._embed(input_ids, speech_mask, mel, mel_frames, frames, heard)[0]
 
     def _embed(self, input_ids: torch.Tensor, speech_mask: torch.Tensor | None, mel: torch.Tensor | None,
-               mel_frames: torch.Tensor | None, frames: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+               mel_frames: torch.Tensor | None, frames: torch.Tensor | None, heard: Any = None
+               ) -> tuple[torch.Tensor, Any]:
         """The embeddings, and (speech, padding) when there was speech (the emotion head reads them)."""
         embeds = self.llm.get_input_embeddings()(input_ids)
-        if (mel is None and frames is None) or speech_mask is None:
+        if (mel is None and frames is None and heard is None) or speech_mask is None:
             return embeds, None
-        speech, padding = self.listen(mel, mel_frames, frames)
+        speech, padding = heard if heard is not None else self.listen(mel, mel_frames, frames)
         counts = speech_mask.sum(dim=1)
         rows = [speech[b, : int(counts[b])] for b in range(speech.shape[0])]
         if any(r.shape[0] != int(c) for r, c in zip(rows, counts, strict=True)):
@@ -182,20 +184,30 @@ class UnifiedSLM(PreTrainedModel):
         logits = self.emotion_head(speech, padding, prosody)
         return nn.functional.cross_entropy(logits.float(), emotion_labels, ignore_index=-100)
 
+    @torch.inference_mode()
+    def hear(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``listen`` for one clip (mel: (n_mels, frames)): its speech embeddings and padding, batch of one."""
+        device = next(self.parameters()).device
+        return self.listen(mel[None].to(device), torch.tensor([mel.shape[-1]], device=device))
+
     @property
     def injects_emotion(self) -> bool:
         """Whether the think starts with what the emotion head hears (``generate.injected_opening``)."""
         return self.emotion_head is not None and bool(getattr(self.config, "inject_emotion", False))
 
     @torch.inference_mode()
-    def heard_emotion(self, mel: torch.Tensor, prosody: torch.Tensor | None = None) -> dict[str, float]:
-        """The emotion head's probabilities for one clip (mel: (n_mels, frames); prosody: (prosody_dim,))."""
+    def heard_emotion(self, mel: torch.Tensor, prosody: torch.Tensor | None = None, heard: Any = None
+                      ) -> dict[str, float]:
+        """The emotion head's probabilities for one clip (mel: (n_mels, frames); prosody: (prosody_dim,);
+        ``heard``: the clip's ``hear`` output when the prompt already computed it)."""
         if self.emotion_head is None:
             raise ValueError("this model has no emotion head")
         device = next(self.parameters()).device
-        if self.emotion_head.reads_frames:
-            speech, padding = self.listen(mel[None].to(device), torch.tensor([mel.shape[-1]], device=device))
-        else:  # a head on the prosody alone: no encoder pass before the first token
+        if heard is not None:
+            speech, padding = heard
+        elif self.emotion_head.reads_frames:
+            speech, padding = self.hear(mel)
+        else:  # a head on the prosody alone: no encoder pass
             speech, padding = torch.zeros(1, 1, self.config.llm().hidden_size, device=device), None
         logits = self.emotion_head(speech, padding, None if prosody is None else prosody[None].to(device))
         return dict(zip(TAGS, torch.softmax(logits[0].float(), -1).tolist(), strict=True))

@@ -255,9 +255,9 @@ class Collator:
             batch["frames"] = torch.from_numpy(np.stack([_pad_frames(c, longest) for c in clips]).astype(np.float32))
             batch["mel_frames"] = torch.tensor([max(2, 2 * c.shape[-2]) for c in clips])
         if self.prosody is not None and longest:
-            sizes = {e.id: self.prosody(e.audio) for e in examples if e.audio is not None}
-            width = len(next(iter(sizes.values())))
-            batch["prosody"] = torch.from_numpy(np.stack([sizes.get(e.id, np.zeros(width, np.float32))
+            vectors = {e.id: self.prosody(e.audio) for e in examples if e.audio is not None}
+            width = len(next(iter(vectors.values())))
+            batch["prosody"] = torch.from_numpy(np.stack([vectors.get(e.id, np.zeros(width, np.float32))
                                                           for e in examples]).astype(np.float32))
         if self.emotions:
             batch["emotion_labels"] = torch.tensor([TAGS.index(e.emotion) if e.emotion in TAGS else -100
