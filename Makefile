@@ -42,16 +42,12 @@ bench: setup
 	$(PY) benchmarks/bench_units.py
 	$(PY) benchmarks/bench_speak.py
 
-# Issue 13's learning run on the embedded default: >= 1,500 English IEAT items, stage 1-1, stage 1-2 (the
-# learning curve of hearing on held-out voices each epoch), the report and the linear probes. Every step
-# resumes where a killed run stopped; hours on a 2-core CPU (the build alone ~2.5 h).
-LEARN := runs/train-learn-en
+# The learning run of issue 33 on the embedded default, <= 90 min on 2 cores: chat and empathy-corpus turns voiced
+# with acted emotions (targets: the LLM's own replies for stage 1-1, the corpus's think and reply for 1-2), both
+# stages, then hearing and replies on unheard voices, the probes and the report (reports/learn-en). Every step
+# resumes where a killed run stopped; each step's minutes are in runs/learn-en/timings.jsonl.
 learn: setup
-	nice -n 10 $(VENV)/bin/emoslm data build recipes/learn-en.yaml --out runs/ieat-learn-en --limit 1600
-	$(VENV)/bin/emoslm train recipes/learn-en.yaml --stage 1-1
-	$(VENV)/bin/emoslm train recipes/learn-en.yaml --stage 1-2
-	$(VENV)/bin/emoslm train report $(LEARN)/1-1 $(LEARN)/1-2 --out reports/learn-en
-	$(VENV)/bin/emoslm train probe $(LEARN)/1-1 $(LEARN)/1-2 --out reports/learn-en
+	$(VENV)/bin/emoslm train learn recipes/learn-en.yaml --out reports/learn-en
 
 # After install, and on every set-up (a second): decode one token in a subprocess; a build that dies on
 # this CPU (SIGILL: AMX a VM lists but does not allow, a wheel from another machine) is rebuilt portably.

@@ -200,6 +200,27 @@ def data_speech(
     console.print(f"next: `emoslm train recipes/speak-kokoro.yaml --stage 2 --data {out}`")
 
 
+@data_app.command("learn")
+def data_learn(
+    out: Annotated[Path, typer.Option(help="Build folder (resumes).")] = Path("runs/learn-en/build"),
+    chat: Annotated[int, typer.Option(help="Chat turns (chitchat openers) for stage 1-1's self-distillation.")
+                    ] = 480,
+    voices: Annotated[int, typer.Option(help="Training voices that act each empathy-corpus turn.")] = 3,
+) -> None:
+    """The learning run's data in minutes (English): chat turns and the empathy corpus's turns voiced with acted
+    emotions; stage 1-1 targets are the embedded LLM's own replies to the transcripts (a quarter: the words),
+    stage 1-2's the corpus's think (acted emotion + cause) and reply; a tenth of the texts by held-out voices."""
+    from emoslm.train.learn_data import build
+
+    if chat < 0 or voices < 1:
+        raise EmoslmError("--chat must be >= 0 and --voices >= 1")
+    bar, progress = rich_progress(err)
+    with bar:
+        counts = build(out, chat, voices, progress=progress)
+    console.print(json.dumps(counts), highlight=False)
+    console.print(f"next: `emoslm train recipes/learn-en.yaml --stage 1-1 --data {out}`")
+
+
 @data_app.command("inspect")
 def data_inspect(build_dir: Annotated[Path, typer.Argument(help="A folder written by `emoslm data build`.")]) -> None:
     """Counts per task, language and emotion, think and answer lengths, and PNGs of the emotion distribution
@@ -510,6 +531,18 @@ def train(
             summary = train_replies(config, progress)
         console.print(json.dumps(summary), highlight=False)
         console.print(f"adapter: {summary['adapter']} (llama-cpp:{config.llm}?lora=PATH uses it)")
+        return
+    if args[0] == "learn":  # make learn: build, both stages, replies, hearing, probes, report
+        from emoslm.eval.learning import learn
+
+        if len(args) != 2:
+            raise EmoslmError("usage: emoslm train learn RECIPE [--out REPORT_DIR]")
+        target = out or Path("reports/learn-en")
+        bar, progress = rich_progress(err)
+        with bar:
+            spent = learn(Path(args[1]), target, progress)
+        console.print((target / "report.md").read_text(), highlight=False, markup=False)
+        console.print(f"steps (min): {json.dumps({k: round(v / 60, 1) for k, v in spent.items()})}", highlight=False)
         return
     if args[0] == "hearing":
         from emoslm.train.hearing import listening_experiment

@@ -352,3 +352,28 @@ def test_listening_scores_and_plots(tmp_path):
                                                                                     if k != "rows"}}) + "\n"
                                                  for e in range(3)))
     assert [p.name for p in plot_curve(run, tmp_path / "out")] == ["learning-curve.png", "confusion.png"]
+
+
+def test_lora_learns_at_its_own_rate_and_the_best_check_by_relevance_is_kept(tmp_path):
+    from emoslm.slm.generate import from_parts
+    from emoslm.train.loop import Listening, param_groups
+    from emoslm.train.stages import apply_stage
+
+    model, _ = from_parts(adapter_dim=64)
+    trainable = apply_stage(model, "1-2", lora_r=4, lora_alpha=8)
+    cfg = TrainConfig(stage="1-2", data="unused", out=str(tmp_path), lr=1e-4, lora_lr=2e-5)
+    groups = param_groups(model, trainable, cfg)
+    lora = [g for g in groups if g.get("lr") == 2e-5]
+    assert len(groups) == 2 and len(lora) == 1 and lora[0]["params"]
+    named = {id(p): n for n, p in model.named_parameters()}
+    assert all("lora_" in named[id(p)] for p in lora[0]["params"])
+    assert not any("lora_" in named[id(p)] for p in groups[0]["params"]) and groups[0]["params"]
+    assert len(param_groups(model, trainable, replace(cfg, lora_lr=0.0))) == 1  # 0: one rate for all
+
+    listening = Listening(cfg, tmp_path, [], tokenizer=None)
+    for relevance, kept in ((0.2, True), (0.3, True), (0.25, False), (0.3, True)):
+        assert listening.better({"reply_relevance": relevance}) is kept
+        if kept:
+            listening.best_score = relevance
+    listening.collapsed = ["distinct-2 0.1 < 0.3"]
+    assert not listening.better({"reply_relevance": 0.9})  # a collapsed check is never kept

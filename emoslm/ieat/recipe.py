@@ -91,7 +91,7 @@ class DataSpec(Strict):
 class Recipe(Strict):
     name: str
     seed: int = 0
-    data: DataSpec
+    data: DataSpec | None = None  # None: a training-only recipe (its data comes from another builder)
     train: dict[str, Any] = Field(default_factory=dict)
     path: Path | None = Field(default=None, exclude=True)
 
@@ -113,7 +113,8 @@ class Recipe(Strict):
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, needs_data: bool = True) -> Recipe:
+    """The recipe at ``path``, validated; ``needs_data``: it must have a ``data`` section (an IEAT build's)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such recipe file")
@@ -132,6 +133,10 @@ def load_recipe(path: str | Path) -> Recipe:
         key = ".".join(str(p) for p in first["loc"])
         raise DataError(f"{path}: {key}: {first['msg']}") from None
     recipe.path = path.resolve()
+    if recipe.data is None:
+        if needs_data:
+            raise DataError(f"{path}: no data section: this recipe only trains (see its header for its builder)")
+        return recipe
     unknown = set(recipe.data.tasks) - set(TASKS)
     if unknown:
         raise DataError(f"{path}: data.tasks: unknown task(s) {sorted(unknown)}; use {', '.join(TASKS)}")

@@ -50,6 +50,8 @@ class TrainConfig:
     lr: float = 1e-3
     lora_r: int = 16
     lora_alpha: int = 32
+    lora_lr: float = 0.0  # stage 1-2: the LoRA's own learning rate (0: lr, as the listening path)
+    max_grad_norm: float = 1.0  # gradient clipping (0: off)
     held_out: float = 0.1  # share of source items (texts) held out
     held_out_voices: list[str] = field(default_factory=list)  # voices held out entirely (e.g. "kokoro:jf_alpha")
     seed: int = 0
@@ -168,12 +170,17 @@ def _mixed_precision(choice: str) -> str:
 
 
 def param_groups(model: UnifiedSLM, trainable: list[Any], config: TrainConfig) -> list[dict[str, Any]]:
-    """The trainable parameters as optimiser groups: the emotion head at ``emotion_lr`` when set, the rest at ``lr``."""
+    """The trainable parameters as optimiser groups: the emotion head at ``emotion_lr`` and the LLM's LoRA at
+    ``lora_lr`` when set, the rest (the listening path) at ``lr``. The LLM moves at a rate ~25x below the
+    adapter's in the recipes that keep their replies (BLSP-Emo: 2e-5 on the LLM, 1e-4 on the adapter)."""
     head = {id(p) for p in model.emotion_head.parameters()} if model.emotion_head is not None and config.emotion_lr \
         else set()
-    groups = [{"params": [p for p in trainable if id(p) not in head]}]
+    lora = {id(p) for name, p in model.llm.named_parameters() if "lora_" in name} if config.lora_lr else set()
+    groups = [{"params": [p for p in trainable if id(p) not in head | lora]}]
     if head:
         groups.append({"params": [p for p in trainable if id(p) in head], "lr": config.emotion_lr})
+    if lora:
+        groups.append({"params": [p for p in trainable if id(p) in lora], "lr": config.lora_lr})
     return [g for g in groups if g["params"]]
 
 
@@ -312,6 +319,8 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                 output = model(**batch)
                 loss = output.loss
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimiser.step()
                 optimiser.zero_grad()
             batches_done += 1
@@ -351,10 +360,12 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
                "held_out_loss": loss_held, "held_out_unit_loss": units_held,
                "seconds": round(time.perf_counter() - started, 1), "processes": accelerator.num_processes}
     if listening.stops:
-        summary.update(collapsed=listening.collapsed, final_from_epoch=listening.best_epoch)
+        summary.update(collapsed=listening.collapsed)
+    if listening.goes_back:
+        summary.update(final_from_epoch=listening.best_epoch)
     if accelerator.is_main_process:
         plain = accelerator.unwrap_model(model)
-        if listening.stops and listening.best is not None:  # back to the last check whose replies were replies
+        if listening.goes_back:  # back to the best check whose replies were still replies
             plain.load_state_dict({k: v.to(next(plain.parameters()).device) for k, v in listening.best.items()},
                                   strict=False)
         save_folder(plain, tokenizer, front_end, out / "final")
@@ -378,7 +389,8 @@ class Listening:
     line per epoch; the clips' thinks and replies in ``RUN/listening/epoch-N.json``). The trainable weights of
     each check whose replies are still replies are kept (``best``, on the CPU, and ``RUN/best.safetensors``): only
     the adapter, heads and LoRA, so an 8B model is never copied whole; ``collapsed`` holds the reasons once a check
-    collapsed."""
+    collapsed. The kept check is the best one (reply relevance; a later check with equal or better relevance
+    replaces it), and final/ gets its weights back when a later check was worse or collapsed."""
 
     def __init__(self, config: TrainConfig, out: Path, held: list[Example], tokenizer: Any) -> None:
         from emoslm.train.listening import CollapseGuard, acted_by_key
@@ -390,6 +402,8 @@ class Listening:
         self.collapsed: list[str] = []
         self.best: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
+        self.best_score: float | None = None  # the kept check's reply relevance
+        self.last_epoch: int | None = None
         self._embedder: Any = None
 
     def __call__(self, accelerator: Any, model: Any, epoch: int, step: int) -> float:
@@ -410,7 +424,9 @@ class Listening:
             write_json(self.out / "listening" / f"epoch-{epoch}.json", result)
             append_log(self.out / "listening.jsonl", {"epoch": epoch, "step": step, "collapsed": self.collapsed,
                                                    **{k: v for k, v in result.items() if k != "rows"}})
-            if not self.collapsed:
+            self.last_epoch = epoch
+            if self.better(result):
+                self.best_score = result.get("reply_relevance")
                 self.best = {name: p.detach().to("cpu", copy=True) for name, p in plain.named_parameters()
                              if p.requires_grad}
                 self.best_epoch = epoch
@@ -421,8 +437,19 @@ class Listening:
         from accelerate.utils import broadcast_object_list
 
         # every rank must stop together (a rank that trains on alone waits in its all-reduce for ever)
-        self.collapsed, self.best_epoch = broadcast_object_list([self.collapsed, self.best_epoch])
+        self.collapsed, self.best_epoch, self.last_epoch = broadcast_object_list(
+            [self.collapsed, self.best_epoch, self.last_epoch])
         return time.perf_counter() - began
+
+    def better(self, result: dict[str, Any]) -> bool:
+        """This check (not collapsed) replies at least as relevantly as the best kept so far."""
+        score = result.get("reply_relevance")
+        return not self.collapsed and (score is None or self.best_score is None or score >= self.best_score)
+
+    @property
+    def goes_back(self) -> bool:
+        """The model to write is an earlier check's: the last one collapsed, or an earlier one replied better."""
+        return self.best is not None and self.best_epoch != self.last_epoch
 
     @property
     def stops(self) -> bool:

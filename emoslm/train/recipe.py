@@ -16,7 +16,7 @@ def train_config(recipe_path: Path, stage: str, **overrides: Any) -> TrainConfig
     """Defaults, then the recipe's ``train`` keys, then its ``train.stages[STAGE]`` keys, then ``overrides``."""
     if stage not in STAGES:
         raise DataError(f"--stage '{stage}': use one of {', '.join(STAGES)}")
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, needs_data=False)
     section = dict(recipe.train)
     per_stage = (section.pop("stages", None) or {}).get(stage, {})
     section.pop("backbone", None)
