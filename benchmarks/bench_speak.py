@@ -21,7 +21,7 @@ the think, the first reply text and the first audio. It needs no training run.
 
 With ``--run`` (a stage 2 run folder) it also speaks the run's held-out clips through ``SLMAgent`` and
 reports first-audio latency split by stage, WER of the speech against the model's own text, emotion
-agreement and RTF (``emoslm.train.speaking``).
+agreement and RTF (``emoslm.eval.speaking``).
 
 Writes ``benchmarks/results/speak.{json,md}``.
 """
@@ -41,11 +41,11 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from emoslm.eval.speaking import table  # noqa: E402
 from emoslm.llm.base import Sampling  # noqa: E402
 from emoslm.llm.decoding import TokenLoop  # noqa: E402
 from emoslm.slm.generate import from_parts  # noqa: E402
 from emoslm.slm.speak import SpeechSpec, UnitWriter  # noqa: E402
-from emoslm.train.speaking import table  # noqa: E402
 
 TEXT = "My flight got cancelled for the third time and nobody at the desk will help me at all today."
 GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0)
@@ -224,9 +224,9 @@ def agent_latency(final: Path, text: str, clips: int) -> dict[str, float]:
 def speaking(run: Path, clips: int) -> dict:
     """The run's held-out clips (unheard voice, unseen texts; each clip once) through ``SLMAgent`` with its own
     voice, then the teacher agent on the same clips for the whole-turn comparison."""
+    from emoslm.eval.speaking import forced_rows, speech_rows, summarise, summarise_forced
     from emoslm.speech.units.phonemes import parse_spec
     from emoslm.train.data import load_examples
-    from emoslm.train.speaking import forced_rows, speech_rows, summarise, summarise_forced
 
     info = json.loads((run / "run.json").read_text())
     held = set(info["held_out_keys"])

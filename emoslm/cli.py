@@ -512,7 +512,7 @@ def train(
     [CKPT]`: the think's emotion on unheard voices, same-sentence and conflict clips beside the recogniser (without
     CKPT it first trains stage 1-1 with the prosody-reading head that opens the think). Killed runs resume exactly."""
     if args[0] == "report":
-        from emoslm.train.report import report
+        from emoslm.eval.runs import report
 
         if len(args) < 2:
             raise EmoslmError("usage: emoslm train report RUN [RUN...] (run folders with final/)")
@@ -531,6 +531,21 @@ def train(
             summary = train_replies(config, progress)
         console.print(json.dumps(summary), highlight=False)
         console.print(f"adapter: {summary['adapter']} (llama-cpp:{config.llm}?lora=PATH uses it)")
+        return
+    if args[0] == "sweep":  # the LoRA learning rates of stage 1-2, short runs side by side
+        from emoslm.eval.learning import sweep
+
+        if len(args) < 3:
+            raise EmoslmError("usage: emoslm train sweep RECIPE LR [LR...] [--max-steps N] [--out REPORT_DIR]")
+        try:
+            rates = [float(a) for a in args[2:]]
+        except ValueError:
+            raise EmoslmError(f"learning rates must be numbers, e.g. 2e-5 1e-4 (got {' '.join(args[2:])})") from None
+        target = out or Path("reports/learn-en")
+        bar, progress = rich_progress(err)
+        with bar:
+            sweep(Path(args[1]), target, rates, max_steps or 30, progress=progress)
+        console.print((target / "sweep.md").read_text(), highlight=False, markup=False)
         return
     if args[0] == "learn":  # make learn: build, both stages, replies, hearing, probes, report
         from emoslm.eval.learning import learn

@@ -119,14 +119,49 @@ def test_layer_mix_and_emotion_head_learn_in_stage_1_1_and_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_real_model_loads_and_generates_think_and_reply(spoken_sentence):
-    from emoslm.slm.generate import from_parts, generate, layout
-    from emoslm.speech.mel_front_end import MelFrontEnd
+    from emoslm.slm.generate import from_parts, generate
 
     model, tokenizer = from_parts("smollm2-135m-instruct", "whisper-tiny.en")
-    mel = MelFrontEnd.for_mels(80).tensor(spoken_sentence)
-    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]))
+    mel = model.processor.front_end.tensor(spoken_sentence)
+    prompt = model.processor.layout(tokenizer, model.speech_length(mel.shape[-1]))
     assert sum(prompt.speech_mask) == model.speech_length(mel.shape[-1]) > 10
     assert tokenizer.decode(prompt.input_ids).rstrip().endswith("<think>")
     out = generate(model, tokenizer, mel, think_budget=12, max_new_tokens=12)
     assert out.think and out.reply and out.think_tokens <= 12 and out.reply_tokens <= 12
     assert "<think>" not in out.reply
+
+
+def test_the_processor_travels_with_the_checkpoint_and_every_path_uses_it(tmp_path, spoken_sentence):
+    """Training's collator, generation's prompt and the report all lay out with ``model.processor``; a checkpoint
+    keeps the rules it was trained with, and one from before the processor existed gets the defaults."""
+    import json
+
+    from emoslm.slm.generate import generate_batch, prompt_embeds
+    from emoslm.slm.model import UnifiedSLM
+    from emoslm.slm.processor import FILE, SYSTEM, SLMProcessor
+    from emoslm.train.data import Collator, Example
+    from tests.tiny import tiny_slm
+
+    model, tokenizer = tiny_slm()
+    model.processor.system = "You are a patient listener."
+    model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / FILE).read_text())["system"] == "You are a patient listener."
+    loaded = UnifiedSLM.from_pretrained(tmp_path / "ckpt")
+    assert loaded.processor == model.processor and loaded.processor.front_end.n_mels == 80
+    prompt = loaded.processor.layout(tokenizer, 5)
+    assert "You are a patient listener." in tokenizer.decode(prompt.input_ids) and sum(prompt.speech_mask) == 5
+    mel = loaded.processor.front_end.tensor(spoken_sentence)
+    default = SLMProcessor().layout(tokenizer, model.speech_length(mel.shape[-1])).input_ids
+    assert prompt_embeds(loaded, tokenizer, mel).shape[0] != len(default)  # generation prefills the saved rules
+    assert len(generate_batch(loaded, tokenizer, [mel], think_budget=2, max_new_tokens=2)) == 1
+
+    example = Example("c0", "c0", None, SLMProcessor().target("They sound calm.", "Hello."), think=True,
+                      user_text="Hi there.")
+    collate = Collator(tokenizer, model.speech_length, lambda path: None, processor=loaded.processor)
+    batch = collate([example])
+    assert "You are a patient listener." in tokenizer.decode(batch["input_ids"][0])
+    labels = [t for t in batch["labels"][0].tolist() if t != -100]
+    assert tokenizer.decode(labels).endswith("</think>\n\nHello.<|im_end|>")
+
+    (tmp_path / "ckpt" / FILE).unlink()  # a checkpoint from before the processor: the rules it was trained with
+    assert UnifiedSLM.from_pretrained(tmp_path / "ckpt").processor.system == SYSTEM

@@ -242,7 +242,7 @@ def slm_and_clip(request):
 def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_and_clip, spoken_sentence):
     import torch
 
-    from emoslm.slm.generate import generate, layout
+    from emoslm.slm.generate import generate
 
     model, tokenizer, front_end, size = slm_and_clip
     if size == "tiny":  # the golden output needs the same audio every run: espeak-ng, not Piper's noisy sampling
@@ -270,7 +270,7 @@ def test_slm_generation_keeps_one_cache_and_matches_a_full_prefill(slm_and_clip,
         patch.setattr(LeanStack, "step", counted)
         patch.setattr(TokenLoop, "feed", recorded)
         out = generate(model, tokenizer, mel, think_budget=10, max_new_tokens=10)
-    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]))
+    prompt = model.processor.layout(tokenizer, model.speech_length(mel.shape[-1]))
     assert widths[0] == len(prompt.input_ids)  # the prompt is prefilled once ...
     assert sum(1 for w in widths if w > 1) <= 2  # ... and later only the closing tags are appended as a block
     # one transformers forward over the prompt and every token fed after it (think, closing tags, reply) must

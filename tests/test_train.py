@@ -119,7 +119,7 @@ def test_stage_1_1_resumes_exactly_and_stage_1_2_trains_lora(build, tmp_path):
     merged = UnifiedSLM.from_pretrained(tmp_path / "lora" / "final")
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
-    from emoslm.train.report import report
+    from emoslm.eval.runs import report
 
     summary = report([tmp_path / "whole", tmp_path / "lora"], tmp_path / "report", clips=1)
     assert list(summary["rows"]) == ["untrained adapter", "stage 1-1 (whole)", "stage 1-2 (lora)"]

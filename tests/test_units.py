@@ -69,8 +69,7 @@ def trained(clips, tmp_path_factory) -> Path:
 
 
 def test_converted_whisper_decoder_reads_the_encoder_and_masks_padding(clips):
-    from emoslm.speech.whisper_ct2 import decode_logits, load_whisper_decoder
-    from emoslm.train.units import WhisperText
+    from emoslm.speech.whisper_ct2 import WhisperText, decode_logits, load_whisper_decoder
 
     tokenizer = SpeechTokenizer(TokenizerConfig())
     decoder, text = load_whisper_decoder("whisper-base"), WhisperText("whisper-base")

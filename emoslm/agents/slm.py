@@ -47,7 +47,6 @@ class SLMAgent(Agent):
         from transformers.utils import logging as hf_logging
 
         from emoslm.slm.model import UnifiedSLM
-        from emoslm.speech.mel_front_end import MelFrontEnd
 
         checkpoint = Path(checkpoint)
         if not (checkpoint / "config.json").exists():
@@ -56,7 +55,7 @@ class SLMAgent(Agent):
         hf_logging.disable_progress_bar()
         self.model = UnifiedSLM.from_pretrained(checkpoint).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.mels = MelFrontEnd.from_pretrained(checkpoint, n_mels=self.model.config.encoder().num_mel_bins)
+        self.mels = self.model.processor.front_end  # the checkpoint's own
         self.asr = asr or ASRPool()
         self.voices, self.voice_spec = voices or voice_pool(), voice
         self.speak, self.think_budget, self.max_new_tokens = speak, think_budget, max_new_tokens

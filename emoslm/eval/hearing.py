@@ -47,12 +47,11 @@ def think_tags(checkpoint: Path, sets: dict[str, list[HearClip]], think_budget: 
 
     from emoslm.slm.generate import generate_batch, heard_prosody
     from emoslm.slm.model import UnifiedSLM
-    from emoslm.speech.mel_front_end import MelFrontEnd
     from emoslm.think import tag_in_think
 
     model = UnifiedSLM.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    front_end = MelFrontEnd.from_pretrained(checkpoint, n_mels=model.config.encoder().num_mel_bins)
+    front_end = model.processor.front_end
     reads_prosody = model.emotion_head is not None and bool(model.emotion_head.prosody_dim)
     rows: dict[str, list[dict[str, Any]]] = {}
     for name, clips in sets.items():

@@ -93,7 +93,7 @@ def replies(runs: Path, out: Path, progress: Start = silent) -> dict[str, Any]:
     from emoslm.slm.model import UnifiedSLM
     from emoslm.train.data import load_examples, split
     from emoslm.train.listening import acted_by_key
-    from emoslm.train.report import finished_runs, untrained_model
+    from emoslm.train.runs import finished_runs, untrained_model
 
     info = finished_runs([runs / "1-2"])[0]["config"]
     build = Path(info["data"])
@@ -145,3 +145,43 @@ def learn(recipe: Path, out: Path, progress: Start = silent, chat: int = 480, vo
 
     write_report(runs, out)
     return timings(runs)
+
+
+def sweep(recipe: Path, out: Path, rates: list[float], steps: int = 30, clips: int = 32,
+          progress: Start = silent) -> dict[str, Any]:
+    """Stage 1-2 from stage 1-1's final/ for ``steps`` steps at each LoRA learning rate (everything else as the
+    recipe has it), each scored on the first ``clips`` held-out clips before and after (the collapse guard's
+    measures) → ``out/sweep.md``/``.json``: the evidence for the recipe's ``lora_lr``. Runs resume or are reused."""
+    from emoslm.train.loop import train
+    from emoslm.train.recipe import train_config
+
+    base = train_config(recipe, "1-2")
+    if not base.init:
+        raise EmoslmError(f"{recipe}: stage 1-1 has no final/ yet; run `emoslm train learn {recipe}` (or its 1-1)")
+    rows = []
+    for rate in rates:
+        run = Path(base.out).parent / "sweep" / f"lora-{rate:g}"
+        if not (run / "summary.json").exists():
+            train(train_config(recipe, "1-2", out=run, max_steps=steps, lora_lr=rate, listen_clips=clips,
+                               stop_on_collapse=False), progress)
+        curve = [json.loads(line) for line in (run / "listening.jsonl").read_text().splitlines() if line.strip()]
+        summary = json.loads((run / "summary.json").read_text())
+        rows.append({"lora_lr": rate, "steps": summary["steps"], "held_out_loss": summary["held_out_loss"],
+                     **{k: curve[-1].get(k) for k in ("reply_relevance", "distinct_2", "reply_repeats_think",
+                                                      "think_vs_acted", "collapsed")},
+                     "before": {k: curve[0].get(k) for k in ("reply_relevance", "distinct_2")}})
+    result = {"adapter_lr": base.lr, "steps": steps, "clips": clips, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# LoRA learning rate for stage 1-2 ({steps} steps each from stage 1-1, adapter at {base.lr:g}, "
+             f"first {clips} held-out clips)", "",
+             "| LoRA lr | held-out loss | relevance | distinct-2 | repeats think | think = acted | collapsed |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['lora_lr']:g} | {r['held_out_loss']:.3f} | {r['reply_relevance']} | {r['distinct_2']} | "
+              f"{r['reply_repeats_think']} | {r['think_vs_acted']} | {'; '.join(r['collapsed'] or []) or 'no'} |"
+              for r in rows]
+    if rows:
+        lines += ["", f"Before stage 1-2 (stage 1-1's model): relevance {rows[0]['before']['reply_relevance']}, "
+                      f"distinct-2 {rows[0]['before']['distinct_2']}."]
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    return result

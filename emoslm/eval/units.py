@@ -143,7 +143,7 @@ def vocoder_ceiling(vocoder: Any, test: list[Any], originals: dict[str, np.ndarr
 def _whisper_decoder(pairs: list[Pair]) -> tuple[Any, Any] | None:
     """The frozen Whisper decoder and its text side, when a VQ tokenizer is evaluated (it was trained through it)."""
     from emoslm.speech.units.tokenizer import SpeechTokenizer
-    from emoslm.train.units import WhisperText
+    from emoslm.speech.whisper_ct2 import WhisperText
 
     for pair in pairs:
         config = SpeechTokenizer.from_pretrained(pair.tokenizer).config
@@ -189,7 +189,7 @@ def _score(tally: Tally, clip: Any, audio: np.ndarray, asr: Any) -> str:
 def _summary(tally: Tally, tokenizer: Any, decoder: Any, clip: Any, audio: np.ndarray) -> dict[str, Any]:
     import torch
 
-    from emoslm.train.units import codebook_stats
+    from emoslm.speech.units.tokenizer import codebook_stats
 
     codes = np.concatenate(tally.codes)
     stats = codebook_stats(torch.from_numpy(codes), tokenizer.config.codes)

@@ -1,12 +1,12 @@
 """Build the unified model from the packaged parts, lay out its prompt, and generate think and reply.
 
-The prompt is the LLM's own chat template (rendered by the same ``ChatTemplate`` the teacher uses)
-with a marker in the user turn; the marker's place becomes ``speech_length`` placeholder positions
-that ``UnifiedSLM.embed`` fills with speech embeddings. The assistant turn opens with ``<think>``;
-thinking stops at ``</think>`` or at the think budget (then the closing tag is appended as token ids),
-and the reply is generated after it until the end-of-turn token, all on one KV cache: the prompt is
-prefilled once and every later token is appended to it. ``generate_stream`` yields think and reply
-deltas as they are decoded; ``generate`` drains it.
+The prompt is laid out by the model's processor (``model.processor``, ``emoslm.slm.processor``, saved with the
+checkpoint): the LLM's own chat template with a marker in the user turn; the marker's place becomes
+``speech_length`` placeholder positions that ``UnifiedSLM.embed`` fills with speech embeddings. The assistant turn
+opens with ``<think>``; thinking stops at ``</think>`` or at the think budget (then the closing tag is appended as
+token ids), and the reply is generated after it until the end-of-turn token, all on one KV cache: the prompt is
+prefilled once and every later token is appended to it. ``generate_stream`` yields think and reply deltas as they
+are decoded; ``generate`` drains it.
 
 Speaking (a model with a speech branch, ``speak=True``): after the bridge, every reply token fed to the
 LLM also drives one step of the branch (``UnitWriter``) from that token's layer-n hidden state, so text
@@ -23,15 +23,13 @@ from typing import Any
 import torch
 
 from emoslm.errors import EmoslmError
-from emoslm.llm.base import ChatTemplate, Sampling, StopMatcher
+from emoslm.llm.base import Sampling, StopMatcher
 from emoslm.llm.decoding import Detokenizer, TokenLoop, cache_arg, end_ids
 from emoslm.slm.model import UnifiedSLM, UnifiedSLMConfig
+from emoslm.slm.processor import SLMProcessor
 from emoslm.slm.speak import UnitPiece, UnitWriter
 from emoslm.streams import drain
-from emoslm.think import THINK_CLOSE, Incremental, Piece, clean_reply, open_think
-
-SPEECH_MARK = "<|emoslm-speech|>"
-SYSTEM = "You are a warm, emotionally attentive voice assistant. Think about how the user feels and why, then reply."
+from emoslm.think import Incremental, Piece, clean_reply
 
 
 def from_parts(llm: str = "smollm2-135m-instruct", encoder: str = "whisper-tiny.en", adapter_dim: int = 512,
@@ -60,38 +58,13 @@ def from_parts(llm: str = "smollm2-135m-instruct", encoder: str = "whisper-tiny.
     return model.eval(), tokenizer
 
 
-@dataclass
-class Prompt:
-    input_ids: list[int]
-    speech_mask: list[bool]
-
-
-def layout(tokenizer: Any, speech_length: int, history: list[dict[str, str]] | None = None,
-           system: str = SYSTEM, think: bool = True, user_text: str | None = None) -> Prompt:
-    """Token ids of the chat template with ``speech_length`` placeholders where the user's speech goes
-    (``user_text``: the user's turn as text instead — stage 2's text-only samples, which teach the branch words)."""
-    user = SPEECH_MARK if user_text is None else f"{user_text}{SPEECH_MARK}"
-    if user_text is not None:
-        speech_length = 0
-    messages = [{"role": "system", "content": system}, *(history or []), {"role": "user", "content": user}]
-    text = ChatTemplate.from_tokenizer(tokenizer).render(messages, add_generation_prompt=True)
-    if think:
-        text = open_think(text)
-    before, _, after = text.partition(SPEECH_MARK)
-    head = tokenizer(before, add_special_tokens=False)["input_ids"]
-    tail = tokenizer(after, add_special_tokens=False)["input_ids"]
-    placeholder = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Prompt(head + [placeholder] * speech_length + tail,
-                  [False] * len(head) + [True] * speech_length + [False] * len(tail))
-
-
 def prompt_embeds(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
                   opening: str = "", heard: Any = None) -> torch.Tensor:
     """(prompt length, hidden) input embeddings of one clip's prompt, its speech written in (no grad);
     ``opening`` (the injected start of the think) follows ``<think>``; ``heard``: ``model.hear(mel)`` when the
     caller already ran it (the emotion head read the same speech embeddings: one encoder pass a turn)."""
     device = next(model.parameters()).device
-    prompt = layout(tokenizer, model.speech_length(mel.shape[-1]), history)
+    prompt = model.processor.layout(tokenizer, model.speech_length(mel.shape[-1]), history)
     ids = prompt.input_ids + (tokenizer(opening, add_special_tokens=False)["input_ids"] if opening else [])
     mask = prompt.speech_mask + [False] * (len(ids) - len(prompt.input_ids))
     with torch.inference_mode():
@@ -157,7 +130,8 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
     ends = end_ids(tokenizer)
     loop.feed(embeds=embeds)
 
-    think, stops, shown = Detokenizer(tokenizer), StopMatcher([THINK_CLOSE]), Incremental(str.strip)
+    rules = model.processor
+    think, stops, shown = Detokenizer(tokenizer), StopMatcher([rules.think_close]), Incremental(str.strip)
     think_tokens, closed = 0, False
     if opening:
         yield Piece("think", shown.update(opening))
@@ -170,8 +144,8 @@ def generate_stream(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, histor
         safe, closed = stops.feed(think.add(token))
         yield Piece("think", shown.update(safe))
     yield Piece("think", shown.update("" if closed else stops.flush()) + shown.finish())
-    after = think.text.split(THINK_CLOSE, 1)[1] if closed else ""
-    loop.feed(tokenizer(_bridge(closed, after), add_special_tokens=False)["input_ids"])
+    after = think.text.split(rules.think_close, 1)[1] if closed else ""
+    loop.feed(tokenizer(rules.bridge(closed, after), add_special_tokens=False)["input_ids"])
 
     reply, said, reply_tokens = Detokenizer(tokenizer), Incremental(clean_reply), 0
     writer = UnitWriter(model.speech_branch, unit_temperature, max_unit_steps) if speak else None
@@ -207,10 +181,9 @@ def speak_text(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, think: str,
     device = next(model.parameters()).device
     loop = TokenLoop(model.llm, Sampling(temperature=0.0, repeat_penalty=1.0), device, hidden_layer=model.speech_layer)
     loop.feed(embeds=prompt_embeds(model, tokenizer, mel, history)[None])
-    loop.feed(tokenizer(f"{think.strip()}\n{THINK_CLOSE}\n\n", add_special_tokens=False)["input_ids"])
+    loop.feed(tokenizer(model.processor.target(think.strip(), ""), add_special_tokens=False)["input_ids"])
     writer, units = UnitWriter(model.speech_branch, max_steps=max_unit_steps), []
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    end = end if isinstance(end, int) and end != tokenizer.unk_token_id else tokenizer.eos_token_id
+    end = model.processor.end_id(tokenizer)
     for token in [*tokenizer(reply, add_special_tokens=False)["input_ids"], end]:
         loop.feed([token])
         if not writer.done:
@@ -218,16 +191,6 @@ def speak_text(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, think: str,
     while not writer.done:
         units += writer.step(loop.hidden)
     return units
-
-
-def _bridge(closed: bool, after_close: str) -> str:
-    """What joins the think to the reply, as the training targets have it: ``think\n</think>\n\n``."""
-    if not closed:
-        return f"\n{THINK_CLOSE}\n\n"
-    if after_close.strip():  # the model already went on past the blank line
-        return ""
-    newlines = len(after_close) - len(after_close.lstrip("\n"))
-    return "\n" * max(0, 2 - newlines)
 
 
 def generate(model: UnifiedSLM, tokenizer: Any, mel: torch.Tensor, history: list[dict[str, str]] | None = None,
@@ -291,7 +254,7 @@ def _batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor], historie
     ends, pad = end_ids(tokenizer), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = [_Row(Detokenizer(tokenizer), Detokenizer(tokenizer), opening) for opening in openings]
     while any(r.phase != "done" for r in rows):
-        feed = [_next(row, int(token), ends, tokenizer, think_budget, max_new_tokens)
+        feed = [_next(row, int(token), ends, tokenizer, model.processor, think_budget, max_new_tokens)
                 for row, token in zip(rows, logits.argmax(-1).tolist(), strict=True)]
         live = torch.tensor([[0 if t is None else 1] for t in feed], device=device)
         if not live.any():
@@ -299,8 +262,8 @@ def _batch(model: UnifiedSLM, tokenizer: Any, mels: list[torch.Tensor], historie
         mask = torch.cat([mask, live], dim=1)
         ids = torch.tensor([[pad if t is None else t] for t in feed], device=device)
         logits = _forward(model.llm, keyword, cache, mask, input_ids=ids)
-    return [Generated(_think_text(r), clean_reply(r.reply.text), r.think_tokens, r.reply_tokens, not r.closed)
-            for r in rows]
+    return [Generated(_think_text(r, model.processor), clean_reply(r.reply.text), r.think_tokens, r.reply_tokens,
+                      not r.closed) for r in rows]
 
 
 def _forward(llm: Any, keyword: str, cache: Any, mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
@@ -312,8 +275,8 @@ def _forward(llm: Any, keyword: str, cache: Any, mask: torch.Tensor, **inputs: t
     return out.logits[:, -1, :].float()
 
 
-def _next(row: _Row, token: int, ends: set[int], tokenizer: Any, think_budget: int, max_new_tokens: int
-          ) -> int | None:
+def _next(row: _Row, token: int, ends: set[int], tokenizer: Any, rules: SLMProcessor, think_budget: int,
+          max_new_tokens: int) -> int | None:
     """Advance one row by the token its logits chose; returns the token to feed (None: the row is done).
     Mirrors ``generate_stream``: the think runs to ``</think>``, an end token (not fed) or the budget, then
     the bridge is fed token by token, then the reply runs to an end token or ``max_new_tokens``."""
@@ -323,13 +286,13 @@ def _next(row: _Row, token: int, ends: set[int], tokenizer: Any, think_budget: i
         return row.queued.pop(0)
     if row.phase == "think":
         if token in ends:
-            _queue_bridge(row, tokenizer)
+            _queue_bridge(row, tokenizer, rules)
             return row.queued.pop(0)  # not closed: the bridge is never empty
         row.think_tokens += 1
         row.think.add(token)
-        row.closed = THINK_CLOSE in row.think.text
+        row.closed = rules.think_close in row.think.text
         if row.closed or row.think_tokens >= think_budget:
-            _queue_bridge(row, tokenizer)
+            _queue_bridge(row, tokenizer, rules)
         return token
     if token in ends or row.reply_tokens >= max_new_tokens:
         row.phase = "done"
@@ -339,12 +302,12 @@ def _next(row: _Row, token: int, ends: set[int], tokenizer: Any, think_budget: i
     return token
 
 
-def _queue_bridge(row: _Row, tokenizer: Any) -> None:
-    after = row.think.text.split(THINK_CLOSE, 1)[1] if row.closed else ""
-    row.queued = tokenizer(_bridge(row.closed, after), add_special_tokens=False)["input_ids"]
+def _queue_bridge(row: _Row, tokenizer: Any, rules: SLMProcessor) -> None:
+    after = row.think.text.split(rules.think_close, 1)[1] if row.closed else ""
+    row.queued = tokenizer(rules.bridge(row.closed, after), add_special_tokens=False)["input_ids"]
     row.phase = "reply"
 
 
-def _think_text(row: _Row) -> str:
+def _think_text(row: _Row, rules: SLMProcessor) -> str:
     """The think as ``generate_stream`` shows it: what comes before ``</think>``, trimmed."""
-    return (row.opening + row.think.text.split(THINK_CLOSE, 1)[0]).strip()
+    return (row.opening + row.think.text.split(rules.think_close, 1)[0]).strip()

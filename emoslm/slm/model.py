@@ -25,6 +25,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from emoslm.emotions import TAGS
 from emoslm.slm.listen import Adapter, EmotionHead, LayerMix, Subsampler, prosody_size
+from emoslm.slm.processor import SLMProcessor
 from emoslm.slm.speak import SpeakOutput, SpeechBranch, SpeechSpec, branch_spec, unit_loss
 from emoslm.speech.whisper_ct2 import encode, encode_layers
 
@@ -88,7 +89,22 @@ class UnifiedSLM(PreTrainedModel):
         spec = branch_spec(config)
         self.speech_branch = SpeechBranch(llm_config, spec) if spec else None
         self.unit_weight = 1.0  # the unit loss's weight in stage 2 (the trainer sets the recipe's)
+        # the prompt rules and the mel front end (``emoslm.slm.processor``): saved and loaded with the weights
+        self.processor = SLMProcessor.for_mels(encoder_config.num_mel_bins)
         self.post_init()
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """The weights and config (``PreTrainedModel``'s), and the processor beside them."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> UnifiedSLM:
+        """``PreTrainedModel.from_pretrained``, with the processor the folder was saved with."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.processor = SLMProcessor.from_pretrained(pretrained_model_name_or_path,
+                                                       model.config.encoder().num_mel_bins)
+        return model
 
     def add_speech_branch(self, spec: SpeechSpec) -> SpeechBranch:
         """Give the model a voice: a speech branch copied from the LLM's top ``spec.layers`` layers."""

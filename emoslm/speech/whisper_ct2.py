@@ -256,3 +256,27 @@ def decode_logits(decoder: Any, ids: Any, memory: Any, memory_mask: Any | None =
                        use_cache=False)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
     return decoder.layer_norm(hidden) @ decoder.embed_tokens.weight.T
+
+
+class WhisperText:
+    """Transcript → Whisper decoder input ids and labels (``<|sot|><|lang|><|transcribe|><|notimestamps|>``…)."""
+
+    def __init__(self, model: str) -> None:
+        import tokenizers
+        from faster_whisper.tokenizer import Tokenizer
+
+        from emoslm.store import resolve
+
+        folder = resolve(model).require_path()  # the store repairs whisper-base's tokenizer.json (a lost merge)
+        self.raw = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        with open(folder / "vocabulary.txt", encoding="utf-8") as f:  # multilingual Whisper has 51,865 tokens
+            self.multilingual = sum(1 for _ in f) >= 51865
+        self._by_lang: dict[str, Any] = {}
+        self._make = lambda lang: Tokenizer(self.raw, self.multilingual, "transcribe",
+                                            lang if self.multilingual else None)
+
+    def ids(self, text: str, lang: str) -> list[int]:
+        if lang not in self._by_lang:
+            self._by_lang[lang] = self._make(lang)
+        tok = self._by_lang[lang]
+        return [*tok.sot_sequence, tok.no_timestamps, *tok.encode(" " + text.strip()), tok.eot]

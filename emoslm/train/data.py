@@ -22,9 +22,8 @@ import torch
 
 from emoslm.emotions import TAGS
 from emoslm.errors import DataError
-from emoslm.slm.generate import layout
+from emoslm.slm.processor import SLMProcessor
 from emoslm.slm.speak import SpeechSpec, group_units
-from emoslm.think import THINK_CLOSE
 
 STAGE_FILES = {"1-1": ["stage1_1.jsonl"], "1-2": ["stage1_2.jsonl", "multiturn.jsonl"],
                "2": ["stage1_2.jsonl", "multiturn.jsonl"]}  # stage 2: the same samples with their reply audio
@@ -81,7 +80,7 @@ def _example(sample: dict[str, Any], build: Path, stage: str) -> Example:
     history = []
     for turn in turns[:-2]:
         history.append({"role": turn["role"], "content": turn["text"]})
-    target = f"{sample['think']}\n{THINK_CLOSE}\n\n{sample['response']}"
+    target = SLMProcessor().target(sample["think"], sample["response"])  # the rules every checkpoint has
     key = (sample["provenance"].get("members") or [sample["id"]])[-1]
     spoken, heard = turns[-1].get("audio"), turns[-2].get("audio")
     return Example(sample["id"], key, build / heard if heard else None, target, history, think=True,
@@ -206,16 +205,15 @@ class Collator:
     def __init__(self, tokenizer: Any, speech_length: Any, frames: Callable[[Path], np.ndarray],
                  max_target_tokens: int = 160, units: Callable[[Path], np.ndarray] | None = None,
                  spec: SpeechSpec | None = None, max_unit_steps: int = 0, emotions: bool = False,
-                 prosody: Callable[[Path], np.ndarray] | None = None) -> None:
+                 prosody: Callable[[Path], np.ndarray] | None = None, processor: SLMProcessor | None = None) -> None:
         self.tokenizer, self.speech_length, self.frames = tokenizer, speech_length, frames
+        self.rules = processor or SLMProcessor()  # the model's prompt rules: layout, bridge, end token
         self.emotions = emotions  # add each clip's tag (index in TAGS, -100 none) for the model's emotion head
         self.prosody = prosody  # each clip's prosodic functionals (a ``ProsodyCache``), for a head that reads them
         self.max_target_tokens = max_target_tokens
         self.units, self.spec, self.max_unit_steps = units, spec, max_unit_steps
         self.states: dict[str, torch.Tensor] | None = None  # example id → its branch inputs (frozen text path)
-        self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if not isinstance(self.end, int) or self.end == tokenizer.unk_token_id:
-            self.end = tokenizer.eos_token_id
+        self.end = self.rules.end_id(tokenizer)
 
     def target_ids(self, example: Example) -> tuple[list[int], int]:
         """The target's ids (cut to ``max_target_tokens``, then the end token) and where the reply starts."""
@@ -223,8 +221,9 @@ class Collator:
         if self.units is None or not example.think:
             ids = encode(example.target, add_special_tokens=False)["input_ids"][: self.max_target_tokens]
             return ids + [self.end], 0
-        head, _, reply = example.target.rpartition(f"{THINK_CLOSE}\n\n")
-        first = encode(head + f"{THINK_CLOSE}\n\n", add_special_tokens=False)["input_ids"]
+        bridge = self.rules.bridge(False, "").lstrip("\n")
+        head, _, reply = example.target.rpartition(bridge)
+        first = encode(head + bridge, add_special_tokens=False)["input_ids"]
         ids = (first + encode(reply, add_special_tokens=False)["input_ids"])[: self.max_target_tokens]
         return ids + [self.end], min(len(first), len(ids))
 
@@ -235,8 +234,9 @@ class Collator:
         clips = [heard.get(e.id, empty) for e in examples]
         rows, steps = [], []
         for example, clip in zip(examples, clips, strict=True):
-            prompt = layout(self.tokenizer, self.speech_length(2 * clip.shape[-2]) if clip.shape[-2] else 0,
-                            example.history, think=example.think, user_text=example.user_text)
+            speech = self.speech_length(2 * clip.shape[-2]) if clip.shape[-2] else 0
+            prompt = self.rules.layout(self.tokenizer, speech, example.history, think=example.think,
+                                       user_text=example.user_text)
             target, reply_at = self.target_ids(example)
             rows.append((prompt.input_ids + target, prompt.speech_mask + [False] * len(target),
                          [-100] * len(prompt.input_ids) + target))

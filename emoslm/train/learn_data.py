@@ -143,7 +143,7 @@ def own_replies(texts: dict[str, str], out: Path, llm_name: str, batch_size: int
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emoslm.llm.hf import hf_checkpoint
-    from emoslm.slm.generate import layout
+    from emoslm.slm.processor import SLMProcessor
 
     path = out / "own.jsonl"
     done = {r["key"]: r["reply"] for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
@@ -153,10 +153,11 @@ def own_replies(texts: dict[str, str], out: Path, llm_name: str, batch_size: int
     checkpoint = hf_checkpoint(llm_name)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     llm = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    rules = SLMProcessor()  # what a unified model built from this LLM carries
     advance = progress("the LLM's replies to the transcripts", len(todo))
     for start in range(0, len(todo), 4 * batch_size):
         chunk = todo[start:start + 4 * batch_size]
-        written = continue_batch(llm, tokenizer, [layout(tokenizer, 0, think=False, user_text=texts[k]).input_ids
+        written = continue_batch(llm, tokenizer, [rules.layout(tokenizer, 0, think=False, user_text=texts[k]).input_ids
                                                   for k in chunk], 56, batch_size)
         rows = [{"key": k, "reply": whole_sentences(w)} for k, w in zip(chunk, written, strict=True)]
         with open(path, "a", encoding="utf-8") as f:

@@ -18,7 +18,6 @@ from typing import Any
 
 from emoslm.audio import load_audio
 from emoslm.emotions import TAGS
-from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.think import tag_in_think
 from emoslm.train.data import Example, provenance_by_key
 
@@ -63,7 +62,7 @@ def listen(model: Any, tokenizer: Any, examples: list[Example], acted: dict[str,
     they say whether the replies are still replies (the collapse guard reads them)."""
     from emoslm.slm.generate import generate_batch, heard_prosody
 
-    front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
+    front_end = model.processor.front_end
     was_training = model.training
     model.eval()
     audio = [load_audio(e.audio) for e in examples]
@@ -84,10 +83,11 @@ def listen(model: Any, tokenizer: Any, examples: list[Example], acted: dict[str,
 class CollapseGuard:
     """Says when a stage's replies stopped being replies, so training stops and keeps the last good checkpoint.
 
-    The learn-en run (reports/learn-en) went from varied replies to a run of "9"s within an epoch of stage 1-2,
-    and its held-out loss kept falling: the loss cannot see it, the replies can. A check counts as collapsed when
-    the replies' distinct-2 falls under ``min_distinct_2``, more than ``max_repeats_think`` of them read the think
-    aloud, or their relevance falls under ``min_relevance_share`` of the best seen so far in this run."""
+    The issue-13 learn-en run (reports/learn-en-ieat) went from varied replies to a run of "9"s within an epoch of
+    stage 1-2, and its held-out loss kept falling: the loss cannot see it, the replies can. A check counts as
+    collapsed when the replies' distinct-2 falls under ``min_distinct_2``, more than ``max_repeats_think`` of them
+    read the think aloud, or their relevance falls under ``min_relevance_share`` of the best seen so far in this
+    run."""
 
     min_distinct_2: float = 0.3
     max_repeats_think: float = 0.2

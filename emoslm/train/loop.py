@@ -28,7 +28,6 @@ from emoslm.atomic import atomic_dir, atomic_file
 from emoslm.errors import EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
-from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.train.data import BalancedSampler, Collator, Example, load_examples, split, text_states
 from emoslm.train.frames import FrameCache, PhonemeTargets, ProsodyCache, UnitCache, reply_text
 from emoslm.train.stages import apply_stage, merge_lora
@@ -275,7 +274,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     trainable = apply_stage(model, config.stage, config.lora_r, config.lora_alpha, config.lora)
     optimiser = torch.optim.AdamW(param_groups(model, trainable, config), lr=config.lr)
     model.to(accelerator.device)
-    front_end = MelFrontEnd.from_pretrained(config.init or "", n_mels=model.config.encoder().num_mel_bins)
+    front_end = model.processor.front_end  # the init checkpoint's (a model from parts: the default for its encoder)
     frames = FrameCache.for_model(model, front_end)
     everything = train_set + held
     with accelerator.main_process_first():  # rank 0 runs the encoder once per clip; the others then read
@@ -290,7 +289,8 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
     prosody = prosody_for(model, heard, progress("clip prosody", len(heard)) if main else None)
     collate = Collator(tokenizer, UnifiedSLM.speech_length, frames, config.max_target_tokens, units,
                        model.speech_spec, config.max_unit_steps,
-                       emotions=model.emotion_head is not None and config.stage != "2", prosody=prosody)
+                       emotions=model.emotion_head is not None and config.stage != "2", prosody=prosody,
+                       processor=model.processor)
     if units is not None and not config.lora:  # the text path is frozen: its states for the branch, once
         collate.states = text_states(model, collate, everything, config.batch_size, accelerator.device,
                                      progress("text states", len(everything)))
@@ -352,6 +352,9 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
         if config.stop_on_collapse and listening.stops:
             save_checkpoint(accelerator, out, config.stage, step, batches_done)
             break
+    if batches_done % per_epoch and listening.last_epoch != round(batches_done / per_epoch, 2):
+        # max_steps ended mid-epoch (a sweep's short run): the curve's last point is the model that is written
+        listening(accelerator, model, round(batches_done / per_epoch, 2), step)
     loss_held = held_out_loss(model, collate, held) if held else None
     units_held = held_out_loss(model, collate, held, part="unit") if held and units is not None else None
     accelerator.log({"held_out_loss": loss_held or 0.0, **({"held_out_unit_loss": units_held} if units_held else {})},
@@ -368,19 +371,18 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
         if listening.goes_back:  # back to the best check whose replies were still replies
             plain.load_state_dict({k: v.to(next(plain.parameters()).device) for k, v in listening.best.items()},
                                   strict=False)
-        save_folder(plain, tokenizer, front_end, out / "final")
+        save_folder(plain, tokenizer, out / "final")
         write_json(out / "summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it ends the process group too
     return summary
 
 
-def save_folder(model: Any, tokenizer: Any, front_end: MelFrontEnd, folder: Path) -> None:
-    """A loadable UnifiedSLM folder (LoRA merged), written atomically."""
+def save_folder(model: Any, tokenizer: Any, folder: Path) -> None:
+    """A loadable UnifiedSLM folder (LoRA merged; its processor: prompt rules and front end), written atomically."""
     with atomic_dir(folder) as tmp:
         merge_lora(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        front_end.save_pretrained(tmp)
 
 
 class Listening:

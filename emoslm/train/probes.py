@@ -29,7 +29,6 @@ from emoslm.audio import load_audio
 from emoslm.emotions import TAGS
 from emoslm.errors import DataError
 from emoslm.progress import Start, silent
-from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.train.data import load_examples, provenance_by_key
 from emoslm.train.frames import FrameCache
 
@@ -73,8 +72,7 @@ def representations(model: Any, clips: list[ProbeClip], llm_layers: tuple[int, .
     """Pooled features of every clip at each point of ``model``'s listening path (one row per clip)."""
     model.eval()
     layers = llm_layers or (model.config.llm().num_hidden_layers // 2, model.config.llm().num_hidden_layers)
-    front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
-    cache = FrameCache.for_model(model, front_end)
+    cache = FrameCache.for_model(model, model.processor.front_end)
     device = next(model.parameters()).device
     decoder = model.llm.get_decoder()  # the layers without the LM head: no vocabulary-sized logits per frame
     rows: dict[str, list[np.ndarray]] = {}
@@ -191,7 +189,7 @@ def probe_runs(runs: list[Path], data: Path | None = None, out: Path | None = No
     """`emoslm train probe RUN...`: the untrained adapter and each finished run's model, on the first run's
     build (or ``data``) and held-out voices; returns the folder the report went to (default: the last run)."""
     from emoslm.slm.model import UnifiedSLM
-    from emoslm.train.report import finished_runs, untrained_model
+    from emoslm.train.runs import finished_runs, untrained_model
 
     _check_fit(fit_on)  # before any model loads
     infos = [info["config"] for info in finished_runs(runs)]

@@ -151,7 +151,6 @@ def _own_replies(checkpoint: Path, turns: list[dict[str, Any]], out: Path, think
     from emoslm.audio import load_audio
     from emoslm.slm.generate import generate_batch, heard_prosody
     from emoslm.slm.model import UnifiedSLM
-    from emoslm.speech.mel_front_end import MelFrontEnd
     from emoslm.think import tag_in_think
 
     path = out / "own.jsonl"
@@ -160,7 +159,7 @@ def _own_replies(checkpoint: Path, turns: list[dict[str, Any]], out: Path, think
     if not todo:
         return done
     model, tokenizer = UnifiedSLM.from_pretrained(checkpoint).eval(), AutoTokenizer.from_pretrained(checkpoint)
-    front_end = MelFrontEnd.from_pretrained(str(checkpoint), n_mels=model.config.encoder().num_mel_bins)
+    front_end = model.processor.front_end
     advance = progress("the model's own replies", len(todo))
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]

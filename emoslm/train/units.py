@@ -27,7 +27,7 @@ import yaml
 from emoslm.errors import DataError, EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.speech.units.decoder import DecoderConfig, UnitDecoder, UnitToMel, style_vector
-from emoslm.speech.units.tokenizer import ENCODER_RATE, Bottleneck, SpeechTokenizer, TokenizerConfig
+from emoslm.speech.units.tokenizer import ENCODER_RATE, Bottleneck, SpeechTokenizer, TokenizerConfig, codebook_stats
 from emoslm.train.data import LengthBatches
 from emoslm.train.loop import accelerator_for, append_log, epoch_batches, resume_position, save_checkpoint, write_json
 
@@ -158,35 +158,11 @@ def _pick(clips: list[SpeechClip], split: str, limit: int) -> list[SpeechClip]:
     return chosen
 
 
-class WhisperText:
-    """Transcript → Whisper decoder input ids and labels (``<|sot|><|lang|><|transcribe|><|notimestamps|>``…)."""
-
-    def __init__(self, model: str) -> None:
-        import tokenizers
-        from faster_whisper.tokenizer import Tokenizer
-
-        from emoslm.store import resolve
-
-        folder = resolve(model).require_path()  # the store repairs whisper-base's tokenizer.json (a lost merge)
-        self.raw = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
-        with open(folder / "vocabulary.txt", encoding="utf-8") as f:  # multilingual Whisper has 51,865 tokens
-            self.multilingual = sum(1 for _ in f) >= 51865
-        self._by_lang: dict[str, Any] = {}
-        self._make = lambda lang: Tokenizer(self.raw, self.multilingual, "transcribe",
-                                            lang if self.multilingual else None)
-
-    def ids(self, text: str, lang: str) -> list[int]:
-        if lang not in self._by_lang:
-            self._by_lang[lang] = self._make(lang)
-        tok = self._by_lang[lang]
-        return [*tok.sot_sequence, tok.no_timestamps, *tok.encode(" " + text.strip()), tok.eot]
-
-
 class FramesAndText(torch.utils.data.Dataset):
     """Encoder frames and transcript ids of each clip; ``lengths`` (frames, from the audio's length) lets
     ``fit`` batch clips of similar length."""
 
-    def __init__(self, clips: list[SpeechClip], frames: Callable[[Path], np.ndarray], text: WhisperText) -> None:
+    def __init__(self, clips: list[SpeechClip], frames: Callable[[Path], np.ndarray], text: Any) -> None:
         import soundfile
 
         self.clips, self.frames = clips, frames
@@ -335,7 +311,7 @@ def frame_cache(encoder_name: str, clips: list[SpeechClip], progress: Start = si
 def train_tokenizer(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, progress: Start = silent,
                     stop_after: int | None = None) -> SpeechTokenizer | None:
     """The VQ bottleneck, trained so that the frozen Whisper decoder can still write the transcript."""
-    from emoslm.speech.whisper_ct2 import decode_logits, load_whisper_decoder
+    from emoslm.speech.whisper_ct2 import WhisperText, decode_logits, load_whisper_decoder
 
     config, part = recipe.tokenizer, recipe.part("tokenizer")
     train_clips = _pick(clips, "train", recipe.max_clips)
@@ -400,14 +376,6 @@ def held_out_text_loss(bottleneck: Bottleneck, decoder: Any, batch: dict[str, to
 
 def _pooled_mask(bottleneck: Bottleneck, mask: torch.Tensor) -> torch.Tensor:
     return bottleneck.pool(mask[..., None].float(), mask)[1].bool()
-
-
-def codebook_stats(codes: torch.Tensor, size: int) -> dict[str, float]:
-    """Codes used and perplexity (exp of the entropy of code use): how much of the codebook carries speech."""
-    counts = torch.bincount(codes.flatten().cpu(), minlength=size).float()
-    p = counts / counts.sum().clamp(min=1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"codes_used": float((counts > 0).sum()), "perplexity": float(entropy.exp())}
 
 
 def train_kmeans(recipe: UnitsRecipe, clips: list[SpeechClip], out: Path, progress: Start = silent,

@@ -261,3 +261,11 @@ def _read_config(folder: Path, kind: str, what: str) -> dict[str, Any]:
     if config.pop("type", None) != kind:
         raise EmoslmError(f"{folder}: {CONFIG} is not {what}")
     return config
+
+
+def codebook_stats(codes: torch.Tensor, size: int) -> dict[str, float]:
+    """Codes used and perplexity (exp of the entropy of code use): how much of the codebook carries speech."""
+    counts = torch.bincount(codes.flatten().cpu(), minlength=size).float()
+    p = counts / counts.sum().clamp(min=1)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"codes_used": float((counts > 0).sum()), "perplexity": float(entropy.exp())}

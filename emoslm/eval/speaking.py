@@ -91,14 +91,13 @@ def forced_rows(final: Path, examples: list[Any], teacher_voice: str = "auto", l
     from emoslm.perception.recognizer import EmotionRecognizer
     from emoslm.slm.generate import speak_text
     from emoslm.slm.model import UnifiedSLM
-    from emoslm.speech.mel_front_end import MelFrontEnd
     from emoslm.speech.prosody import reply as reply_prosody
     from emoslm.speech.units.files import load_decoder
     from emoslm.speech.units.phonemes import PhonemeVocab, text_units
     from emoslm.speech.voice import voice_pool
 
     model, tokenizer = UnifiedSLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final)
-    front_end = MelFrontEnd.from_pretrained(str(final), n_mels=model.config.encoder().num_mel_bins)
+    front_end = model.processor.front_end
     decoder, vocab = load_decoder(model.speech_spec.decoder), PhonemeVocab.kokoro()
     asr, recogniser = FasterWhisperASR(ASR_FOR[lang]), EmotionRecognizer()
     teacher = voice_pool().voice(teacher_voice, lang)

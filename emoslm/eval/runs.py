@@ -1,4 +1,5 @@
-"""`emoslm train report RUN...`: did the unified model learn? Untrained adapter vs stage 1-1 vs stage 1-2.
+"""`emoslm train report RUN...`: did the unified model learn? Untrained adapter vs stage 1-1 vs stage 1-2 (an
+evaluation of training runs, so it lives under ``eval``; training imports no evaluation).
 
 On held-out clips (never trained on; the ids are in each run's ``run.json``):
 
@@ -7,7 +8,7 @@ On held-out clips (never trained on; the ids are in each run's ``run.json``):
   and the teacher's reply written from the transcript;
 - emotion in think: the share of clips whose generated think names the recogniser's tag (chance 1/7;
   the share of the most frequent tag is printed beside it, since a model can learn to always say it);
-- for a stage 2 run, how the model speaks for itself (``emoslm.train.speaking``): WER of its speech against
+- for a stage 2 run, how the model speaks for itself (``emoslm.eval.speaking``): WER of its speech against
   its own text, the emotion its voice carries against the teacher's spoken reply, first-audio latency
   split by stage, and the real-time factor.
 """
@@ -20,22 +21,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
-from emoslm.speech.mel_front_end import MelFrontEnd
 from emoslm.train.data import Collator, Example, load_examples
 from emoslm.train.frames import FrameCache
 from emoslm.train.listening import listen
 from emoslm.train.loop import held_out_loss
+from emoslm.train.runs import finished_runs, untrained_model
 
 
 def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: list[Example], embedder: Any,
                    think_budget: int = 48, max_new_tokens: int = 64, held_voices: tuple[str, ...] = ()
                    ) -> dict[str, Any]:
-    front_end = MelFrontEnd.for_mels(model.config.encoder().num_mel_bins)
-    collate = Collator(tokenizer, model.speech_length, FrameCache.for_model(model, front_end))
+    collate = Collator(tokenizer, model.speech_length, FrameCache.for_model(model, model.processor.front_end),
+                       processor=model.processor)
     result: dict[str, Any] = {"loss_1_1": held_out_loss(model, collate, held_11) if held_11 else None,
                               "loss_1_2": held_out_loss(model, collate, held_12) if held_12 else None}
     rows = listen(model, tokenizer, held_12, {}, think_budget, max_new_tokens)["rows"]  # what `generate` writes
@@ -51,24 +50,6 @@ def evaluate_model(model: Any, tokenizer: Any, held_11: list[Example], held_12: 
                   emotion_in_think=round(sum(hits) / len(hits), 4) if hits else None, samples=samples,
                   emotion_in_think_by_kind={k: [round(sum(v) / len(v), 4), len(v)] for k, v in sorted(by_kind.items())})
     return result
-
-
-def finished_runs(runs: list[Path]) -> list[dict[str, Any]]:
-    """Each run's ``run.json``; a folder without it and ``final/`` is one clear error."""
-    infos = []
-    for run in runs:
-        if not (run / "run.json").exists() or not (run / "final" / "config.json").exists():
-            raise EmoslmError(f"{run}: not a finished training run (no run.json and final/); train it first")
-        infos.append(json.loads((run / "run.json").read_text()))
-    return infos
-
-
-def untrained_model(config: dict[str, Any]) -> tuple[Any, Any]:
-    """The run's LLM and encoder with a fresh adapter seeded as the run was: the "before training" row."""
-    from emoslm.slm.generate import from_parts
-
-    torch.manual_seed(config["seed"])
-    return from_parts(config["llm"], config["encoder"], adapter_dim=config["adapter_dim"])
 
 
 def report(runs: list[Path], out: Path | None = None, clips: int | None = 160) -> dict[str, Any]:
@@ -103,7 +84,7 @@ def report(runs: list[Path], out: Path | None = None, clips: int | None = 160) -
     speech = {}
     for run, info in zip(runs, infos, strict=True):
         if info["config"]["stage"] == "2":
-            from emoslm.train.speaking import plot_losses, speech_rows, summarise
+            from emoslm.eval.speaking import plot_losses, speech_rows, summarise
 
             spoken = [e for e in load_examples(data, "2") if e.key in held_keys]
             rows_2 = speech_rows(run / "final", spoken)
@@ -151,7 +132,7 @@ def markdown(summary: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {c['epoch']} | {f(c['think_vs_label'])} | {f(c['think_vs_acted'])} | "
                   f"{f(c['recogniser_vs_acted'])} | {f(c['reply_repeats_think'])} |" for c in summary["listening"]]
-    from emoslm.train.speaking import table as speech_table
+    from emoslm.eval.speaking import table as speech_table
 
     for name, sp in summary.get("speech", {}).items():
         lines += ["", f"Speaking for itself — {name}, {sp['clips']} held-out clips through `SLMAgent` (own voice):", "",
