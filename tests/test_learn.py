@@ -91,3 +91,54 @@ def test_the_report_puts_the_targets_beside_the_measurements(tmp_path):
     assert "total 30.0 min" in text and "| stage 1-2 | **0.410** | 0.220 | 0.600 |" in text
     assert "\"I lost my job.\"" in text and "| same sentence | 7 | **0.400** |" in text
     assert (tmp_path / "replies.png").stat().st_size > 1000
+
+
+LEARN_RECIPE = """
+name: learn-test
+seed: 0
+train:
+  data: build
+  out: runs
+  llm: smollm2-135m-instruct
+  encoder: whisper-tiny.en
+  adapter_dim: 64
+  encoder_mix: true
+  emotion_head: true
+  emotion_prosody: true
+  emotion_frame_dropout: 1.0
+  emotion_lr: 1.0e-2
+  inject_emotion: true
+  batch_size: 2
+  held_out: 0.3
+  held_out_voices: ["espeak-en-us-f3", "flite-awb", "flite-slt", "kokoro-en-jf-nezumi"]
+  save_every: 2
+  stages:
+    "1-1": {max_steps: 3, lr: 1.0e-3}
+    "1-2": {max_steps: 3, lr: 1.0e-4, lora_lr: 2.0e-5, listen_clips: 2}
+"""
+
+
+@pytest.mark.slow
+def test_make_learn_runs_every_step_once_and_reports_them(tmp_path):
+    from emoslm.eval.learning import STEPS, learn, sweep
+
+    recipe = tmp_path / "learn.yaml"
+    recipe.write_text(LEARN_RECIPE)
+    out = tmp_path / "report"
+    spent = learn(recipe, out, chat=30, voices=1, corpus_limit=6, per_set=2, encoder_head=False)
+    assert list(spent) == list(STEPS) and all(seconds > 0 for seconds in spent.values())
+    replies = json.loads((out / "replies.json").read_text())
+    assert list(replies["models"]) == ["untrained adapter", "stage 1-1", "stage 1-2"] and replies["clips"] >= 1
+    for scored in replies["models"].values():
+        assert 0 <= scored["distinct_2"] <= 1 and -1 <= scored["reply_relevance"] <= 1
+        assert scored["relevance_other_clip"] is not None and scored["samples"]
+    text = (out / "report.md").read_text()
+    assert "## Replies" in text and "## Hearing" in text and "Minutes per step" in text
+    assert (out / "probes-build.md").exists() and (out / "hearing" / "hearing-think.json").exists()
+    lines = (tmp_path / "runs" / "timings.jsonl").read_text()
+    learn(recipe, out, chat=30, voices=1, corpus_limit=6, per_set=2, encoder_head=False)  # all done: nothing reruns
+    assert (tmp_path / "runs" / "timings.jsonl").read_text() == lines
+
+    result = sweep(recipe, out, [2e-5, 1e-3], steps=2, clips=2)
+    assert [r["lora_lr"] for r in result["rows"]] == [2e-5, 1e-3] and all(r["steps"] == 2 for r in result["rows"])
+    assert "| 2e-05 |" in (out / "sweep.md").read_text()

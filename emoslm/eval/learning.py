@@ -11,7 +11,8 @@
    that speak of "the user";
 4. **hearing** — ``eval.hearing.evaluate`` on the four sets the words cannot answer (short thinks: the tag is in
    the opening), beside the recogniser and a head on the frozen encoder;
-5. **probes** — ``train.probes``: where along the listening path the acted emotion is still linearly readable.
+5. **probes** — ``train.probes``: where along the listening path the acted emotion is still linearly readable
+   (fitted on 480 of the training voices' clips, scored on every held-out voice's).
 
 Each step's minutes go to ``RUN/timings.jsonl`` (a step already done is skipped and keeps its earlier time), so
 the whole run's length is the sum of one pass over the steps even when it was killed and resumed.
@@ -119,8 +120,11 @@ def replies(runs: Path, out: Path, progress: Start = silent) -> dict[str, Any]:
     return results
 
 
-def learn(recipe: Path, out: Path, progress: Start = silent, chat: int = 480, voices: int = 3) -> dict[str, Any]:
-    """Every step of the run (skipping the ones done), then ``out/report.md``; returns the step timings."""
+def learn(recipe: Path, out: Path, progress: Start = silent, chat: int = 480, voices: int = 3, corpus_limit: int = 0,
+          per_set: int = 0, encoder_head: bool = True) -> dict[str, Any]:
+    """Every step of the run (skipping the ones done), then ``out/report.md``; returns the step timings.
+    ``corpus_limit`` and ``per_set`` (the first N corpus turns, N clips of each hearing set) and ``encoder_head``
+    off make a quick run (tests); the defaults are the full one."""
     from emoslm.eval.hearing import evaluate
     from emoslm.train.learn_data import build as build_data
     from emoslm.train.loop import train
@@ -131,16 +135,17 @@ def learn(recipe: Path, out: Path, progress: Start = silent, chat: int = 480, vo
     build, runs = Path(first.data), Path(first.out).parent
     if first.stage != "1-1" or runs == Path(first.out):
         raise EmoslmError(f"{recipe}: train.out must be a folder for the stages (RUN/1-1, RUN/1-2)")
-    timed(runs, "build", (build / "recipe.json").exists(), lambda: build_data(build, chat, voices, progress=progress))
+    timed(runs, "build", (build / "recipe.json").exists(), lambda: build_data(build, chat, voices, progress=progress,
+                                                                     corpus_limit=corpus_limit))
     timed(runs, "1-1", (runs / "1-1" / "final" / "config.json").exists(), lambda: train(first, progress))
     second = train_config(recipe, "1-2")  # its init is 1-1's final/, which exists now
     timed(runs, "1-2", (runs / "1-2" / "final" / "config.json").exists(), lambda: train(second, progress))
     timed(runs, "replies", (out / "replies.json").exists(), lambda: replies(runs, out, progress))
     timed(runs, "hearing", (out / "hearing" / "hearing-think.json").exists(),
           lambda: evaluate(runs / "1-2" / "final", out / "hearing", think_budget=12, max_new_tokens=12,
-                           progress=progress))
+                           progress=progress, per_set=per_set, encoder_head=encoder_head))
     timed(runs, "probes", (out / "probes-build.json").exists(),
-          lambda: probe_runs([runs / "1-1", runs / "1-2"], out=out, progress=progress))
+          lambda: probe_runs([runs / "1-1", runs / "1-2"], out=out, progress=progress, fit_limit=480))
     from emoslm.eval.learning_report import write_report
 
     write_report(runs, out)

@@ -156,16 +156,19 @@ def corpus_clips(lang: str, avoid: set[str]) -> list[ProbeClip]:
 
 
 def run_probes(models: dict[str, Any], build: Path, held_voices: tuple[str, ...], out: Path,
-               progress: Start = silent, seed: int = 0, fit_on: str = "build") -> dict[str, Any]:
+               progress: Start = silent, seed: int = 0, fit_on: str = "build", fit_limit: int = 0) -> dict[str, Any]:
     """Probe each named model's listening path; scored on the build's clips of the held-out voices, fitted on
     the build's other clips (``fit_on="build"``) or on the recogniser corpus's (``"corpus"``: words there may
     carry the emotion, the build's chit-chat words do not, so a probe that learned words fails the test).
+    ``fit_limit``: fit on an evenly spaced N of them (0: all; each clip is a pass through every model).
     Writes probes-FIT.json, .md and .png into ``out``."""
     _check_fit(fit_on)
     clips = build_clips(build)
     held = set(held_voices)
     test = [c for c in clips if c.voice in held]
     fit = corpus_clips("en", held) if fit_on == "corpus" else [c for c in clips if c.voice not in held]
+    if fit_limit and len(fit) > fit_limit:
+        fit = fit[:: -(-len(fit) // fit_limit)]
     if not test or not fit:
         raise DataError(f"{build}: probes need clips of both training and held-out voices {sorted(held)}")
     summary: dict[str, Any] = {
@@ -185,7 +188,7 @@ def run_probes(models: dict[str, Any], build: Path, held_voices: tuple[str, ...]
 
 
 def probe_runs(runs: list[Path], data: Path | None = None, out: Path | None = None, progress: Start = silent,
-               fit_on: str = "build") -> Path:
+               fit_on: str = "build", fit_limit: int = 0) -> Path:
     """`emoslm train probe RUN...`: the untrained adapter and each finished run's model, on the first run's
     build (or ``data``) and held-out voices; returns the folder the report went to (default: the last run)."""
     from emoslm.slm.model import UnifiedSLM
@@ -201,7 +204,7 @@ def probe_runs(runs: list[Path], data: Path | None = None, out: Path | None = No
     for run, info in zip(runs, infos, strict=True):
         models[f"stage {info['stage']} ({run.name})"] = UnifiedSLM.from_pretrained(run / "final")
     target = out or runs[-1]
-    run_probes(models, Path(data or config["data"]), voices, target, progress, config["seed"], fit_on)
+    run_probes(models, Path(data or config["data"]), voices, target, progress, config["seed"], fit_on, fit_limit)
     return target
 
 
