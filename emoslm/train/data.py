@@ -119,12 +119,18 @@ def voices_by_key(build: Path) -> dict[str, str]:
     return provenance_by_key(build, "voiced_by")
 
 
+def held_key(key: str, seed: int = 0, share: float = 0.1) -> bool:
+    """The seeded hash share of source items held out: builders that pick held-out voices for held-out texts use
+    the same rule as ``split``, so those texts stay out of training."""
+    return zlib.crc32(f"{seed}:{key}".encode()) % 10_000 < share * 10_000
+
+
 def split(examples: list[Example], held_out: float, seed: int, held_voices: list[str] | tuple[str, ...] = ()
           ) -> tuple[list[Example], list[Example]]:
     """Held out: every clip of the ``held_voices`` (voices the model never hears in training), and a seeded
     hash share of the source items (texts it never trains on); the same clips in every stage and run."""
     def held(example: Example) -> bool:
-        return example.voice in held_voices or zlib.crc32(f"{seed}:{example.key}".encode()) % 10_000 < held_out * 10_000
+        return example.voice in held_voices or held_key(example.key, seed, held_out)
 
     return [e for e in examples if not held(e)], [e for e in examples if held(e)]
 

@@ -39,13 +39,9 @@ from emoslm.atomic import atomic_file
 from emoslm.emotions import TAGS
 from emoslm.errors import EmoslmError
 from emoslm.progress import Start, silent
+from emoslm.train.data import held_key as held
 
 WORDS_SHARE = 0.25  # stage 1-1 clips whose target is their own words (the rest: the LLM's own reply)
-
-
-def held(key: str, seed: int = 0, share: float = 0.1) -> bool:
-    """The hash rule of ``emoslm.train.data.split``: these keys are the run's held-out texts."""
-    return zlib.crc32(f"{seed}:{key}".encode()) % 10_000 < share * 10_000
 
 
 def says_words(key: str) -> bool:

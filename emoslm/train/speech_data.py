@@ -30,14 +30,10 @@ from typing import Any
 
 from emoslm.atomic import atomic_file
 from emoslm.progress import Start, silent
+from emoslm.train.data import held_key as held
 
 TRAIN_VOICES = ("piper", "hibari", "kokoro:jf_alpha")
 HELD_VOICE = "kokoro:jf_nezumi"
-
-
-def held(key: str, seed: int = 0, share: float = 0.1) -> bool:
-    """The same hash rule as ``emoslm.train.data.split``, so these keys are the run's held-out texts."""
-    return zlib.crc32(f"{seed}:{key}".encode()) % 10_000 < share * 10_000
 
 
 def build(checkpoint: Path, out: Path, lang: str = "en", limit: int = 0, seed: int = 0, think_budget: int = 48,
