@@ -103,6 +103,12 @@ def test_stage_1_1_resumes_exactly_and_stage_1_2_trains_lora(build, tmp_path):
     assert any((tmp_path / "whole" / "tb").rglob("events.out.tfevents*"))
 
     assert train(config(build, tmp_path / "cut"), stop_after=2) == {"stopped_at": 2}
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "cut" / "checkpoint" / "model.safetensors"), "pt") as saved:
+        names = set(saved.keys())
+    assert any(name.startswith("adapter.") for name in names)  # what stage 1-1 trains is saved ...
+    assert not any(name.startswith(("llm.", "encoder.")) for name in names)  # ... the frozen init model is not
     train(config(build, tmp_path / "cut"))  # resumes from the step-2 checkpoint
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), abs=1e-4)
 

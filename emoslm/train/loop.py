@@ -256,9 +256,22 @@ def accelerator_for(config: TrainConfig, out: Path) -> Any:
     from accelerate.utils import DataLoaderConfiguration
 
     cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return Accelerator(cpu=cpu, gradient_accumulation_steps=config.grad_accum, log_with="tensorboard",
-                       project_dir=str(out), mixed_precision=_mixed_precision(config.mixed_precision),
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+    accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=config.grad_accum, log_with="tensorboard",
+                              project_dir=str(out), mixed_precision=_mixed_precision(config.mixed_precision),
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                                         data_seed=config.seed))
+    accelerator.register_save_state_pre_hook(_drop_frozen_weights)
+    return accelerator
+
+
+def _drop_frozen_weights(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+    """A checkpoint holds what training changes. The frozen LLM and encoder are the init model's, which a resumed
+    run loads again, so writing them each time only costs disk: SmolLM2-135M's 550 MB per save here, an 8B LLM's
+    16 GB on a GPU node. ``resume_position`` loads the rest with ``strict=False``."""
+    for model, state in zip(models, weights):
+        frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        for name in frozen & state.keys():
+            del state[name]
 
 
 def train(config: TrainConfig, progress: Start = silent, stop_after: int | None = None) -> dict[str, Any]:
@@ -467,7 +480,7 @@ def resume_position(accelerator: Any, out: Path, config: TrainConfig) -> tuple[i
     saved = json.loads((folder / "position.json").read_text())
     if saved["stage"] != config.stage:
         raise EmoslmError(f"{out} holds a stage {saved['stage']} run; use another --out for stage {config.stage}")
-    accelerator.load_state(str(folder))
+    accelerator.load_state(str(folder), strict=False)  # only the trained weights are saved (_drop_frozen_weights)
     if accelerator.is_main_process:
         _truncate_log(out / "log.jsonl", saved["step"])
         _truncate_log(out / "listening.jsonl", saved["step"])
