@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from emoslm.slm.generate import from_parts, layout  # noqa: E402
+from emoslm.slm.generate import from_parts  # noqa: E402
 from emoslm.speech.tts import PiperTTS  # noqa: E402
 from emoslm.train.stages import apply_stage  # noqa: E402
 
@@ -46,7 +46,7 @@ def training_speed(stage: str, mel: torch.Tensor, steps: int) -> float:
     model, tokenizer = from_parts()
     trainable = apply_stage(model, stage)
     optimiser = torch.optim.AdamW(trainable, lr=1e-4)
-    prompt = layout(tokenizer, model.speech_length(mel.shape[1]))
+    prompt = model.processor.layout(tokenizer, model.speech_length(mel.shape[1]))
     target = tokenizer(" That sounds exhausting; I am sorry the desk would not help.", add_special_tokens=False)
     ids = torch.tensor([prompt.input_ids + target["input_ids"]] * 4)
     mask = torch.tensor([prompt.speech_mask + [False] * len(target["input_ids"])] * 4)
@@ -70,7 +70,7 @@ def generation_speed(mel: torch.Tensor, tokens: int) -> dict[str, float]:
     model, tokenizer = from_parts()
     model.eval()
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    prompt = layout(tokenizer, model.speech_length(mel.shape[1]))
+    prompt = model.processor.layout(tokenizer, model.speech_length(mel.shape[1]))
     embeds = model.embed(torch.tensor([prompt.input_ids]), torch.tensor([prompt.speech_mask]), mel[None],
                          torch.tensor([mel.shape[1]]))
     text_ids = tokenizer.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True,

@@ -304,6 +304,55 @@ def test_balanced_sampler_draws_the_target_shares_through_accelerate(tmp_path):
         make_loader(examples, lambda b: b, replace(cfg, balance={"anger": 1.0}), accelerator)
 
 
+def test_length_batches_through_accelerate_pad_less_and_reshuffle_each_epoch(tmp_path):
+    from emoslm.train.data import Example
+    from emoslm.train.loop import accelerator_for, epoch_batches, make_loader
+
+    examples = [Example(f"e{i}", f"e{i}", Path("x.wav"), "t") for i in range(203)]
+    lengths = {e.id: 40 + (i * 37) % 300 for i, e in enumerate(examples)}
+
+    class Rows:  # the collator's two faces the loader uses: a row's length, and the batch
+        def length(self, example):
+            return lengths[example.id]
+
+        def __call__(self, batch):
+            return {"ids": [e.id for e in batch]}
+
+    cfg = TrainConfig(stage="1-2", data="", out=str(tmp_path), batch_size=8)
+    accelerator = accelerator_for(cfg, tmp_path)
+    loader = make_loader(examples, Rows(), cfg, accelerator)
+    epochs = [[b["ids"] for b in epoch_batches(loader, accelerator, e)] for e in range(2)]
+    assert all(sorted(i for b in epoch for i in b) == sorted(lengths) for epoch in epochs)  # each once per epoch
+    assert len(epochs[0]) == len(loader) and epochs[0] != epochs[1]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in epochs[0])
+    assert padded < 0.8 * sum(8 * max(lengths[f"e{i}"] for i in range(k, min(k + 8, 203))) for k in range(0, 203, 8))
+    resumed = [b["ids"] for b in epoch_batches(loader, accelerator, 1, skip=5)]
+    assert resumed == epochs[1][5:]  # a resumed epoch goes on where the checkpoint was
+
+
+def test_collator_length_is_its_row_s_width(build, tmp_path):
+    from transformers import AutoTokenizer
+
+    from emoslm.llm.hf import hf_checkpoint
+    from emoslm.slm.model import UnifiedSLM
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint("smollm2-135m-instruct"))
+    collate = Collator(tokenizer, UnifiedSLM.speech_length, frame_cache(tmp_path))
+    for example in load_examples(build, "1-2")[:3]:
+        assert collate.length(example) == collate([example])["input_ids"].shape[1]
+
+
+def test_slm_precision_uses_native_bf16_only_where_the_cpu_has_it():
+    from emoslm.train.loop import slm_precision
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU rule applies without a GPU")
+    assert slm_precision("auto", {"avx2", "avx512f", "avx512_bf16"}) == "bf16"
+    assert slm_precision("auto", {"avx2", "avx512f"}) == "no"  # emulated bf16 is slower
+    assert slm_precision("auto", {"avx512_bf16", "amx_tile", "amx_bf16"}) == "no"  # issue 31's AMX VMs
+    assert slm_precision("no", {"avx512_bf16"}) == "no" and slm_precision("bf16", set()) == "bf16"
+
+
 def test_held_out_by_voice_and_by_text(build, tmp_path):
     from emoslm.train.data import split, voices_by_key
 

@@ -171,7 +171,7 @@ class LengthBatches(torch.utils.data.Sampler[list[int]]):
     Random batches of speech clips pad every clip to the batch's longest (here 2.4 times the mean length:
     most of a tokenizer step was spent on padding). Each epoch shuffles (seeded by seed + epoch, the same on
     every rank, so ``accelerate`` shards it and a resumed run sees the same order), sorts each window of
-    ``window`` batches by length, cuts it into batches and shuffles the batches.
+    ``window`` batches by length, cuts it into batches and shuffles the batches (the one short batch last).
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, window: int = 50) -> None:
@@ -187,7 +187,10 @@ class LengthBatches(torch.utils.data.Sampler[list[int]]):
         for start in range(0, len(order), span):
             window = sorted(order[start:start + span], key=lambda i: self.lengths[i])
             batches += [window[k:k + self.batch_size] for k in range(0, len(window), self.batch_size)]
-        yield from (batches[i] for i in torch.randperm(len(batches), generator=generator).tolist())
+        short = [b for b in batches if len(b) < self.batch_size]  # at most one: the last window's rest
+        full = [b for b in batches if len(b) == self.batch_size]
+        yield from (full[i] for i in torch.randperm(len(full), generator=generator).tolist())
+        yield from short  # last, as any loader's: accelerate's shards give every rank whole batches before it
 
     def __len__(self) -> int:
         span = self.batch_size * self.window
@@ -233,6 +236,23 @@ class Collator:
         ids = (first + encode(reply, add_special_tokens=False)["input_ids"])[: self.max_target_tokens]
         return ids + [self.end], min(len(first), len(ids))
 
+    def _row(self, example: Example, frames: int) -> tuple[Any, list[int], int]:
+        """The prompt (with the speech positions of ``frames`` encoder frames), the target ids, where the reply
+        starts."""
+        speech = self.speech_length(2 * frames) if frames else 0
+        prompt = self.rules.layout(self.tokenizer, speech, example.history, think=example.think,
+                                   user_text=example.user_text)
+        return (prompt, *self.target_ids(example))
+
+    def length(self, example: Example) -> int:
+        """The tokens ``example``'s row takes, read from its frames' shape alone: what ``LengthBatches`` sorts by."""
+        frames = 0
+        if example.audio is not None:
+            shape = getattr(self.frames, "shape", None)
+            frames = (shape(example.audio) if shape else self.frames(example.audio).shape)[-2]
+        prompt, target, _ = self._row(example, frames)
+        return len(prompt.input_ids) + len(target)
+
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         heard = {e.id: self.frames(e.audio) for e in examples if e.audio is not None}  # (frames, d) / (layers, …)
         like = next(iter(heard.values()), np.zeros((0, 1), np.float32))
@@ -240,10 +260,7 @@ class Collator:
         clips = [heard.get(e.id, empty) for e in examples]
         rows, steps = [], []
         for example, clip in zip(examples, clips, strict=True):
-            speech = self.speech_length(2 * clip.shape[-2]) if clip.shape[-2] else 0
-            prompt = self.rules.layout(self.tokenizer, speech, example.history, think=example.think,
-                                       user_text=example.user_text)
-            target, reply_at = self.target_ids(example)
+            prompt, target, reply_at = self._row(example, clip.shape[-2])
             rows.append((prompt.input_ids + target, prompt.speech_mask + [False] * len(target),
                          [-100] * len(prompt.input_ids) + target))
             if self.units is not None:

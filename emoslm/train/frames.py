@@ -59,6 +59,13 @@ class ClipCache:
             np.save(tmp, frames)
         return frames
 
+    def shape(self, audio: Path) -> tuple[int, ...]:
+        """A clip's array shape, read from the file's header (computed and stored first if missing)."""
+        path = self.path(audio)
+        if not path.exists():
+            return self(audio).shape
+        return np.load(path, mmap_mode="r").shape
+
     def compute(self, audio: Path) -> np.ndarray:
         raise NotImplementedError
 

@@ -28,7 +28,7 @@ from emoslm.atomic import atomic_dir, atomic_file
 from emoslm.errors import EmoslmError
 from emoslm.progress import Start, silent
 from emoslm.slm.model import UnifiedSLM
-from emoslm.train.data import BalancedSampler, Collator, Example, load_examples, split, text_states
+from emoslm.train.data import BalancedSampler, Collator, Example, LengthBatches, load_examples, split, text_states
 from emoslm.train.frames import FrameCache, PhonemeTargets, ProsodyCache, UnitCache, reply_text
 from emoslm.train.stages import apply_stage, merge_lora
 
@@ -57,7 +57,9 @@ class TrainConfig:
     save_every: int = 50
     log_every: int = 5
     max_target_tokens: int = 160
-    mixed_precision: str = "auto"  # auto | no | bf16
+    # auto: bf16 on a GPU that has it and on a CPU with AVX512-BF16 (``slm_precision``); no | bf16
+    mixed_precision: str = "auto"
+    length_batches: bool = True  # batches of similar length (``LengthBatches``): stage 1-2 pads 1.36x less
     balance: dict[str, float] | None = None  # target share per emotion tag (stage 1-2); None: as the data has it
     listen_clips: int = 0  # stage 1-2: held-out clips whose think is scored before training and after each epoch
     # the collapse guard (``emoslm.train.listening.CollapseGuard``): with listen_clips, a check whose replies
@@ -168,6 +170,19 @@ def _mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def slm_precision(choice: str, flags: set[str] | None = None) -> str:
+    """The SLM trainer's precision: ``auto`` is also bf16 on a CPU whose flags list AVX512-BF16 (autocast runs the
+    frozen LLM's matmuls in native bf16: a stage 1-2 step of SmolLM2-135M took 4.3 s instead of 6.5 s on a
+    2-core AVX-512 EPYC), but not where they list AMX (issue 31: VMs that list AMX and fault on it) nor on
+    AVX2-only CPUs (bf16 emulated there is slower). The trainable weights and the optimiser stay fp32."""
+    if choice != "auto" or torch.cuda.is_available():
+        return _mixed_precision(choice)
+    from emoslm.native import cpu_flags
+
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if "avx512_bf16" in flags and not any(f.startswith("amx") for f in flags) else "no"
+
+
 def param_groups(model: UnifiedSLM, trainable: list[Any], config: TrainConfig) -> list[dict[str, Any]]:
     """The trainable parameters as optimiser groups: the emotion head at ``emotion_lr`` and the LLM's LoRA at
     ``lora_lr`` when set, the rest (the listening path) at ``lr``. The LLM moves at a rate ~25x below the
@@ -202,12 +217,16 @@ def prosody_for(model: UnifiedSLM, train_clips: list[Path], progress: Any = None
 def make_loader(examples: list[Example], collate: Collator, config: TrainConfig, accelerator: Any) -> Any:
     """A shuffled DataLoader through ``accelerator.prepare``: a seeded sampler (the order of epoch e is
     seed + e on every rank), each rank its own shard, batches moved to the accelerator's device.
-    With ``balance`` (stage 1-2) the sampler draws each emotion at its target share."""
+    With ``balance`` (stage 1-2) the sampler draws each emotion at its target share; else with ``length_batches``
+    a batch holds examples of similar length (its rows pad to the longest)."""
     from torch.utils.data import DataLoader
 
     if config.balance and config.stage != "1-1":
         loader = DataLoader(examples, batch_size=config.batch_size, collate_fn=collate,
                             sampler=BalancedSampler(examples, config.balance, config.seed))
+    elif config.length_batches:
+        batches = LengthBatches([collate.length(e) for e in examples], config.batch_size, config.seed)
+        loader = DataLoader(examples, batch_sampler=batches, collate_fn=collate)
     else:
         loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
                             generator=torch.Generator().manual_seed(config.seed))
@@ -217,12 +236,23 @@ def make_loader(examples: list[Example], collate: Collator, config: TrainConfig,
 def epoch_batches(loader: Any, accelerator: Any, epoch: int, skip: int = 0) -> Any:
     """The batches of ``epoch``, without the first ``skip`` (taken before a checkpoint): sampler-level
     skipping, so a resumed run neither loads nor trains them again."""
-    loader.set_epoch(epoch)
+    _set_epoch(loader, epoch)
     if not skip:
         return loader
     skipped = accelerator.skip_first_batches(loader, skip)
-    skipped.set_epoch(epoch)
+    _set_epoch(skipped, epoch)
     return skipped
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """``loader.set_epoch``, and every batch sampler it wraps: accelerate reaches a ``LengthBatches`` itself only
+    on one process, not under its shard (two ranks would see epoch 0's order every epoch)."""
+    loader.set_epoch(epoch)
+    inner = getattr(loader, "batch_sampler", None)
+    while inner is not None:
+        if hasattr(inner, "set_epoch"):
+            inner.set_epoch(epoch)
+        inner = getattr(inner, "batch_sampler", None)
 
 
 def held_out_loss(model: Any, collate: Collator, examples: list[Example], batch_size: int = 4,
@@ -250,14 +280,21 @@ def held_out_loss(model: Any, collate: Collator, examples: list[Example], batch_
     return total / max(1, count)
 
 
-def accelerator_for(config: TrainConfig, out: Path) -> Any:
-    """The run's Accelerator; ``accelerate launch --cpu`` (ACCELERATE_USE_CPU) gives CPU ranks over gloo."""
+def accelerator_for(config: TrainConfig, out: Path, precision: str | None = None) -> Any:
+    """The run's Accelerator; ``accelerate launch --cpu`` (ACCELERATE_USE_CPU) gives CPU ranks over gloo.
+    ``precision``: the caller's resolved choice (else ``config.mixed_precision``, ``auto`` meaning a GPU's bf16)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
+    from accelerate.state import AcceleratorState
+
     cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    # each run sets its own precision: a process that trains twice (make learn's stages, a sweep, the tests) would
+    # otherwise be refused the second (accelerate keeps the first's). The process group (PartialState) stays.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=config.grad_accum, log_with="tensorboard",
-                              project_dir=str(out), mixed_precision=_mixed_precision(config.mixed_precision),
+                              project_dir=str(out),
+                              mixed_precision=precision or _mixed_precision(config.mixed_precision),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                                          data_seed=config.seed))
     accelerator.register_save_state_pre_hook(_drop_frozen_weights)
@@ -268,7 +305,7 @@ def _drop_frozen_weights(models: list[Any], weights: list[dict[str, Any]], outpu
     """A checkpoint holds what training changes. The frozen LLM and encoder are the init model's, which a resumed
     run loads again, so writing them each time only costs disk: SmolLM2-135M's 550 MB per save here, an 8B LLM's
     16 GB on a GPU node. ``resume_position`` loads the rest with ``strict=False``."""
-    for model, state in zip(models, weights):
+    for model, state in zip(models, weights, strict=True):
         frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
         for name in frozen & state.keys():
             del state[name]
@@ -281,7 +318,7 @@ def train(config: TrainConfig, progress: Start = silent, stop_after: int | None 
 
     examples = load_examples(Path(config.data), config.stage, reply_audio=not parse_spec(config.unit_decoder))
     train_set, held = split(examples, config.held_out, config.seed, config.held_out_voices)
-    accelerator = accelerator_for(config, out)
+    accelerator = accelerator_for(config, out, slm_precision(config.mixed_precision))
     model, tokenizer = load_model(config)
     units = give_voice(model, config) if config.stage == "2" else None
     trainable = apply_stage(model, config.stage, config.lora_r, config.lora_alpha, config.lora)
