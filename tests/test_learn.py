@@ -71,11 +71,22 @@ def test_replies_that_ignore_the_words_and_third_person_replies_are_counted():
     assert not third_person("You sound sad, and that makes sense.")
 
 
+def test_distinct_2_per_voice_does_not_count_a_text_said_by_every_voice_as_repetition():
+    from emoslm.eval.learning import per_voice_distinct
+    from emoslm.train.data import Example
+
+    examples = [Example(f"{v}{t}", f"t{t}", None, "x", voice=v) for v in "ab" for t in range(2)]
+    different = ["you lost your job today", "the cat came home safe"] * 2  # each voice: two different answers
+    assert per_voice_distinct(examples, different) == 1.0
+    assert per_voice_distinct(examples, ["that sounds hard for you"] * 4) == 0.5  # alike within a voice
+
+
 def test_the_report_puts_the_targets_beside_the_measurements(tmp_path):
     from emoslm.eval.learning_report import write_report
 
     model = {"reply_relevance": 0.41, "relevance_other_clip": 0.22, "distinct_2": 0.6, "reply_repeats_think": 0.0,
-             "third_person": 0.1, "think_vs_acted": 0.4, "samples": [
+             "third_person": 0.1, "think_vs_acted": 0.4, "distinct_2_per_voice": 0.7,
+             "teacher_distinct_2_per_voice": 0.9, "samples": [
                  {"voice": "flite-awb", "acted": "sad", "words": "I lost my job.", "reply": "That is hard.",
                   "teacher": "Losing your job hurts."}]}
     (tmp_path / "replies.json").write_text(json.dumps({"clips": 8, "texts": 2, "voices": ["flite-awb"],
@@ -88,7 +99,8 @@ def test_the_report_puts_the_targets_beside_the_measurements(tmp_path):
     runs.mkdir()
     (runs / "timings.jsonl").write_text('{"step": "build", "seconds": 600}\n{"step": "1-1", "seconds": 1200}\n')
     text = write_report(runs, tmp_path).read_text()
-    assert "total 30.0 min" in text and "| stage 1-2 | **0.410** | 0.220 | 0.600 |" in text
+    assert "total 30.0 min" in text and "| stage 1-2 | **0.410** | 0.220 | 0.600 | 0.700 |" in text
+    assert "the teacher's own replies score 0.900" in text
     assert "\"I lost my job.\"" in text and "| same sentence | 7 | **0.400** |" in text
     assert (tmp_path / "replies.png").stat().st_size > 1000
 

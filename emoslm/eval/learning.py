@@ -69,16 +69,34 @@ def mismatched(examples: list[Any]) -> list[str]:
     return out
 
 
+def per_voice_distinct(examples: list[Any], replies: list[str]) -> float | None:
+    """Distinct-2 within each voice's replies, averaged over the voices. Each held-out text is said by every
+    held-out voice, so over the whole set even the teacher's replies repeat (0.231 on make learn's); within one
+    voice every reply answers other words, and a model that answers everything alike is still caught."""
+    import statistics
+    from collections import defaultdict
+
+    from emoslm.train.listening import distinct_2
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for example, reply in zip(examples, replies, strict=True):
+        groups[example.voice].append(reply)
+    return round(statistics.mean(distinct_2(g) for g in groups.values()), 4) if groups else None
+
+
 def reply_scores(model: Any, tokenizer: Any, examples: list[Any], acted: dict[str, str], words: dict[str, str],
                  embedder: Any, think_budget: int = 48, max_new_tokens: int = 64) -> dict[str, Any]:
-    """One model on the held-out clips (what ``generate`` writes): ``listen``'s measures, the mismatched floor
-    and the third-person share, and eight samples with the words and the teacher's reply."""
+    """One model on the held-out clips (what ``generate`` writes): ``listen``'s measures and every row (think,
+    reply), the mismatched floor, the third-person share, distinct-2 per voice (the model's and the teacher's), and
+    eight samples with the words and the teacher's reply."""
     from emoslm.train.listening import listen, relevance
 
     result = listen(model, tokenizer, examples, acted, think_budget, max_new_tokens, embedder=embedder)
-    replies = [r["reply"] for r in result.pop("rows")]
+    replies = [r["reply"] for r in result["rows"]]
     result["relevance_other_clip"] = relevance(replies, mismatched(examples), embedder)
     result["third_person"] = round(sum(map(third_person, replies)) / len(replies), 4) if replies else None
+    result["distinct_2_per_voice"] = per_voice_distinct(examples, replies)
+    result["teacher_distinct_2_per_voice"] = per_voice_distinct(examples, [e.teacher_reply for e in examples])
     every = max(1, len(examples) // 8)
     result["samples"] = [{"voice": e.voice, "acted": acted.get(e.key, ""), "words": words.get(e.key, ""),
                           "reply": reply, "teacher": e.teacher_reply}

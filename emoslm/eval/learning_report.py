@@ -18,12 +18,18 @@ def replies_table(replies: dict[str, Any]) -> list[str]:
     lines = [f"{replies['clips']} held-out clips ({replies['texts']} texts the model never trained on, spoken by "
              f"{', '.join(replies['voices'])}: voices it never heard). Think, then reply, greedy, as `generate`.", "",
              "| model | relevance to the teacher's reply (≥ 0.30) | relevance to another clip's teacher reply | "
-             "distinct-2 (≥ 0.5) | replies repeating the think (≤ 0.05) | replies saying \"the user\" | "
-             "think = acted emotion |", "|---|---|---|---|---|---|---|"]
+             "distinct-2 (≥ 0.5) | distinct-2 per voice | replies repeating the think (≤ 0.05) | "
+             "replies saying \"the user\" | think = acted emotion |", "|---|---|---|---|---|---|---|---|"]
     for name, m in replies["models"].items():
         lines.append(f"| {name} | **{_f(m['reply_relevance'])}** | {_f(m['relevance_other_clip'])} | "
-                     f"{_f(m['distinct_2'])} | {_f(m['reply_repeats_think'])} | {_f(m['third_person'])} | "
-                     f"{_f(m['think_vs_acted'])} |")
+                     f"{_f(m['distinct_2'])} | {_f(m.get('distinct_2_per_voice'))} | "
+                     f"{_f(m['reply_repeats_think'])} | {_f(m['third_person'])} | {_f(m['think_vs_acted'])} |")
+    teacher = next(iter(replies["models"].values()), {}).get("teacher_distinct_2_per_voice")
+    if teacher is not None:
+        lines += ["", f"Distinct-2 against what the set allows: each held-out text is said by every held-out voice, "
+                      f"so replies to the same words repeat by design over the whole set; per voice (the mean over "
+                      f"the voices of distinct-2 within one voice's replies, all to different words) the teacher's "
+                      f"own replies score {_f(teacher)}."]
     return lines
 
 
@@ -34,38 +40,6 @@ def samples(replies: dict[str, Any], model: str = "stage 1-2") -> list[str]:
         out += [f"- [{s['acted']}, {s['voice']}] \"{s['words']}\"", f"  - model: \"{s['reply']}\"",
                 f"  - teacher: \"{s['teacher']}\""]
     return out
-
-
-def distinct_reference(run: Path) -> list[str]:
-    """Distinct-2 read against what the set allows: each held-out text is said by every held-out voice, so even the
-    teacher's replies repeat across a text's clips; per voice (every reply to other words) they do not."""
-    import statistics
-    from collections import defaultdict
-
-    from emoslm.train.data import load_examples, split
-    from emoslm.train.listening import distinct_2
-
-    if not (run / "run.json").exists():
-        return []
-    info = json.loads((run / "run.json").read_text())["config"]
-    _, held = split(load_examples(Path(info["data"]), "1-2"), info["held_out"], info["seed"], info["held_out_voices"])
-    teacher: dict[str, list[str]] = defaultdict(list)
-    for example in held:
-        teacher[example.voice].append(example.teacher_reply)
-    checks = sorted((run / "listening").glob("epoch-*.json"), key=lambda f: float(f.stem.split("-", 1)[1]))
-    rows = json.loads(checks[-1].read_text())["rows"] if checks else []
-    model: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        model[row["voice"]].append(row["reply"])
-    def mean(groups: dict[str, list[str]]) -> float | None:
-        return statistics.mean(distinct_2(g) for g in groups.values()) if groups else None
-
-    together = distinct_2([r["reply"] for r in rows]) if rows else None
-    return [f"Distinct-2 against what the set allows: the teacher's own replies to these {len(held)} clips score "
-            f"{_f(distinct_2([e.teacher_reply for e in held]))} together (each text is said by every held-out "
-            f"voice, so replies to the same words repeat by design) and {_f(mean(teacher))} per voice; stage 1-2's "
-            f"replies on the learning curve's last check ({len(rows)} clips) score {_f(together)} "
-            f"together and {_f(mean(model))} per voice (mean over the voices: replies to different words)."]
 
 
 def curve_table(run: Path) -> list[str]:
@@ -133,7 +107,7 @@ def write_report(runs: Path, out: Path) -> Path:
              "## Replies (issue 33 §4)", "", *replies_table(replies), "", "![replies](replies.png)", "",
              "Learning curve of stage 1-2 on its first held-out clips (the collapse guard reads it; the best check "
              "by relevance is what final/ holds):", "", *curve_table(runs / "1-2"), "",
-             *distinct_reference(runs / "1-2"), "", *samples(replies), "",
+             *samples(replies), "",
              "## Hearing (§3): the think's emotion where the words cannot tell", "", *hearing_table(hearing), "",
              "![hearing](hearing/hearing-think.png) — confusions and samples: `hearing/hearing-think.md`.", ""]
     probes = out / "probes-build.md"

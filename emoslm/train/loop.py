@@ -284,9 +284,8 @@ def accelerator_for(config: TrainConfig, out: Path, precision: str | None = None
     """The run's Accelerator; ``accelerate launch --cpu`` (ACCELERATE_USE_CPU) gives CPU ranks over gloo.
     ``precision``: the caller's resolved choice (else ``config.mixed_precision``, ``auto`` meaning a GPU's bf16)."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
 
     cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     # each run sets its own precision: a process that trains twice (make learn's stages, a sweep, the tests) would
