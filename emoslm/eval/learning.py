@@ -153,8 +153,9 @@ def learn(recipe: Path, out: Path, progress: Start = silent, chat: int = 480, vo
     build, runs = Path(first.data), Path(first.out).parent
     if first.stage != "1-1" or runs == Path(first.out):
         raise EmoslmError(f"{recipe}: train.out must be a folder for the stages (RUN/1-1, RUN/1-2)")
-    timed(runs, "build", (build / "recipe.json").exists(), lambda: build_data(build, chat, voices, progress=progress,
-                                                                     corpus_limit=corpus_limit))
+    # stage 1-1 distils the recipe's own LLM: its replies to the transcripts are the targets
+    timed(runs, "build", (build / "recipe.json").exists(),
+          lambda: build_data(build, chat, voices, first.seed, first.llm, progress=progress, corpus_limit=corpus_limit))
     timed(runs, "1-1", (runs / "1-1" / "final" / "config.json").exists(), lambda: train(first, progress))
     second = train_config(recipe, "1-2")  # its init is 1-1's final/, which exists now
     timed(runs, "1-2", (runs / "1-2" / "final" / "config.json").exists(), lambda: train(second, progress))
