@@ -4,6 +4,7 @@ step took, with the issue's targets beside the measurements, and a plot of the r
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def write_report(runs: Path, out: Path) -> Path:
     minutes = ", ".join(f"{k} {v / 60:.1f}" for k, v in spent.items())
     lines = ["# The learning run (`make learn`, recipes/learn-en.yaml)", "",
              f"Minutes per step: {minutes}; **total {sum(spent.values()) / 60:.1f} min** (target ≤ 90; "
-             f"steps run in one pass or resumed, each timed once: `{runs}/timings.jsonl`).", "",
+             f"steps run in one pass or resumed, each timed once: `{os.path.relpath(runs)}/timings.jsonl`).", "",
              "## Replies (issue 33 §4)", "", *replies_table(replies), "", "![replies](replies.png)", "",
              "Learning curve of stage 1-2 on its first held-out clips (the collapse guard reads it; the best check "
              "by relevance is what final/ holds):", "", *curve_table(runs / "1-2"), "",
