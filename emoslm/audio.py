@@ -123,7 +123,7 @@ def peak_dbfs(audio: np.ndarray) -> float:
     return 20.0 * np.log10(max(peak, 1e-10))
 
 
-def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+def resample(audio: np.ndarray, sr_in: float, sr_out: float = SAMPLE_RATE) -> np.ndarray:
     """High-quality sample-rate conversion (soxr), always returning float32."""
     audio = np.asarray(audio, dtype=np.float32)
     if sr_in == sr_out or audio.size == 0:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emoslm.errors import BackendError, EmoslmError
-from emoslm.speech.dsp import apply_gain, estimate_f0, pitch_shift
+from emoslm.speech.dsp import apply_gain, engine_rate, estimate_f0, varispeed
 from emoslm.speech.prosody import Prosody, acted, reply
 from emoslm.speech.tts import EspeakTTS, OpenAISpeechTTS, load_tts, speakable, to_pinyin
 from emoslm.textnorm import error_rate
@@ -44,14 +44,29 @@ def test_emotional_prosody_stays_intelligible(piper, asr_en):
         assert error_rate(SENTENCE, asr_en.transcribe(audio).text) <= 0.15, tag
 
 
-def test_pitch_shift_moves_f0_and_keeps_length():
+def test_varispeed_moves_f0_and_engine_rate_keeps_the_length():
     sr = 16_000
-    t = np.arange(sr) / sr
-    x = (0.3 * sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 8))).astype(np.float32)
     for semitones in (4.0, -3.0):
-        y = pitch_shift(x, sr, semitones)
-        assert len(y) == len(x)
+        seconds = 1.0 / engine_rate(1.0, semitones)  # what an engine asked for that rate speaks for 1 s of text
+        t = np.arange(int(sr * seconds)) / sr
+        x = (0.3 * sum(np.sin(2 * np.pi * 120 * k * t) / k for k in range(1, 8))).astype(np.float32)
+        y = varispeed(x, sr, semitones)
+        assert len(y) == pytest.approx(sr, abs=2)
         assert estimate_f0(y, sr) == pytest.approx(120 * 2 ** (semitones / 12), rel=0.03)
+
+
+def test_an_acted_piper_clip_is_pitched_as_asked_and_about_as_long(piper):
+    """Piper's durations are not linear in its length scale (measured on SENTENCE: rate 0.7 → 1.31× neutral's
+    length, 1.2 → 0.91×), so varispeed's rate rule keeps the length within 15%, not exactly."""
+    from dataclasses import replace
+
+    for tag in ("sad", "surprise"):
+        prosody = piper.reproducible(acted(tag))
+        pitched = piper.synthesize(SENTENCE, prosody).at()
+        flat = piper.synthesize(SENTENCE, replace(prosody, pitch=0.0)).at()
+        assert len(pitched) == pytest.approx(len(flat), rel=0.15), tag
+        moved = 12 * np.log2(estimate_f0(pitched, 16_000) / estimate_f0(flat, 16_000))
+        assert moved == pytest.approx(prosody.pitch, abs=1.0), tag
 
 
 def test_gain_never_clips():
@@ -165,37 +180,3 @@ def test_the_pool_gives_kokoro_every_thread_and_the_others_one(monkeypatch):
 def test_unknown_kokoro_voice_is_one_clear_line():
     with pytest.raises(EmoslmError, match="unknown Kokoro voice 'af_sky'; use one of jm_kumo"):
         load_tts("kokoro:af_sky")
-
-
-def test_loading_a_voice_imports_the_pitch_shift_in_the_background():
-    import subprocess
-    import sys
-
-    probe = (
-        "import sys, time\n"
-        "from emoslm.speech.voice import VoicePool\n"
-        "assert 'librosa.effects' not in sys.modules\n"
-        "VoicePool().tts('espeak:en')\n"
-        "for _ in range(600):\n"
-        "    if 'librosa.effects' in sys.modules: break\n"
-        "    time.sleep(0.1)\n"
-        "print('librosa.effects' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "True", out.stderr[-2000:]
-
-
-def test_loading_an_engine_waits_for_the_pitch_shift_preload(monkeypatch):
-    """Two threads importing scipy at once can meet it half-initialised (it killed `perception train`): the
-    pool settles the background import before it loads an engine."""
-    import threading
-
-    from emoslm.speech import dsp
-
-    release = threading.Event()
-    slow = threading.Thread(target=release.wait, daemon=True)  # stands for a preload still importing
-    slow.start()
-    monkeypatch.setattr(dsp, "_PRELOADING", slow)
-    threading.Timer(0.3, release.set).start()
-    dsp.settle_preload()
-    assert not slow.is_alive()  # it returned only once the import it stood for had ended

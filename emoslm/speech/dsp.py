@@ -1,55 +1,31 @@
-"""Signal processing for prosody that TTS engines do not expose (Piper has no pitch control)."""
+"""Signal processing for prosody that TTS engines do not expose (none of the neural voices has a pitch control)."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
+from emoslm.audio import resample
 
-def preload() -> None:
-    """Import what ``pitch_shift`` needs on a background thread, once.
 
-    Why: ``librosa.effects`` pulls in scipy.signal and friends, 4-6 s on a 2-core AVX2 CPU, and that
-    landed on the first emotional clause a process spoke (first audio of a server's first reply). A
-    voice calls this when it is loaded; a clause spoken before the import ends waits for it as before.
+def engine_rate(rate: float, semitones: float) -> float:
+    """The speaking rate to ask a neural engine for, so that ``varispeed`` afterwards gives ``rate`` at a pitch
+    ``semitones`` away: the engine speaks longer by the pitch factor, and playing it faster takes that back."""
+    return rate / 2.0 ** (semitones / 12.0)
+
+
+def varispeed(x: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
+    """Shift pitch by ``semitones`` the way a tape does: the samples played faster or slower (soxr), so duration
+    changes by the same factor — engines render at ``engine_rate`` first to keep it.
+
+    Why not a phase vocoder: librosa's (a 2048-point STFT) smeared Piper's and Kokoro's speech, and with Piper's
+    noise Whisper-tiny misheard a third of emotional clips (word error > 0.2), while the median F0 barely moved
+    the way it was asked; a neural engine's own duration control plus a resample leaves no phase artefacts
+    (``benchmarks/results/pitch.md``). Formants move with the pitch, as in any resampling shift.
     """
-    global _PRELOADING
-    if _PRELOADING is None:
-        _PRELOADING = threading.Thread(target=_import_effects, name="emoslm-dsp-preload", daemon=True)
-        _PRELOADING.start()
-
-
-def _import_effects() -> None:
-    import librosa.effects  # noqa: F401
-
-
-def settle_preload() -> None:
-    """Wait for an in-flight preload before importing anything else that imports scipy.
-
-    Why: two threads importing scipy's submodules at once can meet its circular imports half-initialised
-    (``cannot import name 'PytestTester' from partially initialized module``), which killed
-    `perception train` when hibari (scipy.fft) loaded while this preload imported scipy.signal.
-    """
-    if _PRELOADING is not None and _PRELOADING.is_alive():
-        _PRELOADING.join()
-
-
-_PRELOADING: threading.Thread | None = None
-
-
-def pitch_shift(x: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
-    """Shift pitch by ``semitones`` keeping duration (librosa's phase vocoder + soxr resampling).
-
-    It replaced a hand-written phase vocoder: the same shift on a steady tone, 1.1–2× faster
-    (``benchmarks/results/dsp.md``).
-    """
+    x = np.asarray(x, dtype=np.float32)
     if abs(semitones) < 1e-3 or x.size == 0:
-        return x.astype(np.float32)
-    import librosa
-
-    shifted = librosa.effects.pitch_shift(x.astype(np.float32), sr=sample_rate, n_steps=semitones, res_type="soxr_hq")
-    return librosa.util.fix_length(shifted, size=len(x)).astype(np.float32)
+        return x
+    return resample(x, sample_rate * 2.0 ** (semitones / 12.0), sample_rate)
 
 
 def apply_gain(x: np.ndarray, gain: float, limit: float = 0.98) -> np.ndarray:

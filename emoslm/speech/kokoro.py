@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from emoslm.errors import EmoslmError, MissingPackageError
-from emoslm.speech.dsp import apply_gain, pitch_shift
+from emoslm.speech.dsp import apply_gain, engine_rate, varispeed
 from emoslm.speech.prosody import Prosody
 from emoslm.speech.tts import CJK, TTS
 
@@ -139,10 +139,10 @@ def render(model: KokoroModel, phonemes: str, prosody: Prosody, voice: str) -> n
     """Kokoro's symbols → 24 kHz audio with a style voice and a prosody: the one place both the Kokoro TTS
     (text → symbols here) and the phoneme-unit decoder (symbols the unified model wrote) speak through."""
     style = model.styles[voice]
-    speed = float(np.clip(prosody.rate, 0.5, 2.0))
+    speed = float(np.clip(engine_rate(prosody.rate, prosody.pitch), 0.5, 2.0))
     audio = [_infer(model, piece, style, speed) for piece in _pieces(phonemes)]
     wave = np.concatenate(audio) if audio else np.zeros(0, np.float32)
-    wave = pitch_shift(wave, KOKORO_RATE, prosody.pitch)
+    wave = varispeed(wave, KOKORO_RATE, prosody.pitch)
     return apply_gain(_normalised(wave), LEVEL * prosody.energy)
 
 
@@ -171,8 +171,9 @@ class HibariTTS(TTS):
         self.seed, self.name = seed, "hibari:heart"
 
     def _synthesize(self, text: str, prosody: Prosody, voice: str | None) -> tuple[np.ndarray, int]:
-        wave = np.asarray(self.engine(text, speed=float(np.clip(prosody.rate, 0.5, 2.0)), seed=self.seed), np.float32)
-        wave = pitch_shift(wave, self.engine.sample_rate, prosody.pitch)
+        speed = float(np.clip(engine_rate(prosody.rate, prosody.pitch), 0.5, 2.0))
+        wave = np.asarray(self.engine(text, speed=speed, seed=self.seed), np.float32)
+        wave = varispeed(wave, self.engine.sample_rate, prosody.pitch)
         return apply_gain(_normalised(wave), LEVEL * prosody.energy), self.engine.sample_rate
 
 

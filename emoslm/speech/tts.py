@@ -1,7 +1,7 @@
 """Text-to-speech backends behind one interface, each taking a ``Prosody``.
 
 - ``PiperTTS``: neural VITS voice (GPL-3 engine, optional extra); rate/energy/variability natively,
-  pitch by a phase-vocoder shift.
+  pitch by varispeed (rendered longer or shorter, then resampled).
 - ``EspeakTTS``: espeak-ng through SSML; many languages including Mandarin (``cmn``).
 - ``FliteTTS``: CMU Flite's English voices (more distinct speakers for generated data).
 - ``KokoroTTS`` / ``HibariTTS`` (``emoslm.speech.kokoro``): packaged neural voices, Mandarin and English.
@@ -30,7 +30,7 @@ import numpy as np
 
 from emoslm.audio import SAMPLE_RATE, load_audio, resample
 from emoslm.errors import BackendError, EmoslmError, MissingPackageError
-from emoslm.speech.dsp import apply_gain, pitch_shift
+from emoslm.speech.dsp import apply_gain, engine_rate, varispeed
 from emoslm.speech.prosody import Prosody
 
 NONVERBAL = re.compile(r"\[[^\]]{1,40}\]|\([^)]{0,20}(laugh|sigh|cough|sob)[^)]{0,20}\)", re.IGNORECASE)
@@ -130,7 +130,7 @@ class PiperTTS(TTS):
         from piper import SynthesisConfig
 
         config = SynthesisConfig(
-            length_scale=1.0 / max(prosody.rate, 0.2),
+            length_scale=1.0 / max(engine_rate(prosody.rate, prosody.pitch), 0.2),
             noise_scale=0.667 * prosody.variability,
             noise_w_scale=0.8 * prosody.variability,
             normalize_audio=True,
@@ -139,7 +139,7 @@ class PiperTTS(TTS):
         chunks = list(self.voice.synthesize(text, syn_config=config))
         rate = chunks[0].sample_rate if chunks else self.voice.config.sample_rate
         audio = np.concatenate([c.audio_float_array for c in chunks]) if chunks else np.zeros(0, np.float32)
-        audio = pitch_shift(audio, rate, prosody.pitch)
+        audio = varispeed(audio, rate, prosody.pitch)
         return apply_gain(audio, 0.7 * prosody.energy), rate
 
 

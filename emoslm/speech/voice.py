@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from emoslm.audio import SAMPLE_RATE
-from emoslm.speech.dsp import preload, settle_preload
 from emoslm.speech.prosody import Prosody
 from emoslm.speech.tts import TTS, canonical_spec, load_tts, speakable
 
@@ -158,9 +157,7 @@ class VoicePool:
         threads = threads or engine_threads(key)
         with self._lock:
             if (key, threads) not in self._engines:
-                settle_preload()  # engines import scipy too: never while the preload thread does
                 self._engines[key, threads] = load_tts(key, threads)
-                preload()  # the emotion prosody's pitch shift, imported while nobody waits for it
             return self._engines[key, threads]
 
     def voice(self, spec: str | None, lang: str = "en") -> Voice:
