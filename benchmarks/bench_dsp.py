@@ -4,6 +4,9 @@ emoslm keeps its own code only where this shows it is needed. For each: seconds 
 clips (median of 5), and agreement: the F0 a shifted clip ends up with against the asked-for shift,
 and the per-frame F0 of the two trackers (median difference in cents over frames both call voiced).
 Writes ``benchmarks/results/dsp.{json,md}``.
+
+Both shifts measured here are phase vocoders on a steady tone; on speech they garbled words and moved
+Piper's F0 the wrong way, so emoslm now shifts by varispeed (``benchmarks/bench_pitch.py``).
 """
 
 from __future__ import annotations
