@@ -180,3 +180,28 @@ def test_the_pool_gives_kokoro_every_thread_and_the_others_one(monkeypatch):
 def test_unknown_kokoro_voice_is_one_clear_line():
     with pytest.raises(EmoslmError, match="unknown Kokoro voice 'af_sky'; use one of jm_kumo"):
         load_tts("kokoro:af_sky")
+
+
+def test_threads_that_first_speak_mandarin_together_do_not_deadlock_in_pypinyin():
+    """Corpus clips render in a thread pool while Kokoro's g2p preload runs: without the shared import lock,
+    three espeak and three Kokoro front ends importing pypinyin at once raised _DeadlockError in 5 of 5
+    fresh processes. A fresh process, because a module is imported once."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import threading\n"
+        "from emoslm.speech.kokoro import chinese_g2p\n"
+        "from emoslm.speech.tts import to_pinyin\n"
+        "errors, start = [], threading.Barrier(6)\n"
+        "def go(f):\n"
+        "    start.wait()\n"
+        "    try: f()\n"
+        "    except Exception as e: errors.append(repr(e))\n"
+        "work = [lambda: to_pinyin('你好')] * 3 + [chinese_g2p] * 3\n"
+        "threads = [threading.Thread(target=go, args=(f,)) for f in work]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(errors)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])

@@ -30,7 +30,7 @@ import numpy as np
 from emoslm.errors import EmoslmError, MissingPackageError
 from emoslm.speech.dsp import apply_gain, engine_rate, varispeed
 from emoslm.speech.prosody import Prosody
-from emoslm.speech.tts import CJK, TTS
+from emoslm.speech.tts import CJK, MANDARIN_IMPORT, TTS
 
 KOKORO_VOICES = ("jm_kumo", "jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro")
 KOKORO_RATE = 24_000
@@ -73,13 +73,14 @@ def kokoro_model(threads: int = 1) -> KokoroModel:
 
 @functools.lru_cache(maxsize=1)
 def chinese_g2p() -> Any:
-    try:
-        import jieba
-        from misaki.zh import ZHG2P
-    except ImportError:
-        raise MissingPackageError("misaki[zh]", "Mandarin with the Kokoro voices", "emoslm[kokoro]") from None
-    jieba.setLogLevel(60)  # its dictionary-loading chatter
-    return ZHG2P()
+    with MANDARIN_IMPORT:  # never beside another thread's pypinyin import (see MANDARIN_IMPORT)
+        try:
+            import jieba
+            from misaki.zh import ZHG2P
+        except ImportError:
+            raise MissingPackageError("misaki[zh]", "Mandarin with the Kokoro voices", "emoslm[kokoro]") from None
+        jieba.setLogLevel(60)  # its dictionary-loading chatter
+        return ZHG2P()
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,10 +42,17 @@ GLOSS = re.compile(r"(?<=[\u4e00-\u9fff])\s*[（(]\s*[A-Za-z][A-Za-z '-]{0,30}[�
 _CJK_PUNCT = str.maketrans({"。": ". ", "，": ", ", "！": "! ", "？": "? ", "；": "; ", "：": ": ", "、": ", "})
 
 
+# Held while a Mandarin front end (pypinyin, misaki, jieba) is imported. Why: pypinyin's modules import each
+# other in a circle, and two threads importing it at once — corpus clips rendered in a thread pool while
+# Kokoro's background g2p preload ran — stopped `emoslm perception train` with a _DeadlockError.
+MANDARIN_IMPORT = threading.RLock()
+
+
 def to_pinyin(text: str) -> str:
     """Hanzi to tone-numbered pinyin (``wo3 jin1 tian1``), which espeak-ng's pinyin voice reads well."""
     try:
-        from pypinyin import Style, lazy_pinyin
+        with MANDARIN_IMPORT:
+            from pypinyin import Style, lazy_pinyin
     except ImportError:
         raise MissingPackageError("pypinyin", "Mandarin speech with espeak-ng") from None
     syllables = lazy_pinyin(text.translate(_CJK_PUNCT), style=Style.TONE3, neutral_tone_with_five=True)
