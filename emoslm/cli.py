@@ -440,7 +440,7 @@ def perception_train(
 ) -> None:
     """Build the synthetic acted corpus (cached), extract features and train the acoustic, text and fusion
     models into $EMOSLM_HOME/perception. Seeded; reruns reuse the corpus and features. The shipped recogniser
-    is this command with the defaults and `--out emoslm/perception/shipped/recogniser-v5`."""
+    is this command with the defaults and `--out emoslm/perception/shipped/recogniser-v6`."""
     from emoslm.perception.training import TrainConfig, train
 
     config = TrainConfig(seed=seed, renditions=renditions, acoustic_model=classifier,

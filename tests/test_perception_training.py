@@ -103,7 +103,7 @@ def test_the_shipped_recogniser_is_what_the_committed_recipe_makes(tmp_path, mon
     """Retrain the default recogniser from scratch in an empty home and score it on the held-out voices: its
     acoustic and text parts must match the shipped copy's within 0.05, the fused one within 0.10. Not exactly:
     the corpus is rendered afresh, Piper's VITS noise is not seedable (its 168 clips differ every render), and
-    TTS float sums differ across CPUs; the fused part moves most. Measured on a 2-core AVX-512 EPYC: fused 0.6389
+    TTS float sums differ across CPUs; the fused part moves most. Measured (v5) on a 2-core AVX-512 EPYC: fused 0.6389
     and 0.6111 against the shipped 0.6944 in two reruns (0.05 had passed in the run before them); a broken
     recipe moves these by far more (chance is 0.14)."""
     tolerance = {"acoustic": 0.05, "text": 0.05, "fused": 0.10}

@@ -46,8 +46,8 @@ from emoslm.speech.voice import voice_pool
 SCRIPTS_DIR = Path(__file__).with_name("scripts")
 EMOTIONAL = tuple(t for t in TAGS if t != "neutral")
 CORPUS_VERSION = "v5"  # v5: emotion pitch by varispeed (v4: the neural voices on both sides of the split)
-# v4's clips keep their ids and audio (each is seeded by its id): v5's plan drops some (Kokoro's second take and
-# half its scripts) and adds speed copies, but changes none, so a v4 corpus folder is reused as it is.
+# v5 renders every emotional clip afresh (the pitch method changed); its plan is v4's, which recogniser v5 read:
+# Kokoro's second take and half its scripts dropped, speed copies added (clips keep their ids and seeds).
 SPEED_COPIES = (0.9, 1.1)
 
 

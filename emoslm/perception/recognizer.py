@@ -26,7 +26,7 @@ from emoslm.perception.features import PROSODIC_NAMES, AcousticFeaturizer
 from emoslm.perception.text_emotion import text_featurizer
 from emoslm.textnorm import tokens
 
-RECOGNISER_VERSION = "v5"  # v5: Kokoro's half-script takes + speed copies; trees on PCA'd Whisper features
+RECOGNISER_VERSION = "v6"  # v6: its corpus pitched by varispeed (v5: Kokoro's half-script takes + speed copies)
 
 
 def recogniser_dir() -> Path:

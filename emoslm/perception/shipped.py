@@ -2,7 +2,7 @@
 
 Training the recogniser renders 1,764 TTS clips of 11 voices, featurises them and fits three models: 4 to 8
 minutes on a 2-core AVX-512 machine, 13 on a 2-core AVX2 EPYC — more than half of a first `make demo`. The
-same files, made by `emoslm perception train --out emoslm/perception/shipped/recogniser-v5` from the committed
+same files, made by `emoslm perception train --out emoslm/perception/shipped/recogniser-v6` from the committed
 defaults (`TrainConfig`), ship inside the package (1.7 MB) and are copied into ``$EMOSLM_HOME`` on first use
 (by `ensure_recogniser` and by a default `EmotionRecognizer`).
 
