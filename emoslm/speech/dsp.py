@@ -17,9 +17,9 @@ def varispeed(x: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
     """Shift pitch by ``semitones`` the way a tape does: the samples played faster or slower (soxr), so duration
     changes by the same factor — engines render at ``engine_rate`` first to keep it.
 
-    Why not a phase vocoder: librosa's (a 2048-point STFT) smeared Piper's and Kokoro's speech, and with Piper's
-    noise Whisper-tiny misheard a third of emotional clips (word error > 0.2), while the median F0 barely moved
-    the way it was asked; a neural engine's own duration control plus a resample leaves no phase artefacts
+    Why not a phase vocoder: librosa's (a 2048-point STFT) smeared the speech — Whisper tiny.en heard a fifth of
+    Kokoro's emotional clips with word error > 0.2 (none now) — and moved Piper's F0 the wrong way (sad, asked
+    −2.5 semitones: +0.8); a neural engine's own duration control plus a resample leaves no phase artefacts
     (``benchmarks/results/pitch.md``). Formants move with the pitch, as in any resampling shift.
     """
     x = np.asarray(x, dtype=np.float32)
